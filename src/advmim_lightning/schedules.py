@@ -1,0 +1,124 @@
+"""Learning-rate and loss-weight schedules, as pure functions of a Python-int iteration count.
+
+The training module keeps its iteration count as a Python int (one AdvMIM iteration is several
+optimiser steps), so these functions take and return plain numbers and never touch a tensor.
+
+- :func:`poly_lr` / :func:`poly_factor`: ``base_lr * (1 - iteration / max_iterations) ** power``
+  per iteration (SSL4MIS and the public AdvMIM code, power 0.9). Use :func:`poly_factor` as a
+  ``torch.optim.lr_scheduler.LambdaLR`` factor, e.g.
+  ``LambdaLR(optimizer, functools.partial(poly_factor, max_iterations=30_000))``.
+- :func:`sigmoid_rampup` and :func:`ctct_consistency_weight`: the cross-teaching weight of CTCT
+  (Luo et al.), ``0.1 * exp(-5 * (1 - t / 200) ** 2)`` with ``t = min(iteration // 150, 200)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["ctct_consistency_weight", "poly_factor", "poly_lr", "sigmoid_rampup"]
+
+
+def poly_factor(iteration: int, max_iterations: int, power: float = 0.9) -> float:
+    """Multiplicative poly learning-rate factor ``(1 - iteration / max_iterations) ** power``.
+
+    Iterations at or past ``max_iterations`` give 0.0.
+
+    Args:
+        iteration: iterations done so far, >= 0.
+        max_iterations: total iterations of the run, > 0.
+        power: poly exponent, >= 0.
+
+    Returns:
+        The factor in ``[0, 1]``.
+
+    Raises:
+        ValueError: on a negative iteration, a non-positive ``max_iterations`` or a negative power.
+    """
+    if iteration < 0:
+        raise ValueError(f"schedules.py poly_factor: iteration must be >= 0, got {iteration}.")
+    if max_iterations <= 0:
+        raise ValueError(
+            f"schedules.py poly_factor: max_iterations must be > 0, got {max_iterations}."
+        )
+    if power < 0:
+        raise ValueError(f"schedules.py poly_factor: power must be >= 0, got {power}.")
+    remaining = max(0.0, 1.0 - iteration / max_iterations)
+    return remaining**power
+
+
+def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
+    """Poly learning rate ``base_lr * (1 - iteration / max_iterations) ** power``.
+
+    Args:
+        base_lr: initial learning rate.
+        iteration: iterations done so far, >= 0.
+        max_iterations: total iterations of the run, > 0.
+        power: poly exponent, >= 0.
+
+    Returns:
+        The learning rate for this iteration (0.0 at or past ``max_iterations``).
+
+    Raises:
+        ValueError: see :func:`poly_factor`.
+    """
+    return base_lr * poly_factor(iteration, max_iterations, power)
+
+
+def sigmoid_rampup(current: float, rampup_length: float) -> float:
+    """Sigmoid-shaped ramp-up ``exp(-5 * (1 - clip(current / rampup_length, 0, 1)) ** 2)``.
+
+    From Laine & Aila (2017) as used in SSL4MIS: about 0.0067 at the start, 1.0 from
+    ``current >= rampup_length`` on; 1.0 throughout when ``rampup_length`` is 0.
+
+    Args:
+        current: position on the ramp (e.g. ``iteration // 150``).
+        rampup_length: length of the ramp, >= 0.
+
+    Returns:
+        The ramp value in ``(0, 1]``.
+
+    Raises:
+        ValueError: if ``rampup_length`` is negative.
+    """
+    if rampup_length < 0:
+        raise ValueError(
+            f"schedules.py sigmoid_rampup: rampup_length must be >= 0, got {rampup_length}."
+        )
+    if rampup_length == 0:
+        return 1.0
+    fraction = min(max(current / rampup_length, 0.0), 1.0)
+    phase = 1.0 - fraction
+    return math.exp(-5.0 * phase * phase)
+
+
+def ctct_consistency_weight(
+    iteration: int,
+    weight: float = 0.1,
+    rampup_length: int = 200,
+    iterations_per_unit: int = 150,
+) -> float:
+    """CTCT's cross-teaching weight ``weight * sigmoid_rampup(iteration // 150, 200)``.
+
+    Args:
+        iteration: iterations done so far, >= 0.
+        weight: the weight reached at the end of the ramp (0.1 in CTCT).
+        rampup_length: ramp length in units of ``iterations_per_unit`` iterations (200).
+        iterations_per_unit: iterations per ramp unit (150 in SSL4MIS).
+
+    Returns:
+        The cross-teaching loss weight for this iteration.
+
+    Raises:
+        ValueError: on a negative iteration, a non-positive ``iterations_per_unit`` or a
+            negative ``rampup_length``.
+    """
+    if iteration < 0:
+        raise ValueError(
+            f"schedules.py ctct_consistency_weight: iteration must be >= 0, got {iteration}."
+        )
+    if iterations_per_unit <= 0:
+        raise ValueError(
+            "schedules.py ctct_consistency_weight: iterations_per_unit must be > 0, "
+            f"got {iterations_per_unit}."
+        )
+    return weight * sigmoid_rampup(iteration // iterations_per_unit, rampup_length)
