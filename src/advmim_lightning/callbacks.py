@@ -1,0 +1,163 @@
+"""Lightning callbacks of the library: writing predictions to disk."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+log = logging.getLogger(__name__)
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Save every predicted label volume next to the others, in the input's geometry.
+
+    ``AdvMIMModule.predict_step`` returns the label volume in the input file's array order with
+    that file's affine; this writer stores it as ``<output_dir>/<case_id>.nii.gz`` (NIfTI, with
+    the input's affine, so it overlays the image in any viewer) or ``<case_id>.h5`` (key
+    ``label``, plus ``spacing`` attribute) for the SSL4MIS h5 layout.
+
+    Args:
+        output_dir: Folder to write into (created when missing).
+        file_format: ``"auto"`` (NIfTI for the ``nifti`` and ``phantom`` layouts, h5 for
+            ``acdc``), ``"nifti"`` or ``"h5"``.
+
+    Raises:
+        ValueError: On an unknown ``file_format``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str = "predictions",
+        file_format: Literal["auto", "nifti", "h5"] = "auto",
+    ) -> None:
+        super().__init__(write_interval="batch")
+        if file_format not in ("auto", "nifti", "h5"):
+            raise ValueError(f"file_format={file_format!r} is not one of ['auto', 'nifti', 'h5']")
+        self.output_dir = Path(output_dir)
+        self.file_format = file_format
+        self.written: list[Path] = []
+
+    def _format(self, trainer: pl.Trainer) -> str:
+        if self.file_format != "auto":
+            return self.file_format
+        layout = getattr(trainer.datamodule, "layout", "nifti") if trainer.datamodule else "nifti"
+        return "h5" if layout == "acdc" else "nifti"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"cannot create the prediction folder {self.output_dir}: {err}") from err
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        path = self.write(prediction, self._format(trainer))
+        self.written.append(path)
+        log.info("wrote %s", path)
+
+    def write(self, prediction: dict[str, Any], file_format: str) -> Path:
+        """Write one ``predict_step`` output and return the file's path."""
+        name = _SAFE_NAME.sub("_", str(prediction["case_id"])) or "case"
+        labels = np.asarray(prediction["prediction"], dtype=np.uint8)
+        affine = prediction.get("affine")
+        affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        if file_format == "h5":
+            import h5py
+
+            path = self.output_dir / f"{name}.h5"
+            tmp = path.with_suffix(".h5.tmp")
+            with h5py.File(tmp, "w") as handle:
+                handle.create_dataset("label", data=labels, compression="gzip")
+                if prediction.get("spacing") is not None:
+                    handle.attrs["spacing"] = np.asarray(prediction["spacing"], dtype=np.float64)
+            tmp.replace(path)
+            return path
+        import nibabel as nib
+
+        path = self.output_dir / f"{name}.nii.gz"
+        tmp = self.output_dir / f".{name}.tmp.nii.gz"
+        nib.save(nib.Nifti1Image(labels, affine), tmp)
+        tmp.replace(path)
+        return path
+
+
+class ValidationPanels(pl.Callback):
+    """Log a few panels (image | ground truth | CNN | transformer) during validation.
+
+    For the first ``num_cases`` validation cases the middle slice is drawn with
+    :func:`advmim_lightning.visualize.panel`; the rows are written as
+    ``<log_dir>/panels/val_iter<iteration>.png`` and sent to every logger that can log images
+    (wandb's ``log_image``).
+
+    Args:
+        num_cases: Validation cases drawn each time (0 disables).
+    """
+
+    def __init__(self, num_cases: int = 3) -> None:
+        super().__init__()
+        if num_cases < 0:
+            raise ValueError(f"num_cases must be >= 0, got {num_cases}")
+        self.num_cases = num_cases
+        self._rows: list[np.ndarray] = []
+        self.written: list[Path] = []
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or len(self._rows) >= self.num_cases or not outputs:
+            return
+        from advmim_lightning.visualize import panel
+
+        depth = int(batch["image"].shape[1])
+        k = depth // 2
+        image = batch["image"][0, k].float().cpu().numpy()
+        label = batch["label"][k].cpu().numpy() if "label" in batch else None
+        predictions = {name: outputs[name][k].cpu().numpy() for name in ("cnn", "transformer")}
+        self._rows.append(panel(image, label, predictions))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self._rows or not trainer.is_global_zero:
+            return
+        from advmim_lightning.visualize import save_png
+
+        iteration = getattr(pl_module, "iteration", trainer.global_step)
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "panels"
+        path = save_png(self._rows, out_dir / f"val_iter{iteration:06d}.png")
+        self.written.append(path)
+        for logger in trainer.loggers:
+            log_image = getattr(logger, "log_image", None)
+            if log_image is not None:
+                log_image(
+                    key="val/panels",
+                    images=list(self._rows),
+                    step=trainer.global_step,
+                    caption=["image | ground truth | CNN | transformer"] * len(self._rows),
+                )

@@ -1,0 +1,755 @@
+"""``AdvMIMModule``: the AdvMIM training algorithm and the CTCT / supervised baselines.
+
+This module only *wires* the parts: networks come from :mod:`advmim_lightning.networks`, loss
+terms from :mod:`advmim_lightning.losses`, schedules from :mod:`advmim_lightning.schedules` and
+3D metrics from :mod:`advmim_lightning.metrics`. ``../shared/METHOD.md`` ("Losses per
+iteration", "Baselines") is the specification.
+
+One training *iteration* is one paired batch (labeled + unlabeled) and, for AdvMIM, four
+optimiser steps (two segmenters, then two discriminators); CTCT and the supervised baseline take
+two. Lightning's ``trainer.global_step`` counts optimiser steps under manual optimisation, so it
+advances by 4 (AdvMIM) or 2 (CTCT, supervised) per iteration. The module therefore counts
+iterations itself (:attr:`AdvMIMModule.iteration`, saved in checkpoints), runs the poly learning
+rate and the CTCT ramp-up on that count, and stops the run once ``max_iterations`` iterations
+are done. Setting ``trainer.max_steps`` is not needed; if you set it, use
+``max_iterations * optimizer_steps_per_iteration``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import logging
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advmim_lightning.losses import (
+    confidence_weighted_cross_entropy,
+    dice_loss,
+    lsgan_loss,
+    weighted_dice_loss,
+)
+from advmim_lightning.metrics import METRIC_NAMES, SegmentationMetrics
+from advmim_lightning.networks import Discriminator, SwinUNet, UNet, random_block_mask
+from advmim_lightning.schedules import ctct_consistency_weight, poly_lr
+
+log = logging.getLogger(__name__)
+
+Method = Literal["advmim", "ctct", "supervised"]
+NETWORK_NAMES = ("transformer", "cnn")
+
+#: The published defaults of each method (METHOD.md). ``None`` arguments resolve to these.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "advmim": {
+        "lr": 0.05,
+        "grad_clip_norm": 5.0,
+        "sup_weight": 1.0,
+        "cross_teaching_weight": 0.1,
+        "cross_teaching_rampup": False,
+        "masked_sup_weight": 1.0,
+        "masked_pseudo_weight": 1.0,
+        "adversarial_weight": 0.001,
+        "discriminator_weight": 0.1,
+    },
+    "ctct": {
+        "lr": 0.01,
+        "grad_clip_norm": 0.0,
+        "sup_weight": 0.5,
+        "cross_teaching_weight": 0.1,
+        "cross_teaching_rampup": True,
+    },
+    "supervised": {
+        "lr": 0.01,
+        "grad_clip_norm": 0.0,
+        "sup_weight": 0.5,
+    },
+}
+
+
+class AdvMIMModule(pl.LightningModule):
+    """CNN-Transformer cross teaching with AdvMIM's masked domain and adversarial loss.
+
+    ``AdvMIMModule()`` works as it is (the library's UNet and the Swin-UNet "tiny lite" at
+    224 x 224, 4 classes, the public code's AdvMIM defaults). Every weight and schedule of
+    METHOD.md is an argument; those that default to ``None`` take the chosen method's value
+    (see :data:`METHOD_DEFAULTS`), and the resolved values are stored in ``self.hparams``.
+
+    Args:
+        cnn: The CNN segmenter. Any ``nn.Module`` with the segmenter contract: ``net(x)`` returns
+            logits ``B x num_classes x H x W`` for ``x`` of ``B x in_channels x H x W``, and (for
+            ``method="advmim"``) ``net(x, mask=m)`` with a ``B x H x W`` bool mask returns
+            ``(logits, masked_logits)``. Default: :class:`~advmim_lightning.networks.UNet`.
+            A ``{"class_path": ..., "init_args": ...}`` mapping (as stored in checkpoints) is
+            rebuilt when its class lives in ``advmim_lightning``.
+        transformer: The transformer segmenter, same contract. Default:
+            :class:`~advmim_lightning.networks.SwinUNet` at ``image_size``.
+        num_classes: Number of classes including background.
+        in_channels: Input channels of the images.
+        image_size: Network input size ``(H, W)``; evaluation resizes every slice to it.
+        class_names: Names of all classes incl. background, used in metric names
+            (``val/dice_<name>``). Default ``class1 ... class{C-1}`` for the foreground.
+        method: ``"advmim"``, ``"ctct"`` (Luo et al. cross teaching) or ``"supervised"``
+            (labeled data only).
+        max_iterations: Training iterations (paired batches); the run stops after them and the
+            poly schedule reaches 0 there.
+        lr: Base learning rate of all four SGD optimisers (AdvMIM 0.05, others 0.01).
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        poly_power: Exponent of the poly schedule ``lr * (1 - it / max_iterations) ** power``.
+        grad_clip_norm: Gradient-norm clip per network (AdvMIM 5, others none). ``0`` disables.
+        sup_weight: Weight of the supervised ``CE + Dice`` per network (AdvMIM 1, others 0.5).
+        cross_teaching_weight: Weight of the cross-teaching Dice on unlabeled images (0.1).
+        cross_teaching_rampup: Ramp the cross-teaching weight up as CTCT does
+            (``w * exp(-5 (1 - t/L)^2)``, ``t = iteration // rampup_interval``). CTCT: on,
+            AdvMIM: off (constant weight).
+        rampup_length: ``L`` of the ramp-up, in ramp units.
+        rampup_interval: Iterations per ramp unit (150 in CTCT).
+        masked_sup_weight: AdvMIM: weight of the supervised loss on the masked domain.
+        masked_pseudo_weight: AdvMIM: weight of the confidence-weighted pseudo-label loss on the
+            masked unlabeled images.
+        adversarial_weight: AdvMIM: weight of the LSGAN generator term (0.001).
+        discriminator_weight: AdvMIM: weight of the discriminator loss (0.1).
+        loss_variant: ``"public_code"`` (default: masked supervised Dice for the CNN only,
+            confidence-weighted CE only on unlabeled masked images) or ``"paper"`` (masked
+            ``CE + Dice`` for both networks, confidence-weighted ``CE + Dice``).
+        discriminator_real: What the discriminators see as "real": ``"labeled"`` (public code:
+            the original-domain prediction on the labeled images) or ``"unlabeled"`` (the
+            original-domain prediction on the same unlabeled images whose masked prediction is
+            "fake", so that only the domain differs).
+        mask_ratio: Fraction of mask blocks replaced in the masked domain (0.7).
+        mask_block_size: Side of a square mask block in pixels (32).
+        discriminator_base_channels: Width of the first discriminator layer (64).
+        eval_network: Which prediction validation/test/predict report: ``"transformer"``,
+            ``"cnn"`` or ``"ensemble"`` (mean of both softmaxes). Validation logs both networks'
+            Dice either way.
+        eval_interpolation: How slices are resized to ``image_size`` at evaluation:
+            ``"nearest"`` (SSL4MIS) or ``"bilinear"``.
+        eval_slice_batch: Slices predicted at once during evaluation.
+        nsd_tolerance: Tolerance of the normalised surface Dice, in the volume's units (mm
+            where spacing is known, voxels otherwise).
+        seed: Seed of the module's mask generator (offset by the global rank).
+
+    Raises:
+        ValueError: On an unknown method, an argument the chosen method does not use, or
+            inconsistent sizes / class counts between the module and its networks.
+    """
+
+    def __init__(
+        self,
+        cnn: nn.Module | Mapping[str, Any] | None = None,
+        transformer: nn.Module | Mapping[str, Any] | None = None,
+        num_classes: int = 4,
+        in_channels: int = 1,
+        image_size: tuple[int, int] = (224, 224),
+        class_names: list[str] | None = None,
+        method: Method = "advmim",
+        max_iterations: int = 30000,
+        lr: float | None = None,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        poly_power: float = 0.9,
+        grad_clip_norm: float | None = None,
+        sup_weight: float | None = None,
+        cross_teaching_weight: float | None = None,
+        cross_teaching_rampup: bool | None = None,
+        rampup_length: int = 200,
+        rampup_interval: int = 150,
+        masked_sup_weight: float | None = None,
+        masked_pseudo_weight: float | None = None,
+        adversarial_weight: float | None = None,
+        discriminator_weight: float | None = None,
+        loss_variant: Literal["public_code", "paper"] = "public_code",
+        discriminator_real: Literal["labeled", "unlabeled"] = "labeled",
+        mask_ratio: float = 0.7,
+        mask_block_size: int = 32,
+        discriminator_base_channels: int = 64,
+        eval_network: Literal["transformer", "cnn", "ensemble"] = "transformer",
+        eval_interpolation: Literal["nearest", "bilinear"] = "nearest",
+        eval_slice_batch: int = 16,
+        nsd_tolerance: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if method not in METHOD_DEFAULTS:
+            raise ValueError(f"method={method!r} is not one of {sorted(METHOD_DEFAULTS)}")
+        _check_choice("loss_variant", loss_variant, ("public_code", "paper"))
+        _check_choice("discriminator_real", discriminator_real, ("labeled", "unlabeled"))
+        _check_choice("eval_network", eval_network, ("transformer", "cnn", "ensemble"))
+        _check_choice("eval_interpolation", eval_interpolation, ("nearest", "bilinear"))
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + 1), got {num_classes}")
+        image_size = _pair(image_size, "image_size")
+        if max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if method == "advmim" and any(s % mask_block_size for s in image_size):
+            raise ValueError(
+                f"image_size={image_size} must be divisible by mask_block_size={mask_block_size}"
+            )
+        given = {
+            "lr": lr,
+            "grad_clip_norm": grad_clip_norm,
+            "sup_weight": sup_weight,
+            "cross_teaching_weight": cross_teaching_weight,
+            "cross_teaching_rampup": cross_teaching_rampup,
+            "masked_sup_weight": masked_sup_weight,
+            "masked_pseudo_weight": masked_pseudo_weight,
+            "adversarial_weight": adversarial_weight,
+            "discriminator_weight": discriminator_weight,
+        }
+        defaults = METHOD_DEFAULTS[method]
+        unused = [k for k, v in given.items() if v is not None and k not in defaults]
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by "
+                f"method={method!r}; remove {'it' if len(unused) == 1 else 'them'} or choose a "
+                "method that uses it"
+            )
+        resolved = {k: (defaults[k] if given[k] is None else given[k]) for k in defaults}
+
+        self.method: Method = method
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.class_names = _class_names(class_names, num_classes)
+        self.eval_network = eval_network
+        self.cnn = _build_network(cnn, UNet, in_channels=in_channels, num_classes=num_classes)
+        self.transformer = _build_network(
+            transformer,
+            SwinUNet,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            img_size=image_size,
+        )
+        for name in NETWORK_NAMES:
+            _check_network(name, getattr(self, name), num_classes, in_channels, image_size)
+        self.uses_unlabeled = method != "supervised"
+        self.uses_masking = method == "advmim"
+        if self.uses_masking:
+            self.disc_cnn = Discriminator(num_classes, discriminator_base_channels)
+            self.disc_transformer = Discriminator(num_classes, discriminator_base_channels)
+        self.cfg = dict(resolved)
+        self.automatic_optimization = False
+
+        self.save_hyperparameters(ignore=["cnn", "transformer"])
+        self.hparams.update(resolved)
+        for unused_by_method in set(given) - set(resolved):
+            self.hparams.pop(unused_by_method)
+        self.hparams["image_size"] = list(image_size)
+        self.hparams["class_names"] = self.class_names
+        self.hparams["cnn"] = _network_spec(self.cnn)
+        self.hparams["transformer"] = _network_spec(self.transformer)
+
+        #: Completed training iterations (paired batches); saved in checkpoints.
+        self.iteration = 0
+        self._mask_generator: torch.Generator | None = None
+        self._pending_generator_state: Tensor | None = None
+
+        fg_names = self.class_names[1:]
+        self.val_metrics = SegmentationMetrics(num_classes, fg_names, nsd_tolerance=nsd_tolerance)
+        self.test_metrics = SegmentationMetrics(num_classes, fg_names, nsd_tolerance=nsd_tolerance)
+        self.val_dice_per_network = nn.ModuleDict(
+            {
+                name: SegmentationMetrics(num_classes, fg_names, metric_names=("dice",))
+                for name in NETWORK_NAMES
+            }
+        )
+        self._test_case_ids: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def optimizer_steps_per_iteration(self) -> int:
+        """Optimiser steps (and so Lightning ``global_step`` increments) per iteration."""
+        return 4 if self.uses_masking else 2
+
+    @property
+    def segmenters(self) -> dict[str, nn.Module]:
+        """The two segmenters by name (``transformer``, ``cnn``)."""
+        return {"transformer": self.transformer, "cnn": self.cnn}
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Softmax probabilities of the evaluated network(s) for ``x`` (``B x C_in x H x W``).
+
+        Returns:
+            ``B x num_classes x H x W`` probabilities (the mean of both for ``"ensemble"``).
+        """
+        return self._probabilities(x)[self.eval_network]
+
+    # ------------------------------------------------------------------ optimisers
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One SGD per trained part: transformer, CNN (and both discriminators for AdvMIM).
+
+        The learning rate is set from :attr:`iteration` at the start of every iteration (poly
+        schedule), so there is no scheduler state to keep in step with it.
+        """
+        parts: list[nn.Module] = [self.transformer, self.cnn]
+        clips = [self.cfg["grad_clip_norm"]] * 2
+        if self.uses_masking:
+            parts += [self.disc_transformer, self.disc_cnn]
+            clips += [self.cfg["grad_clip_norm"]] * 2
+        return [
+            torch.optim.SGD(
+                [{"params": list(part.parameters()), "clip_norm": clip}],
+                lr=self.cfg["lr"],
+                momentum=self.hparams.momentum,
+                weight_decay=self.hparams.weight_decay,
+            )
+            for part, clip in zip(parts, clips, strict=True)
+        ]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this inside ``optimizer.step()`` after mixed-precision unscaling, so
+        # the norm is clipped on true gradients under every precision.
+        clip = optimizer.param_groups[0].get("clip_norm", 0.0)
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def setup(self, stage: str) -> None:
+        precision = getattr(self.trainer, "precision_plugin", None)
+        if getattr(precision, "scaler", None) is not None and stage == "fit":
+            raise ValueError(
+                "precision='16-mixed' is not supported: Lightning updates the loss scale after "
+                "each of the several optimisers stepped from one backward pass, which unscales "
+                "the later ones with the wrong factor. Use precision='bf16-mixed' (or 32)."
+            )
+
+    # ------------------------------------------------------------------ training
+    def _current_lr(self) -> float:
+        return poly_lr(
+            self.cfg["lr"], self.iteration, self.hparams.max_iterations, self.hparams.poly_power
+        )
+
+    def current_cross_teaching_weight(self) -> float:
+        """The cross-teaching weight at the current iteration (ramped for CTCT)."""
+        weight = self.cfg.get("cross_teaching_weight", 0.0)
+        if not self.cfg.get("cross_teaching_rampup", False):
+            return weight
+        return ctct_consistency_weight(
+            self.iteration,
+            weight=weight,
+            rampup_length=self.hparams.rampup_length,
+            iterations_per_unit=self.hparams.rampup_interval,
+        )
+
+    def mask_generator(self) -> torch.Generator:
+        """The module's mask generator on the module's device, seeded by ``seed + rank``."""
+        gen = self._mask_generator
+        if gen is None or gen.device != self.device:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(self.hparams.seed + self.global_rank)
+            if self._pending_generator_state is not None:
+                gen.set_state(self._pending_generator_state)
+                self._pending_generator_state = None
+            self._mask_generator = gen
+        return gen
+
+    def draw_mask(self, batch_size: int) -> Tensor:
+        """A fresh ``B x H x W`` block mask drawn on the device (True = masked)."""
+        return random_block_mask(
+            batch_size,
+            self.image_size,
+            block_size=self.hparams.mask_block_size,
+            ratio=self.hparams.mask_ratio,
+            generator=self.mask_generator(),
+            device=self.device,
+        )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        if self.iteration >= self.hparams.max_iterations:
+            self.trainer.should_stop = True
+            return -1
+        return None
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """One iteration: segmenter losses, one backward, steps; then the discriminators."""
+        labeled = batch["labeled"]
+        x_l, y = labeled["image"], labeled["label"]
+        x_u = None
+        if self.uses_unlabeled:
+            if "unlabeled" not in batch:
+                raise ValueError(
+                    f"method={self.method!r} needs unlabeled images but the batch has only "
+                    f"{sorted(batch)}; set data.require_unlabeled=true and give unlabeled cases"
+                )
+            x_u = batch["unlabeled"]["image"]
+
+        lr = self._current_lr()
+        optimizers = self.optimizers()
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+        terms, masked_unlabeled_probs = self._segmenter_losses(x_l, y, x_u)
+        total = torch.stack(list(terms.pop("_weighted").values())).sum()
+        seg_opts = optimizers[:2]
+        for opt in seg_opts:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        for opt in seg_opts:
+            opt.step()
+
+        if self.uses_masking:
+            disc_opts = optimizers[2:]
+            for opt in disc_opts:
+                opt.zero_grad(set_to_none=True)
+            disc_terms = self._discriminator_losses(masked_unlabeled_probs)
+            self.manual_backward(self.cfg["discriminator_weight"] * sum(disc_terms.values()))
+            for opt in disc_opts:
+                opt.step()
+            terms.update(disc_terms)
+
+        self.iteration += 1
+        batch_size = x_l.shape[0] + (0 if x_u is None else x_u.shape[0])
+        logged = {f"train/{k}": v.detach() for k, v in terms.items()}
+        logged["train/loss"] = total.detach()
+        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log(
+            "train/iteration", float(self.iteration), on_step=True, on_epoch=False, prog_bar=True
+        )
+        if self.cfg.get("cross_teaching_weight") is not None:
+            self.log(
+                "train/cross_teaching_weight",
+                self.current_cross_teaching_weight(),
+                on_step=True,
+                on_epoch=False,
+                batch_size=batch_size,
+            )
+
+    def _segmenter_losses(
+        self, x_l: Tensor, y: Tensor, x_u: Tensor | None
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """Every segmenter loss term by name (unweighted), plus their weighted sum's parts.
+
+        Returns:
+            ``(terms, masked_unlabeled_probs)``: ``terms`` maps ``<term>_<network>`` to a scalar
+            and holds the weighted parts under ``"_weighted"``; ``masked_unlabeled_probs`` maps
+            each network to the softmax of its masked-domain prediction on the unlabeled
+            images (empty unless AdvMIM), which the discriminator step reuses detached.
+        """
+        n_l = x_l.shape[0]
+        x = x_l if x_u is None else torch.cat([x_l, x_u])
+        logits: dict[str, Tensor] = {}
+        masked_logits: dict[str, Tensor] = {}
+        for name, net in self.segmenters.items():
+            if self.uses_masking:
+                logits[name], masked_logits[name] = net(x, mask=self.draw_mask(x.shape[0]))
+            else:
+                logits[name] = net(x)
+        probs = {name: out.float().softmax(1) for name, out in logits.items()}
+
+        cfg = self.cfg
+        variant = self.hparams.loss_variant
+        terms: dict[str, Tensor] = {}
+        weighted: dict[str, Tensor] = {}
+        masked_unlabeled_probs: dict[str, Tensor] = {}
+        ct_weight = self.current_cross_teaching_weight() if x_u is not None else 0.0
+        for name, other in (("transformer", "cnn"), ("cnn", "transformer")):
+            ce = F.cross_entropy(logits[name][:n_l].float(), y)
+            dice = dice_loss(probs[name][:n_l], y)
+            terms[f"sup_ce_{name}"], terms[f"sup_dice_{name}"] = ce, dice
+            weighted[f"sup_{name}"] = cfg["sup_weight"] * (ce + dice)
+            if x_u is None:
+                continue
+
+            # Pseudo-labels and confidences of the *other* network, never differentiated.
+            with torch.no_grad():
+                confidence, pseudo = probs[other][n_l:].detach().max(1)
+            ct = dice_loss(probs[name][n_l:], pseudo)
+            terms[f"cross_teaching_{name}"] = ct
+            weighted[f"cross_teaching_{name}"] = ct_weight * ct
+            if not self.uses_masking:
+                continue
+
+            m_logits = masked_logits[name].float()
+            m_ce = F.cross_entropy(m_logits[:n_l], y)
+            terms[f"masked_sup_ce_{name}"] = m_ce
+            masked_sup = m_ce
+            m_probs = m_logits.softmax(1)
+            if variant == "paper" or name == "cnn":
+                m_dice = dice_loss(m_probs[:n_l], y)
+                terms[f"masked_sup_dice_{name}"] = m_dice
+                masked_sup = masked_sup + m_dice
+            weighted[f"masked_sup_{name}"] = cfg["masked_sup_weight"] * masked_sup
+
+            pl_ce = confidence_weighted_cross_entropy(m_logits[n_l:], pseudo, confidence)
+            terms[f"masked_pseudo_ce_{name}"] = pl_ce
+            masked_pseudo = pl_ce
+            if variant == "paper":
+                pl_dice = weighted_dice_loss(m_probs[n_l:], pseudo, confidence)
+                terms[f"masked_pseudo_dice_{name}"] = pl_dice
+                masked_pseudo = masked_pseudo + pl_dice
+            weighted[f"masked_pseudo_{name}"] = cfg["masked_pseudo_weight"] * masked_pseudo
+
+            masked_unlabeled_probs[name] = m_probs[n_l:]
+            disc = self._discriminator(name)
+            with _frozen(disc):
+                adv = lsgan_loss(disc(m_probs[n_l:]), target_is_real=True)
+            terms[f"adv_{name}"] = adv
+            weighted[f"adv_{name}"] = cfg["adversarial_weight"] * adv
+        self._last_probs = probs
+        self._n_labeled = n_l
+        return {**terms, "_weighted": weighted}, masked_unlabeled_probs
+
+    def _discriminator(self, network: str) -> nn.Module:
+        return self.disc_transformer if network == "transformer" else self.disc_cnn
+
+    def _discriminator_losses(self, masked_unlabeled_probs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """LSGAN discriminator terms on detached maps ("real" per ``discriminator_real``)."""
+        n_l = self._n_labeled
+        probs = self._last_probs
+        terms = {}
+        for name in NETWORK_NAMES:
+            disc = self._discriminator(name)
+            real_probs = (
+                probs[name][:n_l]
+                if self.hparams.discriminator_real == "labeled"
+                else (probs[name][n_l:])
+            )
+            real = lsgan_loss(disc(real_probs.detach()), target_is_real=True)
+            fake = lsgan_loss(disc(masked_unlabeled_probs[name].detach()), target_is_real=False)
+            terms[f"disc_{name}"] = real + fake
+        del self._last_probs
+        return terms
+
+    # ------------------------------------------------------------------ evaluation
+    def _probabilities(self, x: Tensor) -> dict[str, Tensor]:
+        """Softmax of each network (and their mean, ``"ensemble"``) for ``B x C x H x W``."""
+        probs = {name: net(x).float().softmax(1) for name, net in self.segmenters.items()}
+        probs["ensemble"] = 0.5 * (probs["transformer"] + probs["cnn"])
+        return probs
+
+    @torch.no_grad()
+    def predict_volume(self, image: Tensor) -> dict[str, Tensor]:
+        """Label volumes of a whole case, predicted slice by slice.
+
+        Each slice is resized to ``image_size`` (``eval_interpolation``), segmented, the argmax
+        taken at network resolution and resized back with nearest interpolation (SSL4MIS).
+
+        Args:
+            image: ``C x D x H x W`` float volume (slices along ``D``).
+
+        Returns:
+            ``{"transformer", "cnn", "ensemble"}`` -> ``D x H x W`` int64 label volumes.
+        """
+        if image.ndim != 4:
+            raise ValueError(f"expected a C x D x H x W volume, got shape {tuple(image.shape)}")
+        slices = image.movedim(1, 0)  # D x C x H x W
+        size = slices.shape[-2:]
+        mode = self.hparams.eval_interpolation
+        out: dict[str, list[Tensor]] = {name: [] for name in (*NETWORK_NAMES, "ensemble")}
+        for start in range(0, slices.shape[0], self.hparams.eval_slice_batch):
+            chunk = slices[start : start + self.hparams.eval_slice_batch]
+            if tuple(size) != self.image_size:
+                chunk = F.interpolate(chunk, size=self.image_size, mode=mode)
+            for name, prob in self._probabilities(chunk).items():
+                labels = prob.argmax(1, keepdim=True).float()
+                if tuple(size) != self.image_size:
+                    labels = F.interpolate(labels, size=tuple(size), mode="nearest")
+                out[name].append(labels[:, 0].long())
+        return {name: torch.cat(parts) for name, parts in out.items()}
+
+    def validation_step(self, item: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Score one case; returns the label volumes by network (for panel logging)."""
+        predictions = self.predict_volume(item["image"])
+        label = item["label"]
+        spacing = item["spacing"] if item.get("spacing_known", True) else None
+        index = int(item["case_index"])
+        self.val_metrics.update(predictions[self.eval_network], label, index, spacing)
+        for name, metric in self.val_dice_per_network.items():
+            metric.update(predictions[name], label, index, spacing)
+        return predictions
+
+    def on_validation_epoch_end(self) -> None:
+        values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+        for name, metric in self.val_dice_per_network.items():
+            values[f"val/dice_mean_{name}"] = metric.compute()["dice_mean"]
+            metric.reset()
+        self.val_metrics.reset()
+        self.log_dict(values, prog_bar=False, sync_dist=False)
+        self.log("val/dice_mean", values["val/dice_mean"], prog_bar=True)
+
+    def test_step(self, item: Mapping[str, Any], batch_idx: int) -> None:
+        predictions = self.predict_volume(item["image"])
+        spacing = item["spacing"] if item.get("spacing_known", True) else None
+        index = int(item["case_index"])
+        self._test_case_ids[index] = str(item["case_id"])
+        self.test_metrics.update(predictions[self.eval_network], item["label"], index, spacing)
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()
+        indices, table = self.test_metrics.per_case()
+        self.test_metrics.reset()
+        self.log_dict({f"test/{k}": v for k, v in values.items()}, sync_dist=False)
+        if self.trainer.is_global_zero:
+            path = self.write_test_csv(indices, table, values)
+            log.info("per-case test metrics written to %s", path)
+
+    def write_test_csv(self, indices: Tensor, table: Tensor, summary: Mapping[str, Tensor]) -> Path:
+        """Write the per-case x per-class test metrics and a summary row as CSV.
+
+        Args:
+            indices: ``N`` case indices.
+            table: ``N x len(METRIC_NAMES) x (C - 1)`` metric values.
+            summary: The aggregated metrics (``dice_mean``, ``dice_<class>``, ...).
+
+        Returns:
+            The path written: ``<log_dir>/test_metrics.csv``.
+        """
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "test_metrics.csv"
+        names = self.class_names[1:]
+        columns = [f"{m}_{c}" for m in METRIC_NAMES for c in names]
+        columns += [f"{m}_mean" for m in METRIC_NAMES]
+        dataset_ids = self._dataset_case_ids()
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["case_id", *columns])
+            for index, values in zip(indices.tolist(), table, strict=True):
+                case_id = self._test_case_ids.get(index) or dataset_ids.get(index, str(index))
+                row = [float(v) for v in values.flatten()]
+                row += [float(values[i].mean()) for i in range(len(METRIC_NAMES))]
+                writer.writerow([case_id, *(f"{v:.6g}" for v in row)])
+            mean_row = [float(summary[f"{m}_{c}"]) for m in METRIC_NAMES for c in names]
+            mean_row += [float(summary[f"{m}_mean"]) for m in METRIC_NAMES]
+            writer.writerow(["mean", *(f"{v:.6g}" for v in mean_row)])
+        return path
+
+    def _dataset_case_ids(self) -> dict[int, str]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "test_dataset", None)
+        ids = getattr(dataset, "case_ids", None)
+        return dict(enumerate(ids)) if ids is not None else {}
+
+    def predict_step(self, item: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Predict one case and return its label volume in the input file's array order.
+
+        Returns:
+            ``{"case_id", "prediction" (uint8 array, original axis order), "affine", "source",
+            "spacing"}``; :class:`~advmim_lightning.callbacks.PredictionWriter` saves it.
+        """
+        labels = self.predict_volume(item["image"])[self.eval_network]
+        prediction = labels.to(torch.uint8).cpu().movedim(0, int(item.get("slice_axis", 0)))
+        return {
+            "case_id": str(item["case_id"]),
+            "prediction": prediction.numpy(),
+            "affine": item.get("affine"),
+            "source": item.get("source"),
+            "spacing": item.get("spacing"),
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = {"iteration": self.iteration}
+        if self._mask_generator is not None:
+            state["mask_generator"] = self._mask_generator.get_state()
+        elif self._pending_generator_state is not None:
+            state["mask_generator"] = self._pending_generator_state
+        checkpoint["advmim"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("advmim", {})
+        self.iteration = int(state.get("iteration", 0))
+        if "mask_generator" in state:
+            self._mask_generator = None
+            self._pending_generator_state = state["mask_generator"]
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be two positive ints (H, W), got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
+    if names is None:
+        return ["background", *(f"class{i}" for i in range(1, num_classes))]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"class_names has {len(names)} entries {list(names)} but num_classes={num_classes}"
+        )
+    return [str(n) for n in names]
+
+
+def _network_spec(net: nn.Module) -> dict[str, Any]:
+    cls = type(net)
+    config = getattr(net, "config", None)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": config}
+
+
+def _build_network(
+    net: nn.Module | Mapping[str, Any] | None, default: type[nn.Module], **kwargs: Any
+) -> nn.Module:
+    if net is None:
+        return default(**kwargs)
+    if isinstance(net, nn.Module):
+        return net
+    if isinstance(net, Mapping) and "class_path" in net:
+        class_path = str(net["class_path"])
+        if not class_path.startswith("advmim_lightning."):
+            raise ValueError(
+                f"refusing to import network class {class_path!r} from a stored spec: only "
+                "classes in advmim_lightning are rebuilt automatically. Pass the network "
+                "instance yourself (e.g. load_from_checkpoint(path, cnn=MyNet(...)))."
+            )
+        if net.get("init_args") is None:
+            raise ValueError(f"the stored spec of {class_path!r} has no init_args to rebuild it")
+        module_name, _, cls_name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        return cls(**dict(net["init_args"]))
+    raise TypeError(f"expected an nn.Module, a class_path spec or None, got {type(net).__name__}")
+
+
+def _check_network(
+    name: str, net: nn.Module, num_classes: int, in_channels: int, image_size: tuple[int, int]
+) -> None:
+    found = getattr(net, "num_classes", num_classes)
+    if found != num_classes:
+        raise ValueError(f"{name} predicts {found} classes but num_classes={num_classes}")
+    found = getattr(net, "in_channels", in_channels)
+    if found != in_channels:
+        raise ValueError(f"{name} takes {found} input channels but in_channels={in_channels}")
+    size = getattr(net, "img_size", None)
+    if size is not None and tuple(_pair(size, "img_size")) != tuple(image_size):
+        raise ValueError(
+            f"{name} is built for img_size={tuple(_pair(size, 'img_size'))} but "
+            f"image_size={image_size}; build it with the data's image size"
+        )
+
+
+@contextmanager
+def _frozen(*modules: nn.Module):
+    """Temporarily stop parameter gradients of ``modules`` (activations still backpropagate).
+
+    Used around the discriminator call of the generator's adversarial term: the term flows
+    *through* the discriminator into the segmenter, but the discriminator's own parameters
+    record no gradient from it (the public code computes and then zeroes those stale
+    gradients; not computing them is the same update, cheaper).
+    """
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)

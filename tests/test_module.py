@@ -1,0 +1,227 @@
+"""AdvMIMModule: method defaults, one training iteration per method, gradient isolation."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from advmim_lightning import AdvMIMModule
+from tiny import TINY_SIZE, tiny_batch, tiny_swin, tiny_unet
+
+
+def make_module(method: str = "advmim", **kwargs) -> AdvMIMModule:
+    return AdvMIMModule(
+        cnn=tiny_unet(),
+        transformer=tiny_swin(),
+        image_size=(TINY_SIZE, TINY_SIZE),
+        method=method,
+        max_iterations=kwargs.pop("max_iterations", 10),
+        **kwargs,
+    )
+
+
+class PairedBatches(Dataset):
+    """A map-style dataset of whole paired batches (batch_size=None loader)."""
+
+    def __init__(self, n: int, labeled_only: bool = False) -> None:
+        self.n, self.labeled_only = n, labeled_only
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        batch = tiny_batch(seed=i)
+        if self.labeled_only:
+            del batch["unlabeled"]
+        return batch
+
+
+def fit(module: AdvMIMModule, n_batches: int, labeled_only: bool = False, **trainer_kwargs):
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=trainer_kwargs.pop("max_epochs", 1),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **trainer_kwargs,
+    )
+    loader = DataLoader(PairedBatches(n_batches, labeled_only), batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    return trainer
+
+
+def test_method_defaults_are_resolved_into_hparams():
+    advmim = make_module("advmim")
+    assert advmim.hparams.lr == 0.05
+    assert advmim.hparams.grad_clip_norm == 5.0
+    assert advmim.hparams.sup_weight == 1.0
+    assert advmim.hparams.adversarial_weight == 0.001
+    assert advmim.hparams.discriminator_weight == 0.1
+    assert advmim.hparams.cross_teaching_rampup is False
+    ctct = make_module("ctct")
+    assert ctct.hparams.lr == 0.01
+    assert ctct.hparams.grad_clip_norm == 0.0
+    assert ctct.hparams.sup_weight == 0.5
+    assert ctct.hparams.cross_teaching_rampup is True
+    assert "adversarial_weight" not in ctct.hparams
+    sup = make_module("supervised", lr=0.02)
+    assert sup.hparams.lr == 0.02
+    assert "cross_teaching_weight" not in sup.hparams
+
+
+def test_arguments_a_method_does_not_use_are_refused():
+    with pytest.raises(ValueError, match="adversarial_weight is not used by method='ctct'"):
+        make_module("ctct", adversarial_weight=0.1)
+    with pytest.raises(ValueError, match="method='semi' is not one of"):
+        make_module("semi")
+
+
+def test_network_mismatch_is_reported():
+    with pytest.raises(ValueError, match="cnn predicts 3 classes but num_classes=4"):
+        AdvMIMModule(cnn=tiny_unet(num_classes=3), transformer=tiny_swin(), image_size=64)
+    with pytest.raises(ValueError, match="img_size=\\(64, 64\\) but image_size=\\(128, 128\\)"):
+        AdvMIMModule(cnn=tiny_unet(), transformer=tiny_swin(), image_size=128)
+
+
+def test_hparams_store_network_specs_not_modules():
+    module = make_module()
+    spec = module.hparams.cnn
+    assert spec["class_path"] == "advmim_lightning.networks.unet.UNet"
+    assert spec["init_args"]["channels"] in ((4, 8, 8, 8, 8), [4, 8, 8, 8, 8])
+    rebuilt = AdvMIMModule(**{**module.hparams, "max_iterations": 10})
+    assert type(rebuilt.cnn) is type(module.cnn)
+    assert sum(p.numel() for p in rebuilt.transformer.parameters()) == sum(
+        p.numel() for p in module.transformer.parameters()
+    )
+
+
+def test_stored_specs_outside_the_library_are_refused():
+    with pytest.raises(ValueError, match=r"refusing to import network class 'os\.system'"):
+        AdvMIMModule(cnn={"class_path": "os.system", "init_args": {}}, image_size=64)
+
+
+@pytest.mark.parametrize(
+    ("method", "changed"),
+    [
+        ("advmim", {"transformer", "cnn", "disc_transformer", "disc_cnn"}),
+        ("ctct", {"transformer", "cnn"}),
+        ("supervised", {"transformer", "cnn"}),
+    ],
+)
+def test_one_iteration_updates_the_right_parameter_sets(method, changed):
+    torch.manual_seed(0)
+    module = make_module(method)
+    before = copy.deepcopy(module.state_dict())
+    trainer = fit(module, 1, labeled_only=method == "supervised")
+    assert module.iteration == 1
+    assert trainer.global_step == module.optimizer_steps_per_iteration
+    after = module.state_dict()
+    updated = {
+        key.split(".")[0]
+        for key, value in after.items()
+        if value.dtype.is_floating_point and not torch.equal(value, before[key])
+    }
+    # batch-norm buffers move with their network, so only the four top-level parts can appear
+    assert updated == changed
+
+
+def test_n_iterations_run_exactly_n_and_lr_follows_poly():
+    module = make_module("ctct", max_iterations=3)
+    trainer = fit(module, 5, max_epochs=3)
+    assert module.iteration == 3
+    assert trainer.global_step == 3 * 2
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9)
+
+
+def test_discriminator_step_leaves_segmenters_and_generator_step_leaves_discriminators():
+    torch.manual_seed(0)
+    module = make_module("advmim", discriminator_weight=0.1)
+    batch = tiny_batch()
+    x_l, y, x_u = batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
+    terms, masked_probs = module._segmenter_losses(x_l, y, x_u)
+    total = torch.stack(list(terms.pop("_weighted").values())).sum()
+    total.backward()
+    # the generator pass leaves no gradient on the discriminators (no stale gradients)
+    assert all(p.grad is None for p in module.disc_cnn.parameters())
+    assert all(p.grad is None for p in module.disc_transformer.parameters())
+    assert any(p.grad is not None for p in module.cnn.parameters())
+    for p in module.parameters():
+        p.grad = None
+    disc = module._discriminator_losses(masked_probs)
+    sum(disc.values()).backward()
+    assert all(p.grad is None for p in module.cnn.parameters())
+    assert all(p.grad is None for p in module.transformer.parameters())
+    assert all(p.grad is not None for p in module.disc_cnn.parameters())
+
+
+def test_pseudo_labels_carry_no_gradient_to_the_other_network():
+    torch.manual_seed(0)
+    module = make_module("ctct")
+    batch = tiny_batch()
+    x_l, y, x_u = batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
+    terms, _ = module._segmenter_losses(x_l, y, x_u)
+    terms["cross_teaching_cnn"].backward()
+    # the CNN's cross-teaching Dice uses the transformer's pseudo-labels: only the CNN learns
+    assert all(p.grad is None for p in module.transformer.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.cnn.parameters())
+
+
+def test_every_term_is_logged_by_name():
+    module = make_module("advmim", loss_variant="paper")
+    trainer = fit(module, 1)
+    logged = set(trainer.logged_metrics)
+    for net in ("cnn", "transformer"):
+        for term in (
+            "sup_ce",
+            "sup_dice",
+            "masked_sup_ce",
+            "masked_sup_dice",
+            "cross_teaching",
+            "masked_pseudo_ce",
+            "masked_pseudo_dice",
+            "adv",
+            "disc",
+        ):
+            assert f"train/{term}_{net}" in logged
+    assert {"train/loss", "train/lr"} <= logged
+
+
+def test_public_code_variant_has_masked_dice_for_the_cnn_only():
+    module = make_module("advmim")
+    batch = tiny_batch()
+    terms, _ = module._segmenter_losses(
+        batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
+    )
+    assert "masked_sup_dice_cnn" in terms
+    assert "masked_sup_dice_transformer" not in terms
+    assert "masked_pseudo_dice_cnn" not in terms
+
+
+def test_ctct_rampup_weight():
+    module = make_module("ctct", max_iterations=100_000)
+    module.iteration = 150 * 100
+    assert module.current_cross_teaching_weight() == pytest.approx(0.1 * torch.e ** (-5 * 0.25))
+    advmim = make_module("advmim")
+    advmim.iteration = 0
+    assert advmim.current_cross_teaching_weight() == 0.1
+
+
+def test_masks_come_from_the_module_generator_and_resume_from_its_state():
+    module = make_module("advmim")
+    first = module.draw_mask(3)
+    assert first.shape == (3, TINY_SIZE, TINY_SIZE)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    expected = module.draw_mask(3)
+    other = make_module("advmim")
+    other.on_load_checkpoint(checkpoint)
+    assert torch.equal(other.draw_mask(3), expected)
+    assert other.iteration == module.iteration
