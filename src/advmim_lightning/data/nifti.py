@@ -1,0 +1,432 @@
+"""The MSD / nnU-Net v2 folder layout (NIfTI volumes sliced to 2D).
+
+::
+
+    root/
+      dataset.json          # "labels", "channel_names" (or MSD "modality"), "file_ending"
+      imagesTr/<case>_0000.nii.gz [, <case>_0001.nii.gz, ...]
+      labelsTr/<case>.nii.gz       # images without a label file are unlabeled
+      imagesTs/<case>_0000.nii.gz  # optional test set
+      labelsTs/<case>.nii.gz       # optional test labels
+
+- ``labels`` may be nnU-Net v2 style (``{"background": 0, "LV": 1}``) or MSD style
+  (``{"0": "background", "1": "LV"}``); the values must be ``0 .. num_classes - 1``.
+  Region-based labels (lists) are refused.
+- Several channels are supported end to end: channel files ``_0000`` .. ``_{C-1}`` of a case
+  become the ``C`` input channels (``in_channels`` of the data module follows). MSD files
+  without a channel suffix are accepted for single-channel datasets; 4D MSD images are refused
+  (split them into channel files first).
+- Volumes are sliced along ``slice_axis`` of the array as stored (default: per case, the axis
+  with the coarsest spacing; ties go to the last axis). The spacing (from the header) and the
+  affine are kept so metrics can be in mm and predictions written back with
+  ``np.moveaxis(pred, 0, slice_axis)`` and the original affine.
+- Validation is a seeded fraction of the labeled training cases unless a split file says
+  otherwise; ``imagesTs`` (with ``labelsTs``) is the test set and, by default, the predict set
+  (labels optional there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from advmim_lightning.data.cases import CaseSplit, read_split_file, resolve_case_split
+from advmim_lightning.data.source import (
+    DataSource,
+    EvalSplit,
+    LoadOptions,
+    TrainingPools,
+    pools_from_volumes,
+)
+from advmim_lightning.data.types import Volume
+from advmim_lightning.data.validation import (
+    DataValidationError,
+    check_file_exists,
+    check_finite,
+    check_label_values,
+    check_same_shape,
+)
+
+__all__ = ["NiftiSource", "read_dataset_json", "read_nifti"]
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+_CACHE_VERSION = 1
+
+
+def read_dataset_json(root: Path, num_classes: int) -> tuple[list[str], list[str], str]:
+    """Reads ``dataset.json``.
+
+    Args:
+        root: Dataset root.
+        num_classes: Expected number of classes (background included).
+
+    Returns:
+        ``(class_names, channel_names, file_ending)``.
+
+    Raises:
+        DataValidationError: Missing or unreadable file; missing ``labels`` or channel names;
+            region-based labels; label values not ``0 .. num_classes - 1``; an unsupported file
+            ending.
+    """
+    path = check_file_exists(root / "dataset.json", "dataset.json")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataValidationError(f"Unreadable {path}: {err}; expected JSON.") from err
+    if not isinstance(meta, dict):
+        raise DataValidationError(
+            f"{path}: found a JSON {type(meta).__name__}; expected an object."
+        )
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise DataValidationError(
+            f"{path}: 'labels' is {labels!r}; expected a mapping such as "
+            '{"background": 0, "LV": 1}.'
+        )
+    if all(isinstance(k, str) and k.isdigit() for k in labels) and all(
+        isinstance(v, str) for v in labels.values()
+    ):
+        by_value = {int(k): str(v) for k, v in labels.items()}  # MSD style
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):
+        by_value = {int(v): str(k) for k, v in labels.items()}  # nnU-Net v2 style
+    else:
+        raise DataValidationError(
+            f"{path}: 'labels' is {labels!r}; expected integer class values (region-based "
+            "labels with lists are not supported)."
+        )
+    if sorted(by_value) != list(range(len(by_value))):
+        raise DataValidationError(
+            f"{path}: label values {sorted(by_value)}; expected 0 .. {len(by_value) - 1} "
+            "without gaps."
+        )
+    if len(by_value) != num_classes:
+        raise DataValidationError(
+            f"{path}: {len(by_value)} labels {[by_value[i] for i in sorted(by_value)]}, but "
+            f"num_classes={num_classes}; expected num_classes={len(by_value)}."
+        )
+    channels = meta.get("channel_names", meta.get("modality"))
+    if not isinstance(channels, dict) or not channels:
+        raise DataValidationError(
+            f"{path}: 'channel_names' is {channels!r}; expected a mapping such as "
+            '{"0": "MRI"} (or MSD "modality").'
+        )
+    if sorted(channels) != [str(i) for i in range(len(channels))]:
+        raise DataValidationError(
+            f"{path}: channel keys {sorted(channels)}; expected '0' .. '{len(channels) - 1}'."
+        )
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in (".nii.gz", ".nii"):
+        raise DataValidationError(
+            f"{path}: file_ending {ending!r}; expected '.nii.gz' or '.nii' (other formats are not "
+            "supported)."
+        )
+    return (
+        [by_value[i] for i in range(len(by_value))],
+        [str(channels[str(i)]) for i in range(len(channels))],
+        ending,
+    )
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """Reads a NIfTI file as a 3D array.
+
+    Returns:
+        ``(data, spacing, affine)``: the array as stored (2D files get a trailing axis, trailing
+        singleton axes are dropped), the spacing of its three axes in mm, the 4 x 4 affine.
+
+    Raises:
+        DataValidationError: Missing or unreadable file, or more than three non-singleton axes.
+    """
+    check_file_exists(path, "NIfTI")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except _READ_ERRORS as err:
+        raise DataValidationError(f"Unreadable NIfTI file {path}: {err}; expected NIfTI.") from err
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim != 3:
+        raise DataValidationError(
+            f"{path}: array of shape {data.shape}; expected a 3D volume per file (split 4D "
+            "multi-channel images into <case>_0000, <case>_0001, ... files)."
+        )
+    spacing = tuple((list(zooms[:3]) + [1.0] * 3)[:3])
+    return data, spacing, affine  # type: ignore[return-value]
+
+
+def coarsest_axis(spacing: tuple[float, float, float]) -> int:
+    """Index of the largest spacing; ties go to the last axis."""
+    return max(range(3), key=lambda i: (spacing[i], i))
+
+
+class NiftiSource(DataSource):
+    """Reads the MSD / nnU-Net v2 layout (see the module docstring).
+
+    Args:
+        root: Dataset root.
+        options: Shared loading options.
+
+    Raises:
+        DataValidationError: If ``root`` is not a folder or ``dataset.json`` is invalid.
+    """
+
+    def __init__(self, root: str, options: LoadOptions) -> None:
+        super().__init__(options)
+        self.root = root
+        self.path = Path(root)
+        if not self.path.is_dir():
+            raise DataValidationError(
+                f"NIfTI root {self.path} is not a folder; expected dataset.json and imagesTr/."
+            )
+        self.class_names, self.channel_names, self.file_ending = read_dataset_json(
+            self.path, options.num_classes
+        )
+        self.in_channels = len(self.channel_names)
+        self._scan: dict[str, dict[str, tuple[list[Path], Path | None]]] | None = None
+
+    # ----------------------------------------------------------------------------- listing
+    def _scan_folder(self, images: str, labels: str) -> dict[str, tuple[list[Path], Path | None]]:
+        folder = self.path / images
+        if not folder.is_dir():
+            return {}
+        ending, channels = self.file_ending, self.in_channels
+        found: dict[str, dict[int, Path]] = {}
+        for f in sorted(folder.iterdir()):
+            if not f.name.endswith(ending) or f.name.startswith("."):
+                continue
+            stem = f.name[: -len(ending)]
+            m = _CHANNEL_SUFFIX.match(stem)
+            if m:
+                case, channel = m.group("case"), int(m.group("channel"))
+            elif channels == 1:
+                case, channel = stem, 0
+            else:
+                raise DataValidationError(
+                    f"{f}: no channel suffix; expected <case>_0000{ending} .. "
+                    f"<case>_{channels - 1:04d}{ending} for the {channels} channels of "
+                    "dataset.json."
+                )
+            if channel >= channels:
+                raise DataValidationError(
+                    f"{f}: channel {channel}; expected channels 0 .. {channels - 1} "
+                    f"(dataset.json lists {channels})."
+                )
+            if channel in found.setdefault(case, {}):
+                raise DataValidationError(
+                    f"{f}: duplicate case id {case!r} (also {found[case][channel]}); expected one "
+                    "file per case and channel."
+                )
+            found[case][channel] = f
+        result: dict[str, tuple[list[Path], Path | None]] = {}
+        for case, files in found.items():
+            for c in range(channels):
+                if c not in files:
+                    raise DataValidationError(
+                        f"Missing image file {folder / f'{case}_{c:04d}{ending}'}: case {case!r} "
+                        f"has channels {sorted(files)}; expected all {channels} channel files."
+                    )
+            label = self.path / labels / f"{case}{ending}"
+            result[case] = ([files[c] for c in range(channels)], label if label.is_file() else None)
+        label_folder = self.path / labels
+        if label_folder.is_dir():
+            for f in sorted(label_folder.iterdir()):
+                if f.name.endswith(ending) and not f.name.startswith("."):
+                    case = f.name[: -len(ending)]
+                    if case not in result:
+                        raise DataValidationError(
+                            f"{f}: label without an image; expected {folder}/{case}_0000{ending}."
+                        )
+        return result
+
+    def cases(self) -> dict[str, dict[str, tuple[list[Path], Path | None]]]:
+        """``{"train": {case: (channel files, label file or None)}, "test": {...}}``."""
+        if self._scan is None:
+            train = self._scan_folder("imagesTr", "labelsTr")
+            if not train:
+                raise DataValidationError(
+                    f"{self.path / 'imagesTr'}: found no {self.file_ending} images; expected "
+                    f"<case>_0000{self.file_ending} files."
+                )
+            test = self._scan_folder("imagesTs", "labelsTs")
+            both = sorted(set(train) & set(test))
+            if both:
+                raise DataValidationError(
+                    f"{self.path}: case id(s) {both[:10]} in both imagesTr and imagesTs "
+                    "(duplicate case id); expected each case once."
+                )
+            self._scan = {"train": train, "test": test}
+        return self._scan
+
+    def _groups(self, cases: dict[str, tuple[list[Path], Path | None]], folder: str):
+        groups: dict[str, list[str]] = {}
+        for case in sorted(cases):
+            groups.setdefault(self.grouper(case, str(self.path / folder)), []).append(case)
+        return groups
+
+    def case_split(self) -> CaseSplit:
+        """Seeded (or split-file) case split; ``imagesTs`` is the default test set."""
+        scan = self.cases()
+        train_groups = self._groups(scan["train"], "imagesTr")
+        test_groups = self._groups(scan["test"], "imagesTs")
+        capable = {
+            g for g, cases in train_groups.items() if any(scan["train"][c][1] for c in cases)
+        }
+        split_file = read_split_file(self.options.split_file) if self.options.split_file else None
+        return resolve_case_split(
+            list(train_groups),
+            capable,
+            labeled_cases=self.options.labeled_cases,
+            split=split_file,
+            split_seed=self.options.split_seed,
+            val_fraction=self.options.val_fraction,
+            test_fraction=0.0,
+            fixed_test=list(test_groups),
+            source=self.options.split_file or str(self.path),
+        )
+
+    def _cases_of(self, groups: list[str]) -> list[tuple[str, list[Path], Path | None]]:
+        wanted = set(groups)
+        out = []
+        for folder in ("train", "test"):
+            for case, (files, label) in sorted(self.cases()[folder].items()):
+                if self.grouper(case) in wanted:
+                    out.append((case, files, label))
+        order = {g: i for i, g in enumerate(groups)}
+        out.sort(key=lambda item: (order[self.grouper(item[0])], item[0]))
+        return out
+
+    # ----------------------------------------------------------------------------- loading
+    def load_case(
+        self, case: str, files: list[Path], label_file: Path | None, read_label: bool
+    ) -> Volume:
+        """Reads, checks, slices and normalises one case (through the cache when configured)."""
+        cache = self._cache_paths(case, files, label_file if read_label else None)
+        if cache is not None and cache[2].is_file():
+            meta = json.loads(cache[2].read_text())
+            return Volume(
+                case_id=case,
+                group_id=self.grouper(case),
+                image=np.load(cache[0], mmap_mode="r"),
+                label=np.load(cache[1], mmap_mode="r") if meta["has_label"] else None,
+                spacing=tuple(meta["spacing"]),  # type: ignore[arg-type]
+                spacing_known=True,
+                affine=np.asarray(meta["affine"], dtype=np.float64),
+                slice_axis=int(meta["slice_axis"]),
+                source=str(files[0]),
+            )
+        arrays, spacing, affine = [], None, None
+        for f in files:
+            data, file_spacing, file_affine = read_nifti(f)
+            if arrays and data.shape != arrays[0].shape:
+                raise DataValidationError(
+                    f"{f}: channel shape {data.shape} differs from {arrays[0].shape} of "
+                    f"{files[0]}; expected equal shapes for all channels."
+                )
+            data = np.asarray(data, dtype=np.float32)
+            check_finite(data, str(f))
+            arrays.append(data)
+            if spacing is None:
+                spacing, affine = file_spacing, file_affine
+        assert spacing is not None and affine is not None
+        label = None
+        if read_label and label_file is not None:
+            label, _, _ = read_nifti(label_file)
+            check_same_shape(arrays[0].shape, label.shape, str(files[0]), str(label_file))
+            check_label_values(label, self.options.num_classes, str(label_file))
+            label = np.asarray(label).astype(self.options.label_dtype)
+        axis = self.options.slice_axis if self.options.slice_axis is not None else None
+        axis = coarsest_axis(spacing) if axis is None else axis
+        image = np.ascontiguousarray(np.moveaxis(np.stack(arrays), axis + 1, 1))
+        image = self.options.normalize(image)
+        if label is not None:
+            label = np.ascontiguousarray(np.moveaxis(label, axis, 0))
+        others = [i for i in range(3) if i != axis]
+        dhw_spacing = (spacing[axis], spacing[others[0]], spacing[others[1]])
+        volume = Volume(
+            case_id=case,
+            group_id=self.grouper(case),
+            image=image,
+            label=label,
+            spacing=tuple(float(s) for s in dhw_spacing),  # type: ignore[arg-type]
+            spacing_known=True,
+            affine=affine,
+            slice_axis=axis,
+            source=str(files[0]),
+        )
+        if cache is not None:
+            self._write_cache(cache, volume)
+        return volume
+
+    def _cache_paths(
+        self, case: str, files: list[Path], label_file: Path | None
+    ) -> tuple[Path, Path, Path] | None:
+        if self.options.cache_dir is None:
+            return None
+        o = self.options
+        parts = [str(_CACHE_VERSION), o.normalization, str(o.window_level), str(o.window_width)]
+        parts += [str(o.num_classes), str(o.slice_axis)]
+        for f in [*files, *([label_file] if label_file else [])]:
+            stat = f.stat()
+            parts += [str(f.resolve()), str(stat.st_mtime_ns), str(stat.st_size)]
+        key = hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+        folder = Path(o.cache_dir) / "nifti"
+        return (
+            folder / f"{case}_{key}_image.npy",
+            folder / f"{case}_{key}_label.npy",
+            folder / f"{case}_{key}.json",
+        )
+
+    @staticmethod
+    def _write_cache(paths: tuple[Path, Path, Path], volume: Volume) -> None:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        np.save(paths[0], volume.image)
+        if volume.label is not None:
+            np.save(paths[1], volume.label)
+        meta = {
+            "has_label": volume.label is not None,
+            "spacing": list(volume.spacing),
+            "affine": np.asarray(volume.affine).tolist(),
+            "slice_axis": volume.slice_axis,
+        }
+        tmp = paths[2].with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(paths[2])  # written last: marks the entry complete
+
+    def load_training(self, split: CaseSplit) -> TrainingPools:
+        """Reads every training case once (labels only for the labeled pool)."""
+        labeled = set(split.labeled)
+        volumes = [
+            self.load_case(case, files, label, read_label=self.grouper(case) in labeled)
+            for case, files, label in self._cases_of(split.labeled + split.unlabeled)
+        ]
+        return pools_from_volumes(volumes, split)
+
+    def load_eval(self, which: EvalSplit, split: CaseSplit) -> list[Volume]:
+        """Reads the val or test cases; predict reads the test cases with optional labels."""
+        groups = split.val if which == "val" else split.test
+        if which == "predict" and not groups:
+            raise DataValidationError(
+                f"{self.path}: nothing to predict; expected images in imagesTs/ (or a 'test' "
+                "list in the split file)."
+            )
+        volumes = []
+        for case, files, label_file in self._cases_of(groups):
+            if label_file is None and which != "predict":
+                folder = "labelsTr" if files[0].parent.name == "imagesTr" else "labelsTs"
+                raise DataValidationError(
+                    f"Missing label file {self.path / folder / (case + self.file_ending)} for "
+                    f"{which} case {case!r}; expected labels for every {which} case."
+                )
+            volumes.append(self.load_case(case, files, label_file, read_label=True))
+        return volumes

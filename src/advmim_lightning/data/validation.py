@@ -1,0 +1,176 @@
+"""Checks run while data is loaded, and the error they raise.
+
+Every check raises :class:`DataValidationError` with a message that names the file (or the list /
+split file) at fault, the value found and what was expected, so that a user can fix the data
+without reading this code.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DataValidationError",
+    "check_disjoint",
+    "check_file_exists",
+    "check_finite",
+    "check_label_values",
+    "check_no_duplicates",
+    "check_same_shape",
+]
+
+
+class DataValidationError(ValueError):
+    """Raised when a dataset on disk (or a split) does not have the expected content.
+
+    A subclass of :class:`ValueError`, so callers that already catch ``ValueError`` for bad
+    arguments also catch bad data.
+    """
+
+
+def check_file_exists(path: str | Path, what: str) -> Path:
+    """Returns ``path`` as a :class:`~pathlib.Path` if it is an existing file.
+
+    Args:
+        path: The file expected to exist.
+        what: What the file is, for the message (e.g. ``"training slice"``).
+
+    Returns:
+        The path.
+
+    Raises:
+        DataValidationError: If the file does not exist or is not a regular file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        found = "a directory" if p.is_dir() else "nothing"
+        raise DataValidationError(
+            f"Missing {what} file {p}: found {found}, expected a readable file."
+        )
+    return p
+
+
+def check_finite(array: np.ndarray, source: str, what: str = "image") -> None:
+    """Checks that an array holds no NaN or infinite values.
+
+    Args:
+        array: Array of any shape; integer arrays always pass.
+        source: The file the array was read from.
+        what: Name of the array, for the message.
+
+    Raises:
+        DataValidationError: If a value is NaN or infinite; the message gives the count and the
+            index of the first one.
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    bad = np.argwhere(~finite)
+    first = tuple(int(i) for i in bad[0])
+    value = float(array[first])
+    raise DataValidationError(
+        f"{source}: {what} has {len(bad)} non-finite voxel(s) (first {value} at index {first}); "
+        "expected only finite values."
+    )
+
+
+def check_label_values(label: np.ndarray, num_classes: int, source: str) -> None:
+    """Checks that a label map holds integer values in ``[0, num_classes)``.
+
+    Args:
+        label: Label array of any shape, integer or float dtype.
+        num_classes: Number of classes, background included.
+        source: The file the label was read from.
+
+    Raises:
+        DataValidationError: If a value is not an integer or lies outside ``[0, num_classes)``.
+    """
+    if label.size == 0:
+        return
+    if np.issubdtype(label.dtype, np.floating):
+        check_finite(label, source, "label")
+        non_integer = label != np.round(label)
+        if non_integer.any():
+            value = label[non_integer].flat[0]
+            raise DataValidationError(
+                f"{source}: label holds the non-integer value {float(value)!r}; expected integer "
+                f"class indices in [0, {num_classes})."
+            )
+    low, high = label.min(), label.max()
+    if low < 0 or high >= num_classes:
+        found = sorted({int(v) for v in np.unique(label) if v < 0 or v >= num_classes})
+        raise DataValidationError(
+            f"{source}: label value(s) {found} outside [0, {num_classes}) (num_classes="
+            f"{num_classes}); expected class indices 0..{num_classes - 1}."
+        )
+
+
+def check_same_shape(
+    image_shape: Sequence[int], label_shape: Sequence[int], image_source: str, label_source: str
+) -> None:
+    """Checks that an image and its label have the same spatial shape.
+
+    Args:
+        image_shape: Spatial shape of the image (no channel axis).
+        label_shape: Shape of the label.
+        image_source: Image file.
+        label_source: Label file.
+
+    Raises:
+        DataValidationError: If the shapes differ.
+    """
+    if tuple(image_shape) != tuple(label_shape):
+        raise DataValidationError(
+            f"{label_source}: label shape {tuple(label_shape)} does not match the image shape "
+            f"{tuple(image_shape)} of {image_source}; expected equal shapes."
+        )
+
+
+def check_no_duplicates(ids: Iterable[str], source: str, what: str = "case id") -> None:
+    """Checks that no id occurs twice.
+
+    Args:
+        ids: Ids in any order.
+        source: Where the ids come from (a list file, a folder, a split file).
+        what: What the ids are, for the message.
+
+    Raises:
+        DataValidationError: If an id occurs more than once.
+    """
+    counts = Counter(ids)
+    duplicates = sorted(k for k, n in counts.items() if n > 1)
+    if duplicates:
+        shown = ", ".join(f"{d!r} ({counts[d]}x)" for d in duplicates[:5])
+        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        raise DataValidationError(
+            f"{source}: duplicate {what}(s) {shown}{more}; expected each {what} once."
+        )
+
+
+def check_disjoint(
+    labeled_cases: Iterable[str], other_cases: Iterable[str], other_name: str, source: str
+) -> None:
+    """Checks that no labeled training case also appears in an evaluation split.
+
+    Args:
+        labeled_cases: Case (patient) ids of the labeled training pool.
+        other_cases: Case ids of the evaluation split.
+        other_name: Name of the evaluation split (``"val"`` or ``"test"``).
+        source: Where the split comes from, for the message.
+
+    Raises:
+        DataValidationError: If a case is in both.
+    """
+    overlap = sorted(set(labeled_cases) & set(other_cases))
+    if overlap:
+        raise DataValidationError(
+            f"{source}: case(s) {overlap[:10]} are in both the labeled training pool and the "
+            f"{other_name} split; expected disjoint case sets (a case is grouped by its case id "
+            "pattern, e.g. both frames of a patient)."
+        )

@@ -1,0 +1,187 @@
+"""The data module on the phantom: batches, evaluation items, determinism, resume, sharding."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from advmim_lightning.data import AdvMIMDataModule, DataValidationError
+
+
+def fingerprint(batch) -> list[torch.Tensor]:
+    out = [batch["labeled"]["image"], batch["labeled"]["label"]]
+    if "unlabeled" in batch:
+        out.append(batch["unlabeled"]["image"])
+    return out
+
+
+def batches(dm: AdvMIMDataModule, count: int | None = None) -> list[list[torch.Tensor]]:
+    loader = dm.train_dataloader()
+    out = []
+    for i, b in enumerate(loader):
+        if count is not None and i == count:
+            break
+        out.append(fingerprint(b))
+    return out
+
+
+def same(a, b) -> bool:
+    return len(a) == len(b) and all(
+        len(x) == len(y) and all(torch.equal(s, t) for s, t in zip(x, y, strict=True))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_phantom_end_to_end(make_phantom_dm) -> None:
+    dm = make_phantom_dm()
+    assert dm.class_names == ["background", "RV", "Myo", "LV"]
+    assert (dm.in_channels, dm.num_classes, dm.layout) == (1, 4, "phantom")
+    assert dm.hparams["phantom_cases"] == 6 and dm.hparams["labeled_batch_size"] == 2
+    dm.setup("fit")
+    assert len(dm.labeled_dataset) == 9 and len(dm.unlabeled_dataset) == 3
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, DistributedSampler)  # Lightning will not re-wrap it
+    assert len(loader) == 2  # ceil(3 unlabeled slices / batch 2)
+    batch = next(iter(loader))
+    assert batch["labeled"]["image"].shape == (2, 1, 32, 32)
+    assert batch["labeled"]["image"].dtype == torch.float32
+    assert batch["labeled"]["label"].dtype == torch.int64
+    assert batch["labeled"]["label"].min() >= 0 and batch["labeled"]["label"].max() < 4
+    assert batch["unlabeled"]["image"].shape == (2, 1, 32, 32)
+    assert set(batch["unlabeled"]) == {"image", "case_id"}
+    assert set(batch["labeled"]["case_id"]) <= set(dm.case_split.labeled)
+    item = next(iter(dm.val_dataloader()))
+    case = item["case_id"]
+    assert item["source"] == f"phantom:{case}" and item["slice_axis"] == 2
+    s_slice, s_in, _ = item["spacing"]
+    assert 5.0 <= s_slice <= 10.0 and 1.3 <= s_in <= 1.8 and item["spacing"][2] == s_in
+    np.testing.assert_allclose(item["affine"].numpy(), np.diag([s_in, s_in, s_slice, 1.0]))
+    assert item["image"].shape == (1, 3, 32, 32) and item["label"].shape == (3, 32, 32)
+    dm.setup("test")
+    dm.setup("predict")
+    assert dm.predict_dataset.case_ids() == dm.test_dataset.case_ids() == dm.case_split.test
+
+
+def test_determinism_by_seed(make_phantom_dm) -> None:
+    a = batches(make_phantom_dm(seed=3), 2)
+    assert same(a, batches(make_phantom_dm(seed=3), 2))
+    assert not same(a, batches(make_phantom_dm(seed=4), 2))
+
+
+def test_same_batches_with_workers(make_phantom_dm) -> None:
+    reference = batches(make_phantom_dm(iterations_per_epoch=3))
+    with_workers = batches(make_phantom_dm(iterations_per_epoch=3, num_workers=2))
+    assert same(reference, with_workers)
+
+
+def test_resume_from_an_iteration_gives_the_same_batches(make_phantom_dm) -> None:
+    dm = make_phantom_dm(iterations_per_epoch=3)
+    dm.setup("fit")
+    full = []
+    loader = dm.train_dataloader()
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        full += [fingerprint(b) for b in loader]
+    resumed = make_phantom_dm(iterations_per_epoch=3)
+    resumed.load_state_dict({"next_iteration": 4, "seed": 0})
+    assert same(batches(resumed), full[4:])  # the rest of epoch 1
+
+
+def test_iteration_tracking_and_state_dict(make_phantom_dm) -> None:
+    dm = make_phantom_dm(iterations_per_epoch=3)
+    assert dm.state_dict()["next_iteration"] == 0
+    loader = dm.train_dataloader()
+    batch = next(iter(loader))
+    assert batch["iteration"] == 0
+    batch = dm.on_before_batch_transfer(batch, 0)
+    assert "iteration" not in batch and dm.next_iteration == 1
+    state = dm.state_dict()
+    assert state["next_iteration"] == 1 and state["iterations_per_epoch"] == 3
+    assert all(isinstance(v, int | type(None)) for v in state.values())  # weights_only-safe
+    other = make_phantom_dm(iterations_per_epoch=3, seed=5)
+    with pytest.warns(UserWarning, match="changed settings \\(seed: 0 -> 5\\)"):
+        other.load_state_dict(state)
+    assert other.start_iteration == 1
+    other.set_start_iteration(2)
+    assert next(iter(other.train_dataloader()))["iteration"] == 2
+    with pytest.raises(ValueError, match="start_iteration must be an integer >= 0"):
+        other.start_iteration = -1
+
+
+def test_two_ranks_share_the_streams_without_duplicates(make_phantom_dm) -> None:
+    seen: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
+    sizes = {}
+    for rank in range(2):
+        dm = make_phantom_dm(phantom_cases=10, labeled_cases=2, augment=False)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=0)
+        loader = dm.train_dataloader()
+        sizes = {0: len(dm.labeled_dataset), 1: len(dm.unlabeled_dataset)}
+        assert (loader.sampler.rank, loader.sampler.num_replicas) == (rank, 2)
+        assert len(loader) == 4  # ceil(15 unlabeled slices / (2 ranks x 2))
+        for _, streams in loader.sampler:
+            for stream, pairs in enumerate(streams):
+                seen[stream] += list(pairs)
+        batch = next(iter(loader))  # the batch really holds the planned slices
+        assert batch["labeled"]["image"].shape == (2, 1, 32, 32)
+        dm.trainer = None
+    assert sizes == {0: 6, 1: 15}
+    for stream, pairs in seen.items():
+        positions = sorted(g for _, g in pairs)
+        assert positions == list(range(16))  # 4 iterations x 2 ranks x 2: each position once
+        n = sizes[stream]
+        for p in range(16 // n + 1):  # within a pass, no slice is read twice
+            indices = [i for i, g in pairs if g // n == p]
+            assert len(indices) == len(set(indices))
+            if (p + 1) * n <= 16:
+                assert sorted(indices) == list(range(n))
+
+
+def test_default_epoch_length_without_unlabeled_stream(make_phantom_dm) -> None:
+    dm = make_phantom_dm(labeled_cases=4, require_unlabeled=False)
+    dm.setup("fit")
+    assert dm.unlabeled_dataset is None
+    assert dm.resolved_iterations_per_epoch() == 6  # 12 labeled slices / batch 2
+    assert dm.resolved_iterations_per_epoch(world_size=2) == 3
+    assert "unlabeled" not in next(iter(dm.train_dataloader()))
+
+
+def test_phantom_errors(make_phantom_dm) -> None:
+    with pytest.raises(
+        DataValidationError, match="phantom: num_classes=3; the phantom has 4 classes"
+    ):
+        make_phantom_dm(num_classes=3)
+    with pytest.raises(DataValidationError, match="unlabeled pool is empty"):
+        make_phantom_dm(labeled_cases=4).setup("fit")
+    with pytest.raises(
+        DataValidationError, match=r"the test set is empty; expected test_fraction > 0"
+    ):
+        make_phantom_dm(test_fraction=0.0).setup("test")
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"layout": "dicom"}, "layout must be one of"),
+        ({"num_classes": 1}, "num_classes must be >= 2"),
+        ({"labeled_cases": 0}, "labeled_cases must be >= 1"),
+        ({"labeled_cases": ["a", "a"]}, "labeled_cases lists a case twice"),
+        ({"labeled_batch_size": 0}, "labeled_batch_size must be an integer >= 1, got 0"),
+        ({"image_size": (32,)}, "image_size must be two integers"),
+        ({"num_workers": -1}, "num_workers must be an integer >= 0"),
+        ({"iterations_per_epoch": 0}, "iterations_per_epoch must be >= 1"),
+        ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+        ({"slice_axis": 3}, "slice_axis must be 0, 1, 2 or None"),
+        ({"normalization": "robust"}, "normalization must be one of"),
+        ({"image_interpolation": "cubic"}, "image_interpolation must be one of"),
+        ({"rotate_probability": 2.0}, r"rotate_probability must be in \[0, 1\]"),
+        ({"case_pattern": "("}, "not a valid regular expression"),
+        ({"phantom_size": 8}, "phantom_size must be >= 16"),
+    ],
+)
+def test_argument_checks(kwargs, message: str, make_phantom_dm) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_phantom_dm(**kwargs)
