@@ -225,3 +225,102 @@ def test_masks_come_from_the_module_generator_and_resume_from_its_state():
     other.on_load_checkpoint(checkpoint)
     assert torch.equal(other.draw_mask(3), expected)
     assert other.iteration == module.iteration
+
+
+class Volumes(Dataset):
+    """Eval items as the DataModule yields them: one whole case per item."""
+
+    def __init__(self, n: int = 2, depth: int = 3, size: int = 40) -> None:
+        self.n, self.depth, self.size = n, depth, size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        gen = torch.Generator().manual_seed(100 + i)
+        label = torch.zeros(self.depth, self.size, self.size, dtype=torch.long)
+        label[:, 10:30, 10:30] = 1
+        label[:, 15:25, 15:25] = 3
+        image = label.float().unsqueeze(0) / 3 + 0.1 * torch.rand(
+            1, self.depth, self.size, self.size, generator=gen
+        )
+        return {
+            "image": image,
+            "label": label,
+            "case_id": f"vol{i}",
+            "case_index": i,
+            "spacing": (5.0, 1.5, 1.5),
+            "spacing_known": True,
+            "affine": torch.diag(torch.tensor([1.5, 1.5, 5.0, 1.0], dtype=torch.float64)),
+            "slice_axis": 2,
+            "source": f"memory:vol{i}",
+        }
+
+
+def _unwrap(items: list) -> dict:
+    return items[0]
+
+
+def test_validation_and_test_score_whole_volumes_and_write_csv(tmp_path):
+    module = make_module("ctct", class_names=["background", "RV", "Myo", "LV"])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    loader = DataLoader(Volumes(), batch_size=1, collate_fn=_unwrap)
+    (val,) = trainer.validate(module, dataloaders=loader)
+    for key in ("val/dice_mean", "val/hd95_mean", "val/asd_mean", "val/nsd_mean", "val/dice_LV"):
+        assert key in val
+    assert {"val/dice_mean_cnn", "val/dice_mean_transformer"} <= set(val)
+    assert 0.0 <= val["val/dice_mean"] <= 1.0
+    (test,) = trainer.test(module, dataloaders=loader)
+    rows = (tmp_path / "test_metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["case_id", "dice_RV", "dice_Myo"]
+    assert [r.split(",")[0] for r in rows[1:]] == ["vol0", "vol1", "mean"]
+    assert float(rows[-1].split(",")[rows[0].split(",").index("dice_mean")]) == pytest.approx(
+        test["test/dice_mean"], abs=1e-5
+    )
+
+
+def test_predict_returns_labels_in_the_input_axis_order_and_the_writer_saves_nifti(tmp_path):
+    import nibabel as nib
+
+    from advmim_lightning.callbacks import PredictionWriter
+
+    module = make_module("supervised")
+    writer = PredictionWriter(output_dir=str(tmp_path / "pred"), file_format="nifti")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[writer],
+        default_root_dir=tmp_path,
+    )
+    loader = DataLoader(Volumes(n=1, depth=3, size=40), batch_size=1, collate_fn=_unwrap)
+    (out,) = trainer.predict(module, dataloaders=loader)
+    assert out["prediction"].shape == (40, 40, 3)  # depth moved back to slice_axis=2
+    saved = nib.load(tmp_path / "pred" / "vol0.nii.gz")
+    assert saved.shape == (40, 40, 3)
+    assert (saved.affine == Volumes()[0]["affine"].numpy()).all()
+    assert (saved.get_fdata() == out["prediction"]).all()
+
+
+def test_sixteen_bit_mixed_precision_is_refused_with_a_reason():
+    from lightning.pytorch.plugins import MixedPrecision
+
+    # On CPU Lightning turns "16-mixed" into bf16, so build the fp16 plugin with its scaler.
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    module = make_module("advmim")
+    with pytest.raises(ValueError, match="precision='16-mixed' is not supported"):
+        fit(module, 1, plugins=[plugin])
+
+
+def test_bf16_mixed_iteration_runs_and_keeps_float32_weights():
+    module = make_module("advmim")
+    trainer = fit(module, 1, precision="bf16-mixed")
+    assert module.iteration == 1
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    assert torch.isfinite(trainer.logged_metrics["train/loss"])

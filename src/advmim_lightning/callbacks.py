@@ -1,16 +1,18 @@
-"""Lightning callbacks of the library: writing predictions to disk."""
+"""Lightning callbacks of the library: predictions to disk, validation panels, run checkpoints."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+from weakref import proxy
 
 import lightning.pytorch as pl
 import numpy as np
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +163,42 @@ class ValidationPanels(pl.Callback):
                     step=trainer.global_step,
                     caption=["image | ground truth | CNN | transformer"] * len(self._rows),
                 )
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps ``last.ckpt`` current and writes every file atomically.
+
+    Lightning 2.6 refreshes ``last.ckpt`` only when a top-k checkpoint was written at the same
+    step, so a run whose score stops improving would resume from an old state. This callback
+    also writes ``last.ckpt`` after every validation and when training ends (the module stops
+    itself after ``max_iterations``), which is what ``--ckpt_path last`` resumes from.
+    Each file is written under a temporary name and renamed into place, so a kill during saving
+    never leaves a truncated checkpoint behind.
+    """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._refresh_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: pl.Trainer) -> None:
+        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        if trainer.state.fn != "fit" or self._last_global_step_saved == trainer.global_step:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        tmp = f"{filepath}.tmp"
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))

@@ -134,7 +134,8 @@ class AdvMIMModule(pl.LightningModule):
         eval_slice_batch: Slices predicted at once during evaluation.
         nsd_tolerance: Tolerance of the normalised surface Dice, in the volume's units (mm
             where spacing is known, voxels otherwise).
-        seed: Seed of the module's mask generator (offset by the global rank).
+        mask_seed: Seed of the module's mask generator (offset by the global rank). Named
+            apart from the data module's ``seed`` so both can be logged together.
 
     Raises:
         ValueError: On an unknown method, an argument the chosen method does not use, or
@@ -174,7 +175,7 @@ class AdvMIMModule(pl.LightningModule):
         eval_interpolation: Literal["nearest", "bilinear"] = "nearest",
         eval_slice_batch: int = 16,
         nsd_tolerance: float = 1.0,
-        seed: int = 0,
+        mask_seed: int = 0,
     ) -> None:
         super().__init__()
         if method not in METHOD_DEFAULTS:
@@ -340,11 +341,11 @@ class AdvMIMModule(pl.LightningModule):
         )
 
     def mask_generator(self) -> torch.Generator:
-        """The module's mask generator on the module's device, seeded by ``seed + rank``."""
+        """The module's mask generator on the module's device, seeded by ``mask_seed + rank``."""
         gen = self._mask_generator
         if gen is None or gen.device != self.device:
             gen = torch.Generator(device=self.device)
-            gen.manual_seed(self.hparams.seed + self.global_rank)
+            gen.manual_seed(self.hparams.mask_seed + self.global_rank)
             if self._pending_generator_state is not None:
                 gen.set_state(self._pending_generator_state)
                 self._pending_generator_state = None
@@ -574,8 +575,9 @@ class AdvMIMModule(pl.LightningModule):
             values[f"val/dice_mean_{name}"] = metric.compute()["dice_mean"]
             metric.reset()
         self.val_metrics.reset()
-        self.log_dict(values, prog_bar=False, sync_dist=False)
-        self.log("val/dice_mean", values["val/dice_mean"], prog_bar=True)
+        dice_mean = values.pop("val/dice_mean")
+        self.log_dict(values, sync_dist=False)
+        self.log("val/dice_mean", dice_mean, prog_bar=True, sync_dist=False)
 
     def test_step(self, item: Mapping[str, Any], batch_idx: int) -> None:
         predictions = self.predict_volume(item["image"])
@@ -627,8 +629,8 @@ class AdvMIMModule(pl.LightningModule):
     def _dataset_case_ids(self) -> dict[int, str]:
         datamodule = getattr(self.trainer, "datamodule", None)
         dataset = getattr(datamodule, "test_dataset", None)
-        ids = getattr(dataset, "case_ids", None)
-        return dict(enumerate(ids)) if ids is not None else {}
+        case_ids = getattr(dataset, "case_ids", None)
+        return dict(enumerate(case_ids())) if callable(case_ids) else {}
 
     def predict_step(self, item: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Predict one case and return its label volume in the input file's array order.
