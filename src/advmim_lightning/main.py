@@ -1,0 +1,165 @@
+"""The ``advmim`` command line: LightningCLI for fit / validate / test / predict.
+
+``advmim fit -c configs/quickstart.yaml`` trains; ``validate``, ``test`` and ``predict`` take the
+same configs plus ``--ckpt_path``. Runs live in ``<runs_dir>/<run_name>/`` (resolved config,
+``checkpoints/last.ckpt`` and the best checkpoint, ``metrics.csv``, offline wandb files), so
+``--ckpt_path last`` resumes the named run. ``advmim export`` and ``advmim prepare`` are plain
+subcommands beside the Lightning ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from advmim_lightning.callbacks import PredictionWriter, RunCheckpoint, ValidationPanels
+from advmim_lightning.data import AdvMIMDataModule
+from advmim_lightning.module import AdvMIMModule
+
+EXTRA_COMMANDS = {
+    "export": "advmim_lightning.export",
+    "prepare": "advmim_lightning.data.prepare",
+}
+
+
+class AdvMIMCLI(LightningCLI):
+    """LightningCLI with the library's links between data and model, and run folders."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_name", type=str, default="advmim", help="Name of the run and of its folder."
+        )
+        parser.add_argument(
+            "--runs_dir", type=str, default="runs", help="Folder that holds one folder per run."
+        )
+        parser.add_argument(
+            "--wandb_mode",
+            type=str,
+            default="offline",
+            choices=["offline", "online", "disabled"],
+            help="Weights & Biases: offline (default; `wandb sync` later), online or disabled.",
+        )
+        parser.add_argument(
+            "--wandb_project", type=str, default="advmim-lightning", help="wandb project name."
+        )
+        # Stated once, on the data side, and linked to the model and to networks given by
+        # class_path (a network left at its default is built by the module from these).
+        parser.link_arguments("data.num_classes", "model.num_classes")
+        parser.link_arguments("data.image_size", "model.image_size")
+        parser.link_arguments("data.num_classes", "model.cnn.init_args.num_classes")
+        parser.link_arguments("data.num_classes", "model.transformer.init_args.num_classes")
+        parser.link_arguments("data.image_size", "model.transformer.init_args.img_size")
+        parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("model.method", "data.require_unlabeled", compute_fn=_needs_unlabeled)
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(ValidationPanels, "panels")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The configured trainer, plus the run folder's loggers and checkpoints by default.
+
+        Unless the config says otherwise: ``default_root_dir`` is ``<runs_dir>/<run_name>``,
+        the loggers are a CSV logger (``metrics.csv``) and an offline wandb logger in that
+        folder, and a ``ModelCheckpoint`` keeps ``checkpoints/last.ckpt`` and the best
+        ``val/dice_mean`` there, which is where ``--ckpt_path last`` looks.
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        run_dir = Path(config["runs_dir"]) / config["run_name"]
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(run_dir)
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = _default_loggers(
+                run_dir, config["run_name"], config["wandb_mode"], config["wandb_project"]
+            )
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        wants_checkpoints = trainer_cfg.get("enable_checkpointing") is not False
+        if wants_checkpoints and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(
+                RunCheckpoint(
+                    dirpath=run_dir / "checkpoints",
+                    filename="best-{step}",
+                    monitor="val/dice_mean",
+                    mode="max",
+                    save_last=True,
+                )
+            )
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def _needs_unlabeled(method: str) -> bool:
+    return method != "supervised"
+
+
+def _default_loggers(run_dir: Path, run_name: str, wandb_mode: str, project: str) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if wandb_mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        loggers.append(
+            WandbLogger(
+                name=run_name,
+                project=project,
+                save_dir=str(run_dir),
+                offline=wandb_mode == "offline",
+            )
+        )
+    return loggers
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> AdvMIMCLI:
+    """The LightningCLI object for ``args`` (fit / validate / test / predict).
+
+    Args:
+        args: Command-line words, e.g. ``["fit", "-c", "configs/quickstart.yaml"]``;
+            ``None`` reads ``sys.argv``.
+        run: Run the subcommand (``False``: only parse and instantiate, no subcommand then).
+
+    Returns:
+        The CLI; its ``trainer``, ``model`` and ``datamodule`` are useful in tests and notebooks.
+    """
+    return AdvMIMCLI(
+        AdvMIMModule,
+        AdvMIMDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"max_epochs": -1},
+        parser_kwargs={
+            "description": (
+                "AdvMIM semi-supervised segmentation. Subcommands: fit, validate, test, "
+                "predict (Lightning) and export, prepare (see `advmim export --help`)."
+            )
+        },
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the ``advmim`` command line (the console script and ``python -m advmim_lightning``).
+
+    Args:
+        args: Command-line words (default: ``sys.argv[1:]``). Tests call ``main([...])``.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        import importlib
+
+        importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+        return
+    build_cli(None if args is None else argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,201 @@
+"""The ``advmim`` command line end to end on tiny generated data (fit/validate/test/predict)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti
+from advmim_lightning.main import build_cli, main
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+TINY = str(Path(__file__).with_name("tiny.yaml"))
+
+
+def run(*words: str) -> None:
+    main([str(w) for w in words])
+
+
+def common(tmp_path: Path, name: str = "run") -> list[str]:
+    return ["--runs_dir", str(tmp_path / "runs"), "--run_name", name, "--wandb_mode", "disabled"]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_parses(config, capsys):
+    # trainer/*.yaml are composed after a method config, as their headers say
+    words = ["fit"]
+    if config.parent.name == "trainer":
+        words += ["-c", str(ROOT / "configs/acdc/advmim.yaml")]
+    with pytest.raises(SystemExit) as exit_info:
+        run(*words, "-c", config, "--print_config")
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "model:" in printed and "data:" in printed
+
+
+def test_help_works_from_the_console_script_and_python_m():
+    for command in (["advmim"], [sys.executable, "-m", "advmim_lightning"]):
+        if command == ["advmim"]:
+            command = [str(Path(sys.executable).with_name("advmim"))]
+        done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "fit" in done.stdout and "predict" in done.stdout
+
+
+def test_num_classes_and_image_size_are_stated_once_and_linked():
+    cli = build_cli(
+        [
+            "-c",
+            str(ROOT / "configs/quickstart.yaml"),
+            "-c",
+            TINY,
+            "--data.image_size",
+            "[64, 64]",
+            "--wandb_mode",
+            "disabled",
+        ],
+        run=False,
+    )
+    assert cli.model.num_classes == cli.datamodule.num_classes == 4
+    assert cli.model.cnn.num_classes == 4 and cli.model.transformer.num_classes == 4
+    assert cli.model.transformer.img_size == (64, 64)
+    assert cli.model.image_size == (64, 64)
+    assert cli.model.class_names == cli.datamodule.class_names
+    with pytest.raises(SystemExit):  # linked: the model side cannot be set on its own
+        build_cli(
+            ["-c", str(ROOT / "configs/quickstart.yaml"), "--model.num_classes", "3"], run=False
+        )
+
+
+def test_supervised_method_sets_require_unlabeled_false():
+    cli = build_cli(
+        [
+            "-c",
+            str(ROOT / "configs/quickstart.yaml"),
+            "-c",
+            TINY,
+            "--model.method",
+            "supervised",
+            "--wandb_mode",
+            "disabled",
+        ],
+        run=False,
+    )
+    assert cli.datamodule.require_unlabeled is False
+    assert cli.model.method == "supervised"
+
+
+def test_phantom_fit_validate_test_predict_and_resume(tmp_path):
+    base = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY, *common(tmp_path, "qs")]
+    run("fit", *base, "--model.max_iterations", "4", "--trainer.val_check_interval", "2")
+    run_dir = tmp_path / "runs" / "qs"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert (run_dir / "config.yaml").is_file()
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert any(r.get("val/dice_mean") for r in rows)
+    assert any(r.get("train/adv_cnn") for r in rows)
+    assert (run_dir / "panels").is_dir() and list((run_dir / "panels").glob("*.png"))
+    assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 4
+
+    # resume the named run from its own last.ckpt and finish 6 iterations in all
+    run(
+        "fit",
+        *base,
+        "--model.max_iterations",
+        "6",
+        "--trainer.val_check_interval",
+        "2",
+        "--ckpt_path",
+        "last",
+    )
+    assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 6
+
+    run("validate", *base, "--ckpt_path", last)
+    run("test", *base, "--ckpt_path", last)
+    table = list(csv.reader((run_dir / "test_metrics.csv").open()))
+    assert table[0][0] == "case_id" and table[-1][0] == "mean"
+    assert "dice_LV" in table[0] and "hd95_mean" in table[0]
+
+    out = tmp_path / "pred"
+    run("predict", *base, "--ckpt_path", last, "--prediction_writer.output_dir", out)
+    files = sorted(out.glob("*.nii.gz"))
+    assert files, "predict wrote no file"
+    image = nib.load(files[0])
+    assert image.get_fdata().max() < 4
+    assert np.allclose(np.diag(image.affine)[:3] != 0, True)
+
+
+def test_acdc_layout_fit_test_predict(tmp_path):
+    root = write_tiny_acdc(tmp_path / "acdc", num_patients=6, size=64, spacing=True)
+    base = ["-c", ROOT / "configs/acdc/advmim.yaml", "-c", TINY, *common(tmp_path)]
+    base += ["--data.root", root, "--data.labeled_cases", "2"]
+    run("fit", *base, "--trainer.fast_dev_run", "1")
+    run("test", *base, "--trainer.fast_dev_run", "1")
+    out = tmp_path / "pred"
+    run("predict", *base, "--trainer.fast_dev_run", "1", "--prediction_writer.output_dir", out)
+    import h5py
+
+    files = sorted(out.glob("*.h5"))
+    assert files
+    with h5py.File(files[0]) as handle:
+        assert handle["label"].ndim == 3
+
+
+def test_nifti_layout_predictions_keep_the_input_affine(tmp_path):
+    root = write_tiny_nifti(tmp_path / "nifti", size=64)
+    base = ["-c", ROOT / "configs/nifti/advmim.yaml", "-c", TINY, *common(tmp_path)]
+    base += ["--data.root", root]
+    run("fit", *base, "--trainer.fast_dev_run", "1")
+    out = tmp_path / "pred"
+    run("predict", *base, "--trainer.fast_dev_run", "1", "--prediction_writer.output_dir", out)
+    written = sorted(out.glob("*.nii.gz"))
+    assert written
+    for path in written:
+        case = path.name[: -len(".nii.gz")]
+        source = nib.load(root / "imagesTs" / f"{case}_0000.nii.gz")
+        prediction = nib.load(path)
+        assert np.allclose(prediction.affine, source.affine)
+        assert prediction.shape == source.shape
+
+
+def test_wandb_logger_runs_offline_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    base = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY]
+    base += ["--runs_dir", tmp_path / "runs", "--run_name", "wb", "--wandb_mode", "offline"]
+    run("fit", *base, "--model.max_iterations", "1", "--trainer.limit_val_batches", "0")
+    offline = list((tmp_path / "runs" / "wb" / "wandb").glob("offline-run-*"))
+    assert offline, "no offline wandb run folder"
+
+
+def test_export_round_trips_without_lightning(tmp_path):
+    from advmim_lightning.export import load_segmenter
+
+    base = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY, *common(tmp_path, "ex")]
+    run("fit", *base, "--model.max_iterations", "1", "--trainer.limit_val_batches", "0")
+    ckpt = tmp_path / "runs" / "ex" / "checkpoints" / "last.ckpt"
+    for network in ("transformer", "cnn"):
+        out = tmp_path / f"{network}.pt"
+        run("export", ckpt, out, "--network", network)
+        net = load_segmenter(out)
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        for key, value in net.state_dict().items():
+            assert torch.equal(value, state[f"{network}.{key}"])
+        x = torch.rand(1, 1, 64, 64)
+        assert net(x).shape == (1, 4, 64, 64)
+
+
+def test_export_reports_a_missing_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("export", tmp_path / "nope.ckpt", tmp_path / "out.pt")
+    assert exit_info.value.code == 2
+    assert "nope.ckpt does not exist" in capsys.readouterr().err
