@@ -37,7 +37,7 @@ test-all: lint
 	$(TEST_ENV) $(PY) -m pytest -n 2 --durations=25
 
 demo: $(STAMP)
-	$(TEST_ENV) $(PY) -m advmim_lightning.demo
+	WANDB_SILENT=true $(PY) -m advmim_lightning.demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py

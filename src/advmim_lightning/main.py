@@ -156,7 +156,9 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] in EXTRA_COMMANDS:
         import importlib
 
-        importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+        status = importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+        if status:
+            raise SystemExit(status)
         return
     build_cli(None if args is None else argv)
 

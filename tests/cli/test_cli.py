@@ -199,3 +199,47 @@ def test_export_reports_a_missing_checkpoint(tmp_path, capsys):
         run("export", tmp_path / "nope.ckpt", tmp_path / "out.pt")
     assert exit_info.value.code == 2
     assert "nope.ckpt does not exist" in capsys.readouterr().err
+
+
+def test_prepare_converts_raw_acdc_and_fit_reads_the_result(tmp_path):
+    from advmim_lightning.data.synthetic import write_tiny_raw_acdc
+
+    raw = write_tiny_raw_acdc(tmp_path / "raw", num_patients=5, size=64)
+    out = tmp_path / "ACDC"
+    run(
+        "prepare",
+        "--input",
+        raw,
+        "--output",
+        out,
+        "--val-fraction",
+        "0.2",
+        "--test-fraction",
+        "0.2",
+    )
+    assert (out / "train_slices.list").is_file() and (out / "test.list").is_file()
+    base = ["-c", ROOT / "configs/acdc/advmim.yaml", "-c", TINY, *common(tmp_path)]
+    run(
+        "fit", *base, "--data.root", out, "--data.labeled_cases", "1", "--trainer.fast_dev_run", "1"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        run("prepare", "--input", tmp_path / "missing", "--output", tmp_path / "x")
+    assert exit_info.value.code == 1
+
+
+def test_demo_trains_tests_predicts_and_draws_the_overlay(tmp_path, capsys):
+    from advmim_lightning.demo import main as demo
+
+    configs = ["--config", str(ROOT / "configs/quickstart.yaml"), "--config", TINY]
+    overrides = tmp_path / "short.yaml"
+    overrides.write_text("model:\n  max_iterations: 2\ntrainer:\n  val_check_interval: 2\n")
+    demo([*configs, "--config", str(overrides), "--runs_dir", str(tmp_path / "runs")])
+    run_dir = tmp_path / "runs" / "quickstart"
+    from PIL import Image
+
+    overlay = Image.open(run_dir / "overlay.png")
+    assert overlay.size[0] == 3 * 64 + 2 * 2  # image | ground truth | prediction
+    printed = capsys.readouterr().out
+    assert "=== advmim demo finished ===" in printed
+    assert str(run_dir / "checkpoints" / "last.ckpt") in printed
+    assert "dice_mean=" in printed
