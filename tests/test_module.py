@@ -50,6 +50,7 @@ def fit(module: AdvMIMModule, n_batches: int, labeled_only: bool = False, **trai
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        log_every_n_steps=1,
         **trainer_kwargs,
     )
     loader = DataLoader(PairedBatches(n_batches, labeled_only), batch_size=None)
@@ -146,8 +147,8 @@ def test_discriminator_step_leaves_segmenters_and_generator_step_leaves_discrimi
     module = make_module("advmim", discriminator_weight=0.1)
     batch = tiny_batch()
     x_l, y, x_u = batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
-    terms, masked_probs = module._segmenter_losses(x_l, y, x_u)
-    total = torch.stack(list(terms.pop("_weighted").values())).sum()
+    out = module._segmenter_losses(x_l, y, x_u)
+    total = torch.stack(list(out.weighted.values())).sum()
     total.backward()
     # the generator pass leaves no gradient on the discriminators (no stale gradients)
     assert all(p.grad is None for p in module.disc_cnn.parameters())
@@ -155,7 +156,7 @@ def test_discriminator_step_leaves_segmenters_and_generator_step_leaves_discrimi
     assert any(p.grad is not None for p in module.cnn.parameters())
     for p in module.parameters():
         p.grad = None
-    disc = module._discriminator_losses(masked_probs)
+    disc = module._discriminator_losses(out)
     sum(disc.values()).backward()
     assert all(p.grad is None for p in module.cnn.parameters())
     assert all(p.grad is None for p in module.transformer.parameters())
@@ -167,7 +168,7 @@ def test_pseudo_labels_carry_no_gradient_to_the_other_network():
     module = make_module("ctct")
     batch = tiny_batch()
     x_l, y, x_u = batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
-    terms, _ = module._segmenter_losses(x_l, y, x_u)
+    terms = module._segmenter_losses(x_l, y, x_u, ct_weight=0.1).terms
     terms["cross_teaching_cnn"].backward()
     # the CNN's cross-teaching Dice uses the transformer's pseudo-labels: only the CNN learns
     assert all(p.grad is None for p in module.transformer.parameters())
@@ -197,9 +198,9 @@ def test_every_term_is_logged_by_name():
 def test_public_code_variant_has_masked_dice_for_the_cnn_only():
     module = make_module("advmim")
     batch = tiny_batch()
-    terms, _ = module._segmenter_losses(
+    terms = module._segmenter_losses(
         batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
-    )
+    ).terms
     assert "masked_sup_dice_cnn" in terms
     assert "masked_sup_dice_transformer" not in terms
     assert "masked_pseudo_dice_cnn" not in terms
@@ -214,17 +215,39 @@ def test_ctct_rampup_weight():
     assert advmim.current_cross_teaching_weight() == 0.1
 
 
-def test_masks_come_from_the_module_generator_and_resume_from_its_state():
+def test_masks_are_keyed_by_seed_rank_and_iteration_so_a_resume_repeats_them():
     module = make_module("advmim")
     first = module.draw_mask(3)
+    second = module.draw_mask(3)  # the second network's mask differs within an iteration
     assert first.shape == (3, TINY_SIZE, TINY_SIZE)
+    assert not torch.equal(first, second)
+    module.iteration = 7
+    later = module.draw_mask(3)
     checkpoint: dict = {}
     module.on_save_checkpoint(checkpoint)
-    expected = module.draw_mask(3)
-    other = make_module("advmim")
-    other.on_load_checkpoint(checkpoint)
-    assert torch.equal(other.draw_mask(3), expected)
-    assert other.iteration == module.iteration
+    assert checkpoint["advmim"] == {"iteration": 7}
+    resumed = make_module("advmim")
+    resumed.on_load_checkpoint(checkpoint)
+    assert torch.equal(resumed.draw_mask(3), later)
+    other_seed = make_module("advmim", mask_seed=1)
+    assert not torch.equal(other_seed.draw_mask(3), first)
+
+
+def test_baselines_freeze_the_unused_mask_tokens():
+    module = make_module("ctct")
+    assert not module.cnn.mask_token.requires_grad
+    assert not module.transformer.mask_token.requires_grad
+    assert make_module("advmim").cnn.mask_token.requires_grad
+
+
+def test_plain_ddp_is_refused_for_advmim_with_the_fix_named():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    module = make_module("advmim")
+    trainer = pl.Trainer(accelerator="cpu", strategy=DDPStrategy(), devices=1, logger=False)
+    module.trainer = trainer
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
+        module.setup("fit")
 
 
 class Volumes(Dataset):

@@ -22,6 +22,7 @@ import importlib
 import logging
 from collections.abc import Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +72,26 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "sup_weight": 0.5,
     },
 }
+
+
+@dataclass
+class SegmenterOutputs:
+    """What the segmenter pass of one iteration leaves for logging and the discriminators.
+
+    Attributes:
+        terms: Unweighted loss terms by ``<term>_<network>`` (scalars).
+        weighted: The weighted parts whose sum is backpropagated.
+        probs: Softmax of each network's original-domain prediction on ``[x_l; x_u]``.
+        masked_unlabeled_probs: Softmax of each network's masked-domain prediction on ``x_u``
+            (AdvMIM only).
+        n_labeled: ``B_l``, where the unlabeled part of ``probs`` starts.
+    """
+
+    terms: dict[str, Tensor]
+    weighted: dict[str, Tensor]
+    probs: dict[str, Tensor]
+    masked_unlabeled_probs: dict[str, Tensor]
+    n_labeled: int
 
 
 class AdvMIMModule(pl.LightningModule):
@@ -234,6 +255,8 @@ class AdvMIMModule(pl.LightningModule):
             _check_network(name, getattr(self, name), num_classes, in_channels, image_size)
         self.uses_unlabeled = method != "supervised"
         self.uses_masking = method == "advmim"
+        if not self.uses_masking:
+            self._freeze_unused_mask_tokens()
         if self.uses_masking:
             self.disc_cnn = Discriminator(num_classes, discriminator_base_channels)
             self.disc_transformer = Discriminator(num_classes, discriminator_base_channels)
@@ -252,7 +275,7 @@ class AdvMIMModule(pl.LightningModule):
         #: Completed training iterations (paired batches); saved in checkpoints.
         self.iteration = 0
         self._mask_generator: torch.Generator | None = None
-        self._pending_generator_state: Tensor | None = None
+        self._mask_generator_iteration = -1
 
         fg_names = self.class_names[1:]
         self.val_metrics = SegmentationMetrics(num_classes, fg_names, nsd_tolerance=nsd_tolerance)
@@ -298,7 +321,7 @@ class AdvMIMModule(pl.LightningModule):
             clips += [self.cfg["grad_clip_norm"]] * 2
         return [
             torch.optim.SGD(
-                [{"params": list(part.parameters()), "clip_norm": clip}],
+                [{"params": [q for q in part.parameters() if q.requires_grad], "clip_norm": clip}],
                 lr=self.cfg["lr"],
                 momentum=self.hparams.momentum,
                 weight_decay=self.hparams.weight_decay,
@@ -314,13 +337,35 @@ class AdvMIMModule(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
         precision = getattr(self.trainer, "precision_plugin", None)
-        if getattr(precision, "scaler", None) is not None and stage == "fit":
+        if getattr(precision, "scaler", None) is not None:
             raise ValueError(
                 "precision='16-mixed' is not supported: Lightning updates the loss scale after "
                 "each of the several optimisers stepped from one backward pass, which unscales "
                 "the later ones with the wrong factor. Use precision='bf16-mixed' (or 32)."
             )
+        strategy = self.trainer.strategy
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if (
+            self.uses_masking
+            and ddp_kwargs is not None
+            and not ddp_kwargs.get("find_unused_parameters", False)
+        ):
+            raise ValueError(
+                f"method='advmim' under {type(strategy).__name__} needs "
+                "find_unused_parameters=True: each iteration runs two backward passes over "
+                "different parts (segmenters, then discriminators). Use "
+                "strategy='ddp_find_unused_parameters_true' (configs/trainer/ddp.yaml does)."
+            )
+
+    def _freeze_unused_mask_tokens(self) -> None:
+        """Baselines never run the masked stream: keep its tokens out of training (and DDP)."""
+        for net in self.segmenters.values():
+            for name, param in net.named_parameters():
+                if name.split(".")[-1] == "mask_token":
+                    param.requires_grad_(False)
 
     # ------------------------------------------------------------------ training
     def _current_lr(self) -> float:
@@ -341,16 +386,21 @@ class AdvMIMModule(pl.LightningModule):
         )
 
     def mask_generator(self) -> torch.Generator:
-        """The module's mask generator on the module's device, seeded by ``mask_seed + rank``."""
-        gen = self._mask_generator
-        if gen is None or gen.device != self.device:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(self.hparams.mask_seed + self.global_rank)
-            if self._pending_generator_state is not None:
-                gen.set_state(self._pending_generator_state)
-                self._pending_generator_state = None
-            self._mask_generator = gen
-        return gen
+        """The mask generator on the module's device, seeded for the current iteration.
+
+        Mask randomness is keyed by ``(mask_seed, global rank, iteration)``: the generator is
+        re-seeded at the start of every iteration (a host-side operation, no device sync), so
+        masks differ across ranks, need no saved state, and repeat exactly after a resume.
+        """
+        if self._mask_generator is None or self._mask_generator.device != self.device:
+            self._mask_generator = torch.Generator(device=self.device)
+            self._mask_generator_iteration = -1
+        if self._mask_generator_iteration != self.iteration:
+            self._mask_generator.manual_seed(
+                _mix_seed(self.hparams.mask_seed, self.global_rank, self.iteration)
+            )
+            self._mask_generator_iteration = self.iteration
+        return self._mask_generator
 
     def draw_mask(self, batch_size: int) -> Tensor:
         """A fresh ``B x H x W`` block mask drawn on the device (True = masked)."""
@@ -363,6 +413,12 @@ class AdvMIMModule(pl.LightningModule):
             device=self.device,
         )
 
+    def on_train_start(self) -> None:
+        # Lightning keeps the train/eval mode it finds at fit(); a network left in eval mode
+        # (e.g. after a look at predictions in a notebook) would train without dropout and
+        # with frozen batch-norm statistics.
+        self.train()
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         if self.iteration >= self.hparams.max_iterations:
             self.trainer.should_stop = True
@@ -370,7 +426,11 @@ class AdvMIMModule(pl.LightningModule):
         return None
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """One iteration: segmenter losses, one backward, steps; then the discriminators."""
+        """One iteration: segmenter losses, one backward, steps; then the discriminators.
+
+        Loss values stay on the device; they are handed to the loggers only on logging steps
+        (``trainer.log_every_n_steps``), so the step itself never waits for the GPU.
+        """
         labeled = batch["labeled"]
         x_l, y = labeled["image"], labeled["label"]
         x_u = None
@@ -383,13 +443,17 @@ class AdvMIMModule(pl.LightningModule):
             x_u = batch["unlabeled"]["image"]
 
         lr = self._current_lr()
+        ct_weight = self.current_cross_teaching_weight() if x_u is not None else 0.0
         optimizers = self.optimizers()
+        clip = self.cfg["grad_clip_norm"]
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
+                group["clip_norm"] = clip  # from the config, also after a resume
 
-        terms, masked_unlabeled_probs = self._segmenter_losses(x_l, y, x_u)
-        total = torch.stack(list(terms.pop("_weighted").values())).sum()
+        out = self._segmenter_losses(x_l, y, x_u, ct_weight)
+        total = torch.stack(list(out.weighted.values())).sum()
+        terms = out.terms
         seg_opts = optimizers[:2]
         for opt in seg_opts:
             opt.zero_grad(set_to_none=True)
@@ -401,40 +465,42 @@ class AdvMIMModule(pl.LightningModule):
             disc_opts = optimizers[2:]
             for opt in disc_opts:
                 opt.zero_grad(set_to_none=True)
-            disc_terms = self._discriminator_losses(masked_unlabeled_probs)
+            disc_terms = self._discriminator_losses(out)
             self.manual_backward(self.cfg["discriminator_weight"] * sum(disc_terms.values()))
             for opt in disc_opts:
                 opt.step()
             terms.update(disc_terms)
 
+        if self._is_logging_iteration():
+            logged: dict[str, Any] = {f"train/{k}": v.detach() for k, v in terms.items()}
+            logged["train/loss"] = total.detach()
+            logged["train/lr"] = lr
+            logged["train/iteration"] = float(self.iteration + 1)
+            if x_u is not None:
+                logged["train/cross_teaching_weight"] = ct_weight
+            self.log_dict(logged, on_step=True, on_epoch=False, batch_size=x_l.shape[0])
         self.iteration += 1
-        batch_size = x_l.shape[0] + (0 if x_u is None else x_u.shape[0])
-        logged = {f"train/{k}": v.detach() for k, v in terms.items()}
-        logged["train/loss"] = total.detach()
-        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=batch_size)
-        self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=batch_size)
-        self.log(
-            "train/iteration", float(self.iteration), on_step=True, on_epoch=False, prog_bar=True
-        )
-        if self.cfg.get("cross_teaching_weight") is not None:
-            self.log(
-                "train/cross_teaching_weight",
-                self.current_cross_teaching_weight(),
-                on_step=True,
-                on_epoch=False,
-                batch_size=batch_size,
-            )
+
+    def _is_logging_iteration(self) -> bool:
+        """Whether Lightning's loggers write at this iteration (``log_every_n_steps``)."""
+        every = max(int(getattr(self.trainer, "log_every_n_steps", 1) or 1), 1)
+        return (
+            self.iteration + 1
+        ) % every == 0 or self.iteration + 1 == self.hparams.max_iterations
 
     def _segmenter_losses(
-        self, x_l: Tensor, y: Tensor, x_u: Tensor | None
-    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        """Every segmenter loss term by name (unweighted), plus their weighted sum's parts.
+        self, x_l: Tensor, y: Tensor, x_u: Tensor | None, ct_weight: float = 0.0
+    ) -> SegmenterOutputs:
+        """Every segmenter loss term of one iteration.
+
+        Args:
+            x_l: ``B_l x C x H x W`` labeled images; ``y`` their ``B_l x H x W`` labels.
+            x_u: ``B_u x C x H x W`` unlabeled images, or None (supervised).
+            ct_weight: Cross-teaching weight of this iteration.
 
         Returns:
-            ``(terms, masked_unlabeled_probs)``: ``terms`` maps ``<term>_<network>`` to a scalar
-            and holds the weighted parts under ``"_weighted"``; ``masked_unlabeled_probs`` maps
-            each network to the softmax of its masked-domain prediction on the unlabeled
-            images (empty unless AdvMIM), which the discriminator step reuses detached.
+            The unweighted terms by ``<term>_<network>``, the weighted parts of the total, and
+            the softmax maps the discriminator step reuses (detached there).
         """
         n_l = x_l.shape[0]
         x = x_l if x_u is None else torch.cat([x_l, x_u])
@@ -452,7 +518,6 @@ class AdvMIMModule(pl.LightningModule):
         terms: dict[str, Tensor] = {}
         weighted: dict[str, Tensor] = {}
         masked_unlabeled_probs: dict[str, Tensor] = {}
-        ct_weight = self.current_cross_teaching_weight() if x_u is not None else 0.0
         for name, other in (("transformer", "cnn"), ("cnn", "transformer")):
             ce = F.cross_entropy(logits[name][:n_l].float(), y)
             dice = dice_loss(probs[name][:n_l], y)
@@ -496,17 +561,14 @@ class AdvMIMModule(pl.LightningModule):
                 adv = lsgan_loss(disc(m_probs[n_l:]), target_is_real=True)
             terms[f"adv_{name}"] = adv
             weighted[f"adv_{name}"] = cfg["adversarial_weight"] * adv
-        self._last_probs = probs
-        self._n_labeled = n_l
-        return {**terms, "_weighted": weighted}, masked_unlabeled_probs
+        return SegmenterOutputs(terms, weighted, probs, masked_unlabeled_probs, n_l)
 
     def _discriminator(self, network: str) -> nn.Module:
         return self.disc_transformer if network == "transformer" else self.disc_cnn
 
-    def _discriminator_losses(self, masked_unlabeled_probs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _discriminator_losses(self, out: SegmenterOutputs) -> dict[str, Tensor]:
         """LSGAN discriminator terms on detached maps ("real" per ``discriminator_real``)."""
-        n_l = self._n_labeled
-        probs = self._last_probs
+        n_l, probs, masked_unlabeled_probs = out.n_labeled, out.probs, out.masked_unlabeled_probs
         terms = {}
         for name in NETWORK_NAMES:
             disc = self._discriminator(name)
@@ -518,7 +580,6 @@ class AdvMIMModule(pl.LightningModule):
             real = lsgan_loss(disc(real_probs.detach()), target_is_real=True)
             fake = lsgan_loss(disc(masked_unlabeled_probs[name].detach()), target_is_real=False)
             terms[f"disc_{name}"] = real + fake
-        del self._last_probs
         return terms
 
     # ------------------------------------------------------------------ evaluation
@@ -651,22 +712,23 @@ class AdvMIMModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = {"iteration": self.iteration}
-        if self._mask_generator is not None:
-            state["mask_generator"] = self._mask_generator.get_state()
-        elif self._pending_generator_state is not None:
-            state["mask_generator"] = self._pending_generator_state
-        checkpoint["advmim"] = state
+        checkpoint["advmim"] = {"iteration": self.iteration}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("advmim", {})
-        self.iteration = int(state.get("iteration", 0))
-        if "mask_generator" in state:
-            self._mask_generator = None
-            self._pending_generator_state = state["mask_generator"]
+        self.iteration = int(checkpoint.get("advmim", {}).get("iteration", 0))
+        self._mask_generator_iteration = -1
 
 
 # ---------------------------------------------------------------------- helpers
+def _mix_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys (splitmix64-style mixing, stable across runs)."""
+    state = 0x9E3779B97F4A7C15
+    for key in keys:
+        state = (state ^ (key & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return state >> 1
+
+
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
