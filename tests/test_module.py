@@ -229,7 +229,7 @@ def test_masks_are_keyed_by_seed_rank_and_iteration_so_a_resume_repeats_them():
     resumed = make_module("advmim")
     resumed.on_load_checkpoint(checkpoint)
     assert torch.equal(resumed.draw_mask(3), later)
-    other_seed = make_module("advmim", mask_seed=1)
+    other_seed = make_module("advmim", rng_seed=1)
     assert not torch.equal(other_seed.draw_mask(3), first)
 
 

@@ -155,8 +155,10 @@ class AdvMIMModule(pl.LightningModule):
         eval_slice_batch: Slices predicted at once during evaluation.
         nsd_tolerance: Tolerance of the normalised surface Dice, in the volume's units (mm
             where spacing is known, voxels otherwise).
-        mask_seed: Seed of the module's mask generator (offset by the global rank). Named
-            apart from the data module's ``seed`` so both can be logged together.
+        rng_seed: Seed of the training step's randomness. Masks, dropout and drop-path are
+            drawn from generators re-seeded every iteration from ``(rng_seed, global rank,
+            iteration)``, so ranks differ and a resumed run repeats the interrupted one exactly.
+            Named apart from the data module's ``seed`` so both can be logged together.
 
     Raises:
         ValueError: On an unknown method, an argument the chosen method does not use, or
@@ -196,7 +198,7 @@ class AdvMIMModule(pl.LightningModule):
         eval_interpolation: Literal["nearest", "bilinear"] = "nearest",
         eval_slice_batch: int = 16,
         nsd_tolerance: float = 1.0,
-        mask_seed: int = 0,
+        rng_seed: int = 0,
     ) -> None:
         super().__init__()
         if method not in METHOD_DEFAULTS:
@@ -388,7 +390,7 @@ class AdvMIMModule(pl.LightningModule):
     def mask_generator(self) -> torch.Generator:
         """The mask generator on the module's device, seeded for the current iteration.
 
-        Mask randomness is keyed by ``(mask_seed, global rank, iteration)``: the generator is
+        Mask randomness is keyed by ``(rng_seed, global rank, iteration)``: the generator is
         re-seeded at the start of every iteration (a host-side operation, no device sync), so
         masks differ across ranks, need no saved state, and repeat exactly after a resume.
         """
@@ -397,7 +399,7 @@ class AdvMIMModule(pl.LightningModule):
             self._mask_generator_iteration = -1
         if self._mask_generator_iteration != self.iteration:
             self._mask_generator.manual_seed(
-                _mix_seed(self.hparams.mask_seed, self.global_rank, self.iteration)
+                _mix_seed(self.hparams.rng_seed, self.global_rank, self.iteration)
             )
             self._mask_generator_iteration = self.iteration
         return self._mask_generator
@@ -423,6 +425,9 @@ class AdvMIMModule(pl.LightningModule):
         if self.iteration >= self.hparams.max_iterations:
             self.trainer.should_stop = True
             return -1
+        # Dropout and drop-path draw from torch's global generators: key them by iteration
+        # too (a host-side re-seed, no device sync), so a resume needs no RNG state.
+        torch.manual_seed(_mix_seed(self.hparams.rng_seed, self.global_rank, self.iteration, 1))
         return None
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:

@@ -1,0 +1,52 @@
+"""Exact resume: an interrupted and resumed run ends with the same weights as a straight one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from advmim_lightning.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(Path(__file__).with_name("tiny.yaml"))
+
+
+def fit(tmp_path: Path, name: str, *extra: str) -> Path:
+    main(
+        [
+            "fit",
+            "-c",
+            str(ROOT / "configs/quickstart.yaml"),
+            "-c",
+            TINY,
+            "--runs_dir",
+            str(tmp_path),
+            "--run_name",
+            name,
+            "--wandb_mode",
+            "disabled",
+            "--model.max_iterations",
+            "5",
+            "--trainer.limit_val_batches",
+            "0",
+            *extra,
+        ]
+    )
+    return tmp_path / name / "checkpoints" / "last.ckpt"
+
+
+def test_interrupted_and_resumed_run_matches_the_straight_run_bitwise(tmp_path):
+    straight = torch.load(fit(tmp_path, "straight"), weights_only=True)
+    # stop after 2 iterations (4 optimiser steps each), then resume the same run to the end
+    fit(tmp_path, "resumed", "--trainer.max_steps", "8")
+    first_part = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)
+    assert first_part["advmim"]["iteration"] == 2
+    resumed = torch.load(fit(tmp_path, "resumed", "--ckpt_path", "last"), weights_only=True)
+    assert resumed["advmim"]["iteration"] == straight["advmim"]["iteration"] == 5
+    assert resumed["state_dict"].keys() == straight["state_dict"].keys()
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    for a, b in zip(straight["optimizer_states"], resumed["optimizer_states"], strict=True):
+        for index, state in a["state"].items():
+            assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])
