@@ -1,0 +1,169 @@
+"""Time the real AdvMIM training iteration (all optimiser steps) inside a Lightning run.
+
+For each setting (precision x labeled+unlabeled batch) a ``Trainer`` fits ``AdvMIMModule`` on
+random in-memory batches; a callback times every iteration (CUDA events on a GPU, the wall
+clock on a CPU) and the median after warm-up is reported with images/s and peak GPU memory::
+
+    python benchmarks/train_step.py                          # GPU: fp32 and bf16, 8+8 and 32+32
+    python benchmarks/train_step.py --small --device cpu     # seconds on a laptop CPU
+    python benchmarks/train_step.py --precision bf16-mixed --batch 8 --iterations 50
+
+The networks are the library's defaults (Swin-UNet "tiny lite" + UNet at 224 x 224, 4
+classes) unless ``--small``. METHOD.md records the published code at 285 ms (fp32) and 329 ms
+(bf16) per 8 + 8 iteration on one H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from advmim_lightning import AdvMIMModule
+from advmim_lightning.networks import SwinUNet, UNet
+
+
+class RandomPairs(Dataset):
+    """Whole random paired batches (the loader is not what is measured)."""
+
+    def __init__(self, n: int, batch: int, size: int, classes: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.batch = {
+            "labeled": {
+                "image": torch.rand(batch, 1, size, size, generator=gen),
+                "label": torch.randint(0, classes, (batch, size, size), generator=gen),
+            },
+            "unlabeled": {"image": torch.rand(batch, 1, size, size, generator=gen)},
+        }
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        return self.batch
+
+
+class IterationTimer(pl.Callback):
+    """Milliseconds per training iteration (batch start to batch end)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start: object = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            self.times.append(self._start.elapsed_time(end))
+        else:
+            self.times.append((time.perf_counter() - self._start) * 1000.0)
+
+
+def build_module(small: bool, size: int, classes: int) -> AdvMIMModule:
+    if small:
+        cnn = UNet(num_classes=classes, channels=(8, 16, 32, 64, 128))
+        transformer = SwinUNet(
+            num_classes=classes,
+            img_size=size,
+            embed_dim=24,
+            depths=(2, 2, 2, 2),
+            num_heads=(1, 2, 4, 8),
+            window_size=3,
+        )
+        return AdvMIMModule(
+            cnn=cnn,
+            transformer=transformer,
+            num_classes=classes,
+            image_size=(size, size),
+            mask_block_size=16,
+            max_iterations=10_000,
+        )
+    return AdvMIMModule(num_classes=classes, image_size=(size, size), max_iterations=10_000)
+
+
+def measure(
+    device: str, precision: str, batch: int, iterations: int, warmup: int, small: bool
+) -> dict:
+    size, classes = (96, 4) if small else (224, 4)
+    module = build_module(small, size, classes)
+    timer = IterationTimer()
+    trainer = pl.Trainer(
+        accelerator=device,
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        log_every_n_steps=50,
+    )
+    loader = DataLoader(
+        RandomPairs(warmup + iterations, batch, size, classes), batch_size=None, shuffle=False
+    )
+    if device == "gpu":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit(module, train_dataloaders=loader)
+    times = timer.times[warmup:]
+    median = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "gpu" else float("nan")
+    return {
+        "precision": precision,
+        "batch": f"{batch}+{batch}",
+        "ms": median,
+        "images_s": 2 * batch / median * 1000.0,
+        "peak_gib": peak,
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--precision", action="append", help="default: 32-true and bf16-mixed")
+    parser.add_argument("--batch", type=int, action="append", help="labeled = unlabeled size")
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--small", action="store_true", help="small networks at 96 x 96")
+    args = parser.parse_args(argv)
+    device = args.device
+    if device == "auto":
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    precisions = args.precision or ["32-true", "bf16-mixed"]
+    batches = args.batch or ([8, 32] if device == "gpu" else [8])
+    if device == "gpu":
+        machine = torch.cuda.get_device_name()
+    else:
+        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"AdvMIM training iteration ({'small' if args.small else 'default'} networks), {machine}")
+    print(f"median of {args.iterations} iterations after {args.warmup} warm-up")
+    print(f"{'precision':<12} {'batch':>7} {'ms/iter':>9} {'images/s':>9} {'peak GiB':>9}")
+    rows = []
+    for precision in precisions:
+        for batch in batches:
+            row = measure(device, precision, batch, args.iterations, args.warmup, args.small)
+            rows.append(row)
+            print(
+                f"{row['precision']:<12} {row['batch']:>7} {row['ms']:>9.1f} "
+                f"{row['images_s']:>9.1f} {row['peak_gib']:>9.2f}",
+                flush=True,
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

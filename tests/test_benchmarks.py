@@ -1,0 +1,50 @@
+"""Smoke tests of the benchmark scripts: they run and print their tables (no timing asserts)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_step_benchmark_times_real_iterations_on_cpu(capsys):
+    rows = load("train_step").main(
+        [
+            "--small",
+            "--device",
+            "cpu",
+            "--iterations",
+            "2",
+            "--warmup",
+            "1",
+            "--precision",
+            "32-true",
+            "--batch",
+            "2",
+        ]
+    )
+    assert len(rows) == 1 and rows[0]["batch"] == "2+2" and rows[0]["ms"] > 0
+    out = capsys.readouterr().out
+    assert "ms/iter" in out and "images/s" in out
+
+
+def test_data_pipeline_benchmark_runs_quick():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "data_pipeline.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "images/s" in done.stdout
