@@ -93,6 +93,23 @@ class AdvMIMCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a missing, truncated or foreign ``--ckpt_path`` before anything runs.
+
+        LightningCLI reads the model's hyper-parameters from the checkpoint at parse time; the
+        file is checked first (``weights_only=True``) so a bad one fails with its name.
+        """
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else {}
+        path = config.get("ckpt_path") if config else None
+        if path is not None and str(path) not in ("last", "best", "hpc", "registry"):
+            from advmim_lightning.export import read_checkpoint
+
+            try:
+                read_checkpoint(path)
+            except (FileNotFoundError, ValueError) as err:
+                raise SystemExit(f"advmim: error: --ckpt_path: {err}") from err
+        super()._parse_ckpt_path()
+
 
 def _needs_unlabeled(method: str) -> bool:
     return method != "supervised"

@@ -50,3 +50,20 @@ def test_interrupted_and_resumed_run_matches_the_straight_run_bitwise(tmp_path):
     for a, b in zip(straight["optimizer_states"], resumed["optimizer_states"], strict=True):
         for index, state in a["state"].items():
             assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])
+
+
+def test_truncated_or_foreign_checkpoints_are_refused_naming_the_file(tmp_path, capsys):
+    import pickle
+
+    import pytest
+
+    good = fit(tmp_path, "ok", "--model.max_iterations", "1")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    foreign = tmp_path / "foreign.ckpt"
+    foreign.write_bytes(pickle.dumps({"state_dict": {}, "payload": Path("x")}))
+    for bad, reason in ((truncated, "not a readable checkpoint"), (foreign, "not a readable")):
+        with pytest.raises(SystemExit) as exit_info:
+            fit(tmp_path, "ok", "--ckpt_path", str(bad))
+        message = str(exit_info.value.code)
+        assert str(bad) in message and reason in message
