@@ -347,3 +347,29 @@ def test_bf16_mixed_iteration_runs_and_keeps_float32_weights():
     assert module.iteration == 1
     assert all(p.dtype == torch.float32 for p in module.parameters())
     assert torch.isfinite(trainer.logged_metrics["train/loss"])
+
+
+def test_a_nonfinite_loss_raises_naming_the_iterations_terms_and_cases():
+    module = make_module("ctct")
+
+    class Poisoned(PairedBatches):
+        def __getitem__(self, i: int) -> dict:
+            batch = super().__getitem__(i)
+            if i == 1:
+                batch["labeled"]["image"][0, 0, 0, 0] = float("nan")
+            return batch
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        log_every_n_steps=2,
+    )
+    with pytest.raises(FloatingPointError) as err:
+        trainer.fit(module, train_dataloaders=DataLoader(Poisoned(4), batch_size=None))
+    message = str(err.value)
+    assert "iterations 0..1" in message
+    assert "sup_ce_transformer" in message and "case0" in message

@@ -159,6 +159,10 @@ class AdvMIMModule(pl.LightningModule):
             drawn from generators re-seeded every iteration from ``(rng_seed, global rank,
             iteration)``, so ranks differ and a resumed run repeats the interrupted one exactly.
             Named apart from the data module's ``seed`` so both can be logged together.
+        nonfinite_check: ``"raise"`` (default): a non-finite loss term is flagged on the device
+            every iteration and checked on logging iterations (``log_every_n_steps``, no host
+            sync in between); the error names the iteration range, the offending terms and the
+            batches' case ids. ``"off"`` disables the check.
 
     Raises:
         ValueError: On an unknown method, an argument the chosen method does not use, or
@@ -199,6 +203,7 @@ class AdvMIMModule(pl.LightningModule):
         eval_slice_batch: int = 16,
         nsd_tolerance: float = 1.0,
         rng_seed: int = 0,
+        nonfinite_check: Literal["raise", "off"] = "raise",
     ) -> None:
         super().__init__()
         if method not in METHOD_DEFAULTS:
@@ -207,6 +212,7 @@ class AdvMIMModule(pl.LightningModule):
         _check_choice("discriminator_real", discriminator_real, ("labeled", "unlabeled"))
         _check_choice("eval_network", eval_network, ("transformer", "cnn", "ensemble"))
         _check_choice("eval_interpolation", eval_interpolation, ("nearest", "bilinear"))
+        _check_choice("nonfinite_check", nonfinite_check, ("raise", "off"))
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + 1), got {num_classes}")
         image_size = _pair(image_size, "image_size")
@@ -278,6 +284,9 @@ class AdvMIMModule(pl.LightningModule):
         self.iteration = 0
         self._mask_generator: torch.Generator | None = None
         self._mask_generator_iteration = -1
+        self._nonfinite: Tensor | None = None  # device flags per loss term since last check
+        self._nonfinite_since = 0
+        self._nonfinite_case_ids: list[str] = []
 
         fg_names = self.class_names[1:]
         self.val_metrics = SegmentationMetrics(num_classes, fg_names, nsd_tolerance=nsd_tolerance)
@@ -476,7 +485,11 @@ class AdvMIMModule(pl.LightningModule):
                 opt.step()
             terms.update(disc_terms)
 
+        if self.hparams.nonfinite_check == "raise":
+            self._flag_nonfinite(terms, batch)
         if self._is_logging_iteration():
+            if self.hparams.nonfinite_check == "raise":
+                self._raise_on_nonfinite(list(terms))
             logged: dict[str, Any] = {f"train/{k}": v.detach() for k, v in terms.items()}
             logged["train/loss"] = total.detach()
             logged["train/lr"] = lr
@@ -485,6 +498,34 @@ class AdvMIMModule(pl.LightningModule):
                 logged["train/cross_teaching_weight"] = ct_weight
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=x_l.shape[0])
         self.iteration += 1
+
+    def _flag_nonfinite(self, terms: Mapping[str, Tensor], batch: Mapping[str, Any]) -> None:
+        """OR this iteration's non-finite terms into device-side flags (no host sync)."""
+        flags = torch.stack([~torch.isfinite(v.detach()) for v in terms.values()])
+        self._nonfinite = flags if self._nonfinite is None else self._nonfinite | flags
+        for part in ("labeled", "unlabeled"):
+            self._nonfinite_case_ids.extend(batch.get(part, {}).get("case_id", []))
+
+    def _raise_on_nonfinite(self, names: list[str]) -> None:
+        """Read the flags (one host sync per logging iteration) and raise if any is set.
+
+        Raises:
+            FloatingPointError: Naming the iteration range, the terms and the case ids.
+        """
+        flags, self._nonfinite = self._nonfinite, None
+        case_ids, self._nonfinite_case_ids = self._nonfinite_case_ids, []
+        first, self._nonfinite_since = self._nonfinite_since, self.iteration + 1
+        if flags is None or not bool(flags.any()):
+            return
+        bad = [name for name, flag in zip(names, flags.tolist(), strict=True) if flag]
+        cases = sorted(set(case_ids))
+        shown = ", ".join(cases[:20]) + (f" and {len(cases) - 20} more" if len(cases) > 20 else "")
+        raise FloatingPointError(
+            f"non-finite loss in iterations {first}..{self.iteration} (0-based): terms "
+            f"{', '.join(bad)}; batches held cases {shown or 'unknown'}. Lower the learning rate, "
+            "check those cases for extreme intensities, or log every iteration "
+            "(trainer.log_every_n_steps=1) to find the first bad one."
+        )
 
     def _is_logging_iteration(self) -> bool:
         """Whether Lightning's loggers write at this iteration (``log_every_n_steps``)."""
