@@ -116,9 +116,9 @@ def _needs_unlabeled(method: str) -> bool:
 
 
 def _default_loggers(run_dir: Path, run_name: str, wandb_mode: str, project: str) -> list:
-    from lightning.pytorch.loggers import CSVLogger
+    from advmim_lightning.loggers import RunCSVLogger
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list = [RunCSVLogger(save_dir=str(run_dir), name="", version="")]
     if wandb_mode != "disabled":
         from lightning.pytorch.loggers import WandbLogger
 

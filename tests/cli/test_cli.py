@@ -120,8 +120,15 @@ def test_phantom_fit_validate_test_predict_and_resume(tmp_path):
     )
     assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 6
 
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps == sorted(steps) and len(steps) == 6  # the resumed run appended its rows
+
     run("validate", *base, "--ckpt_path", last)
     run("test", *base, "--ckpt_path", last)
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert len([r for r in rows if r.get("train/loss")]) == 6  # test kept the training rows
+    assert any(r.get("test/dice_mean") for r in rows)
     table = list(csv.reader((run_dir / "test_metrics.csv").open()))
     assert table[0][0] == "case_id" and table[-1][0] == "mean"
     assert "dice_LV" in table[0] and "hd95_mean" in table[0]
