@@ -373,3 +373,42 @@ def test_a_nonfinite_loss_raises_naming_the_iterations_terms_and_cases():
     message = str(err.value)
     assert "iterations 0..1" in message
     assert "sup_ce_transformer" in message and "case0" in message
+
+
+def test_a_short_cpu_run_on_the_phantom_lowers_the_supervised_loss():
+    from advmim_lightning import AdvMIMDataModule
+
+    torch.manual_seed(0)
+    data = AdvMIMDataModule(
+        layout="phantom",
+        phantom_cases=8,
+        phantom_slices=3,
+        phantom_size=64,
+        image_size=(64, 64),
+        labeled_cases=4,
+        labeled_batch_size=4,
+        num_workers=0,
+        require_unlabeled=False,
+        iterations_per_epoch=40,
+    )
+    module = make_module("supervised", max_iterations=40, lr=0.05)
+    losses: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(trainer.callback_metrics["train/sup_ce_cnn"]))
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        callbacks=[Record()],
+    )
+    trainer.fit(module, datamodule=data)
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5

@@ -192,13 +192,15 @@ def test_export_round_trips_without_lightning(tmp_path):
     ckpt = tmp_path / "runs" / "ex" / "checkpoints" / "last.ckpt"
     for network in ("transformer", "cnn"):
         out = tmp_path / f"{network}.pt"
-        run("export", ckpt, out, "--network", network)
+        run("export", ckpt, out, "--network", network, "--torch_export")
+        program = torch.export.load(out.with_suffix(".pt2")).module()
         net = load_segmenter(out)
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         for key, value in net.state_dict().items():
             assert torch.equal(value, state[f"{network}.{key}"])
         x = torch.rand(1, 1, 64, 64)
         assert net(x).shape == (1, 4, 64, 64)
+        assert torch.allclose(program(x), net(x), atol=1e-5)
 
 
 def test_export_reports_a_missing_checkpoint(tmp_path, capsys):
