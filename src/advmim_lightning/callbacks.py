@@ -146,12 +146,16 @@ class ValidationPanels(pl.Callback):
         self._rows.append(panel(image, label, predictions))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self._rows or not trainer.is_global_zero:
+        if trainer.sanity_checking:
+            return
+        # trainer.log_dir broadcasts from rank 0: every rank must ask for it, or DDP hangs
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        if not self._rows or not trainer.is_global_zero:
             return
         from advmim_lightning.visualize import save_png
 
         iteration = getattr(pl_module, "iteration", trainer.global_step)
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "panels"
+        out_dir = Path(log_dir) / "panels"
         path = save_png(self._rows, out_dir / f"val_iter{iteration:06d}.png")
         self.written.append(path)
         for logger in trainer.loggers:

@@ -698,22 +698,26 @@ class AdvMIMModule(pl.LightningModule):
         indices, table = self.test_metrics.per_case()
         self.test_metrics.reset()
         self.log_dict({f"test/{k}": v for k, v in values.items()}, sync_dist=False)
+        # trainer.log_dir broadcasts from rank 0: every rank must ask for it, or DDP hangs
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if self.trainer.is_global_zero:
-            path = self.write_test_csv(indices, table, values)
+            path = self.write_test_csv(indices, table, values, out_dir)
             log.info("per-case test metrics written to %s", path)
 
-    def write_test_csv(self, indices: Tensor, table: Tensor, summary: Mapping[str, Tensor]) -> Path:
+    def write_test_csv(
+        self, indices: Tensor, table: Tensor, summary: Mapping[str, Tensor], out_dir: Path
+    ) -> Path:
         """Write the per-case x per-class test metrics and a summary row as CSV.
 
         Args:
             indices: ``N`` case indices.
             table: ``N x len(METRIC_NAMES) x (C - 1)`` metric values.
             summary: The aggregated metrics (``dice_mean``, ``dice_<class>``, ...).
+            out_dir: Folder to write into (the run's log folder).
 
         Returns:
-            The path written: ``<log_dir>/test_metrics.csv``.
+            The path written: ``<out_dir>/test_metrics.csv``.
         """
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "test_metrics.csv"
         names = self.class_names[1:]

@@ -114,7 +114,10 @@ def test_invalid_arguments() -> None:
         IterationSampler([], [StreamSpec("labeled", 0, 0, 2)], 1)
 
 
-def test_eval_shards_without_padding() -> None:
+def test_eval_shards_cover_every_volume_and_pad_so_no_rank_is_empty() -> None:
     parts = [list(EvalShardSampler(list(range(5)), num_replicas=2, rank=r)) for r in range(2)]
-    assert parts == [[0, 2, 4], [1, 3]]
-    assert [len(EvalShardSampler(list(range(5)), 2, r)) for r in range(2)] == [3, 2]
+    assert parts == [[0, 2, 4], [1, 3, 0]]  # volume 0 repeats; the metrics keep it once
+    assert [len(EvalShardSampler(list(range(5)), 2, r)) for r in range(2)] == [3, 3]
+    one_case = [list(EvalShardSampler([0], num_replicas=2, rank=r)) for r in range(2)]
+    assert one_case == [[0], [0]]
+    assert list(EvalShardSampler(list(range(4)), 2, 1)) == [1, 3]

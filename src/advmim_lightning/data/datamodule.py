@@ -109,7 +109,7 @@ class AdvMIMDataModule(pl.LightningDataModule):
     ``spacing_known``, ``affine`` (of the original array), ``slice_axis`` (write a prediction
     back with ``np.moveaxis(pred, 0, slice_axis)``) and ``source``. The predict set is the
     test set (NIfTI: ``imagesTs``, labels optional). Under DDP each rank evaluates every
-    ``w``-th volume, without padding.
+    ``w``-th volume, padded to equal counts (metrics keep one score per case index).
 
     **Checks at setup** raise :class:`~advmim_lightning.data.validation.DataValidationError`
     naming the file, the value found and what was expected: missing/unreadable files,

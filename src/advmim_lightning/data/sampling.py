@@ -200,11 +200,13 @@ class IterationSampler(DistributedSampler):
 
 
 class EvalShardSampler(DistributedSampler):
-    """Evaluation order for one rank: items ``rank, rank + w, rank + 2w, ...`` without padding.
+    """Evaluation order for one rank: items ``rank, rank + w, rank + 2w, ...``, padded.
 
-    Unlike :class:`~torch.utils.data.DistributedSampler` it never repeats items to even out the
-    ranks, so every volume is scored exactly once across ranks (ranks may get one item more or
-    less). A DistributedSampler subclass so that Lightning does not replace it.
+    Every rank gets ``ceil(N / w)`` items so that no rank is left without a batch (Lightning
+    refuses an empty loader on any rank); the few padding items repeat volumes from the start.
+    The metrics gather results by case index and keep one score per volume, so a repeated
+    volume is never counted twice, and a repeated prediction rewrites the same file. A
+    DistributedSampler subclass so that Lightning does not replace it.
 
     Args:
         dataset: The evaluation dataset.
@@ -217,9 +219,11 @@ class EvalShardSampler(DistributedSampler):
             raise ValueError(f"rank must be in [0, {num_replicas}), got rank={rank}")
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         self._size = len(dataset)  # type: ignore[arg-type]
+        self._per_rank = -(-self._size // num_replicas) if self._size else 0
 
     def __iter__(self) -> Iterator[int]:  # type: ignore[override]
-        return iter(range(self.rank, self._size, self.num_replicas))
+        positions = range(self.rank, self._per_rank * self.num_replicas, self.num_replicas)
+        return iter(p % self._size for p in positions)
 
     def __len__(self) -> int:
-        return len(range(self.rank, self._size, self.num_replicas))
+        return self._per_rank
