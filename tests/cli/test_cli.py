@@ -252,3 +252,23 @@ def test_demo_trains_tests_predicts_and_draws_the_overlay(tmp_path, capsys):
     assert "=== advmim demo finished ===" in printed
     assert str(run_dir / "checkpoints" / "last.ckpt") in printed
     assert "dice_mean=" in printed
+
+
+def test_bad_input_through_the_cli_names_what_is_wrong(tmp_path):
+    from advmim_lightning.data import DataValidationError
+
+    base = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY, *common(tmp_path, "bad")]
+    with pytest.raises(DataValidationError, match=r"num_classes=3.*expected num_classes=4"):
+        run("fit", *base, "--data.num_classes", "3", "--trainer.fast_dev_run", "1")
+    missing = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    # jsonargparse wraps the network's FileNotFoundError while instantiating the model
+    with pytest.raises(ValueError, match=r"Swin ImageNet checkpoint not found at .*\.pth"):
+        run(
+            "fit",
+            *base,
+            "--model.transformer.init_args.pretrained",
+            missing,
+            "--trainer.fast_dev_run",
+            "1",
+        )
+    assert not (tmp_path / "runs" / "bad" / "checkpoints").exists()  # nothing half-written
