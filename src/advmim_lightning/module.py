@@ -669,8 +669,7 @@ class AdvMIMModule(pl.LightningModule):
         """Score one case; returns the label volumes by network (for panel logging)."""
         predictions = self.predict_volume(item["image"])
         label = item["label"]
-        spacing = item["spacing"] if item.get("spacing_known", True) else None
-        index = int(item["case_index"])
+        index, spacing = _case_index_and_spacing(item)
         self.val_metrics.update(predictions[self.eval_network], label, index, spacing)
         for name, metric in self.val_dice_per_network.items():
             metric.update(predictions[name], label, index, spacing)
@@ -688,8 +687,7 @@ class AdvMIMModule(pl.LightningModule):
 
     def test_step(self, item: Mapping[str, Any], batch_idx: int) -> None:
         predictions = self.predict_volume(item["image"])
-        spacing = item["spacing"] if item.get("spacing_known", True) else None
-        index = int(item["case_index"])
+        index, spacing = _case_index_and_spacing(item)
         self._test_case_ids[index] = str(item["case_id"])
         self.test_metrics.update(predictions[self.eval_network], item["label"], index, spacing)
 
@@ -777,6 +775,12 @@ def _mix_seed(*keys: int) -> int:
         state = (state ^ (key & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         state = (state ^ (state >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
     return state >> 1
+
+
+def _case_index_and_spacing(item: Mapping[str, Any]) -> tuple[int, Any]:
+    """An evaluation item's case index, and its spacing (None when unknown: voxel units)."""
+    spacing = item["spacing"] if item.get("spacing_known", True) else None
+    return int(item["case_index"]), spacing
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
