@@ -412,3 +412,96 @@ def test_a_short_cpu_run_on_the_phantom_lowers_the_supervised_loss():
     trainer.fit(module, datamodule=data)
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+class PoisonedAt(PairedBatches):
+    """Paired batches whose batch ``at`` overflows: intensities beyond any float range."""
+
+    def __init__(self, n: int, at: set[int]) -> None:
+        super().__init__(n)
+        self.at = at
+
+    def __getitem__(self, i: int) -> dict:
+        batch = super().__getitem__(i)
+        if i in self.at:
+            batch["unlabeled"]["image"][0] = 3e38  # conv sums overflow to inf, then NaN
+        return batch
+
+
+def full_state(module: AdvMIMModule) -> dict[str, torch.Tensor]:
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    for i, opt in enumerate(module.trainer.optimizers):
+        for j, param in enumerate(opt.param_groups[0]["params"]):
+            if "momentum_buffer" in opt.state[param]:
+                state[f"opt{i}.momentum{j}"] = opt.state[param]["momentum_buffer"].clone()
+    return state
+
+
+def test_skip_mode_undoes_an_overflowing_bf16_iteration_in_all_four_parts(caplog):
+    module = make_module("advmim", nonfinite_check="skip")
+    states: dict[str, dict] = {}
+
+    class Snapshots(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            states[f"before{batch_idx}"] = full_state(pl_module)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            states[f"after{batch_idx}"] = full_state(pl_module)
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        log_every_n_steps=2,
+        callbacks=[Snapshots()],
+    )
+    with caplog.at_level("WARNING", logger="advmim_lightning.nonfinite"):
+        trainer.fit(module, train_dataloaders=DataLoader(PoisonedAt(4, {2}), batch_size=None))
+    before, after = states["before2"], states["after2"]
+    assert before.keys() == after.keys()
+    assert any(k.startswith("disc_cnn.") for k in before) and any(
+        "running_var" in k for k in before
+    )
+    for key in before:  # segmenters, discriminators, batch-norm statistics and momenta
+        assert torch.equal(before[key], after[key]), key
+    changed = [k for k in before if not torch.equal(states["before3"][k], states["after3"][k])]
+    assert any(k.startswith("disc_transformer.") for k in changed)
+    assert any(k.startswith("cnn.") for k in changed)
+    assert module.iteration == 4
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert trainer.logged_metrics["train/skipped_iterations"] == 1
+    assert "iteration(s) 2 (0-based)" in caplog.text and "u0" in caplog.text
+
+
+def test_skip_mode_changes_nothing_when_all_is_finite():
+    def run(check: str) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        module = make_module("advmim", nonfinite_check=check)
+        fit(module, 3)
+        return full_state(module)
+
+    plain, guarded = run("raise"), run("skip")
+    assert plain.keys() == guarded.keys()
+    for key, value in plain.items():
+        assert torch.equal(value, guarded[key]), key
+
+
+def test_skip_mode_raises_once_too_many_iterations_in_a_row_were_skipped():
+    module = make_module("ctct", nonfinite_check="skip", max_skipped_in_a_row=2)
+    with pytest.raises(FloatingPointError, match=r"the last 2 iterations .* diverged"):
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            limit_val_batches=0,
+            log_every_n_steps=1,
+        )
+        poisoned = PoisonedAt(4, {1, 2, 3})
+        trainer.fit(module, train_dataloaders=DataLoader(poisoned, batch_size=None))
+    assert module.iteration == 2  # the error came at the second skipped iteration's logging

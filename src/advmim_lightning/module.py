@@ -39,6 +39,7 @@ from advmim_lightning.losses import (
 )
 from advmim_lightning.metrics import METRIC_NAMES, SegmentationMetrics
 from advmim_lightning.networks import Discriminator, SwinUNet, UNet, random_block_mask
+from advmim_lightning.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
 from advmim_lightning.schedules import ctct_consistency_weight, poly_lr
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,14 @@ class AdvMIMModule(pl.LightningModule):
         nonfinite_check: ``"raise"`` (default): a non-finite loss term is flagged on the device
             every iteration and checked on logging iterations (``log_every_n_steps``, no host
             sync in between); the error names the iteration range, the offending terms and the
-            batches' case ids. ``"off"`` disables the check.
+            batches' case ids. ``"skip"``: an iteration whose gradients (after DDP averaging,
+            so all ranks agree) are not all finite changes nothing: parameters, momenta and
+            batch-norm statistics of all four parts are restored on the device, the iteration
+            still counts, and logging iterations warn naming it and its cases and log
+            ``train/skipped_iterations``. Costs a copy of the trained state per iteration.
+            ``"off"`` disables the check.
+        max_skipped_in_a_row: With ``nonfinite_check="skip"``, raise once this many consecutive
+            iterations were skipped (checked on logging iterations).
 
     Raises:
         ValueError: On an unknown method, an argument the chosen method does not use, or
@@ -203,7 +211,8 @@ class AdvMIMModule(pl.LightningModule):
         eval_slice_batch: int = 16,
         nsd_tolerance: float = 1.0,
         rng_seed: int = 0,
-        nonfinite_check: Literal["raise", "off"] = "raise",
+        nonfinite_check: Literal["raise", "skip", "off"] = "raise",
+        max_skipped_in_a_row: int = 100,
     ) -> None:
         super().__init__()
         if method not in METHOD_DEFAULTS:
@@ -212,7 +221,9 @@ class AdvMIMModule(pl.LightningModule):
         _check_choice("discriminator_real", discriminator_real, ("labeled", "unlabeled"))
         _check_choice("eval_network", eval_network, ("transformer", "cnn", "ensemble"))
         _check_choice("eval_interpolation", eval_interpolation, ("nearest", "bilinear"))
-        _check_choice("nonfinite_check", nonfinite_check, ("raise", "off"))
+        _check_choice("nonfinite_check", nonfinite_check, ("raise", "skip", "off"))
+        if max_skipped_in_a_row < 1:
+            raise ValueError(f"max_skipped_in_a_row must be >= 1, got {max_skipped_in_a_row}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + 1), got {num_classes}")
         image_size = _pair(image_size, "image_size")
@@ -284,9 +295,8 @@ class AdvMIMModule(pl.LightningModule):
         self.iteration = 0
         self._mask_generator: torch.Generator | None = None
         self._mask_generator_iteration = -1
-        self._nonfinite: Tensor | None = None  # device flags per loss term since last check
-        self._nonfinite_since = 0
-        self._nonfinite_case_ids: list[str] = []
+        self._monitor = NonFiniteMonitor()
+        self._skipper: UpdateSkipper | None = None  # built at train start (needs optimisers)
 
         fg_names = self.class_names[1:]
         self.val_metrics = SegmentationMetrics(num_classes, fg_names, nsd_tolerance=nsd_tolerance)
@@ -429,6 +439,15 @@ class AdvMIMModule(pl.LightningModule):
         # (e.g. after a look at predictions in a notebook) would train without dropout and
         # with frozen batch-norm statistics.
         self.train()
+        self._monitor = NonFiniteMonitor(first_iteration=self.iteration)
+        self._skipper = None
+        if self.hparams.nonfinite_check == "skip":
+            parts = [self.transformer, self.cnn]
+            if self.uses_masking:
+                parts += [self.disc_transformer, self.disc_cnn]
+            self._skipper = UpdateSkipper(
+                parts, self.trainer.optimizers, self.hparams.max_skipped_in_a_row
+            )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         if self.iteration >= self.hparams.max_iterations:
@@ -461,36 +480,39 @@ class AdvMIMModule(pl.LightningModule):
         optimizers = self.optimizers()
         clip = self.cfg["grad_clip_norm"]
         for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
             for group in opt.param_groups:
                 group["lr"] = lr
                 group["clip_norm"] = clip  # from the config, also after a resume
+        skipper = self._skipper
+        if skipper is not None:
+            skipper.snapshot()  # before the forward pass: batch-norm statistics move in it
 
         out = self._segmenter_losses(x_l, y, x_u, ct_weight)
         total = torch.stack(list(out.weighted.values())).sum()
         terms = out.terms
-        seg_opts = optimizers[:2]
-        for opt in seg_opts:
-            opt.zero_grad(set_to_none=True)
         self.manual_backward(total)
-        for opt in seg_opts:
-            opt.step()
-
         if self.uses_masking:
-            disc_opts = optimizers[2:]
-            for opt in disc_opts:
-                opt.zero_grad(set_to_none=True)
+            # The discriminators see detached maps of this forward pass, so their backward may
+            # come before the segmenter steps: all four steps then follow one finite check.
             disc_terms = self._discriminator_losses(out)
             self.manual_backward(self.cfg["discriminator_weight"] * sum(disc_terms.values()))
-            for opt in disc_opts:
-                opt.step()
             terms.update(disc_terms)
-
+        finite = skipper.gradients_finite() if skipper is not None else None
+        for opt in optimizers:  # transformer, CNN, then the discriminators
+            opt.step()
+        case_ids = batch_case_ids(batch)
+        if skipper is not None:
+            skipper.restore_unless(finite, self.iteration, case_ids)
         if self.hparams.nonfinite_check == "raise":
-            self._flag_nonfinite(terms, batch)
+            self._monitor.flag(terms, case_ids)
+
         if self._is_logging_iteration():
-            if self.hparams.nonfinite_check == "raise":
-                self._raise_on_nonfinite(list(terms))
             logged: dict[str, Any] = {f"train/{k}": v.detach() for k, v in terms.items()}
+            if self.hparams.nonfinite_check == "raise":
+                self._monitor.check(list(terms), self.iteration)
+            if skipper is not None:
+                logged["train/skipped_iterations"] = float(skipper.report())
             logged["train/loss"] = total.detach()
             logged["train/lr"] = lr
             logged["train/iteration"] = float(self.iteration + 1)
@@ -498,34 +520,6 @@ class AdvMIMModule(pl.LightningModule):
                 logged["train/cross_teaching_weight"] = ct_weight
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=x_l.shape[0])
         self.iteration += 1
-
-    def _flag_nonfinite(self, terms: Mapping[str, Tensor], batch: Mapping[str, Any]) -> None:
-        """OR this iteration's non-finite terms into device-side flags (no host sync)."""
-        flags = torch.stack([~torch.isfinite(v.detach()) for v in terms.values()])
-        self._nonfinite = flags if self._nonfinite is None else self._nonfinite | flags
-        for part in ("labeled", "unlabeled"):
-            self._nonfinite_case_ids.extend(batch.get(part, {}).get("case_id", []))
-
-    def _raise_on_nonfinite(self, names: list[str]) -> None:
-        """Read the flags (one host sync per logging iteration) and raise if any is set.
-
-        Raises:
-            FloatingPointError: Naming the iteration range, the terms and the case ids.
-        """
-        flags, self._nonfinite = self._nonfinite, None
-        case_ids, self._nonfinite_case_ids = self._nonfinite_case_ids, []
-        first, self._nonfinite_since = self._nonfinite_since, self.iteration + 1
-        if flags is None or not bool(flags.any()):
-            return
-        bad = [name for name, flag in zip(names, flags.tolist(), strict=True) if flag]
-        cases = sorted(set(case_ids))
-        shown = ", ".join(cases[:20]) + (f" and {len(cases) - 20} more" if len(cases) > 20 else "")
-        raise FloatingPointError(
-            f"non-finite loss in iterations {first}..{self.iteration} (0-based): terms "
-            f"{', '.join(bad)}; batches held cases {shown or 'unknown'}. Lower the learning rate, "
-            "check those cases for extreme intensities, or log every iteration "
-            "(trainer.log_every_n_steps=1) to find the first bad one."
-        )
 
     def _is_logging_iteration(self) -> bool:
         """Whether Lightning's loggers write at this iteration (``log_every_n_steps``)."""

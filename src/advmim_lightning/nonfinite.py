@@ -1,0 +1,215 @@
+"""Non-finite losses and gradients: detected on the device, acted on at logging iterations.
+
+A training iteration never waits for the GPU to say whether its loss was finite. Instead the
+checks leave device-side flags behind and the host reads them once per logging iteration
+(``trainer.log_every_n_steps``), when Lightning synchronises for the loggers anyway:
+
+- :class:`NonFiniteMonitor` (``nonfinite_check="raise"``) ORs a flag per loss term and raises
+  naming the iteration range, the terms and the cases the batches held.
+- :class:`UpdateSkipper` (``nonfinite_check="skip"``) makes an iteration whose gradients are
+  not all finite leave no trace: parameters, optimiser momenta and module buffers (batch-norm
+  statistics) are put back as they were before the iteration, selected on the device with
+  ``torch.where``. Gradients are read after DDP has averaged them, so every rank takes the same
+  decision without an extra collective.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+def batch_case_ids(batch: Mapping[str, Any]) -> list[str]:
+    """The case ids a paired training batch holds (labeled first), where the data names them."""
+    return [
+        str(case)
+        for part in ("labeled", "unlabeled")
+        for case in (batch.get(part) or {}).get("case_id", [])
+    ]
+
+
+def _format_cases(case_ids: Iterable[str], limit: int = 20) -> str:
+    cases = sorted(set(case_ids))
+    shown = ", ".join(cases[:limit])
+    more = f" and {len(cases) - limit} more" if len(cases) > limit else ""
+    return (shown + more) or "unknown"
+
+
+class NonFiniteMonitor:
+    """Flags non-finite loss terms on the device; :meth:`check` raises on the host.
+
+    Args:
+        first_iteration: The iteration the first window starts at (0, or where a run resumes).
+    """
+
+    def __init__(self, first_iteration: int = 0) -> None:
+        self._flags: Tensor | None = None
+        self._case_ids: list[str] = []
+        self._since = first_iteration
+
+    def flag(self, terms: Mapping[str, Tensor], case_ids: Sequence[str]) -> None:
+        """OR this iteration's non-finite terms into the flags (no host synchronisation)."""
+        flags = torch.stack([~torch.isfinite(v.detach()) for v in terms.values()])
+        self._flags = flags if self._flags is None else self._flags | flags
+        self._case_ids.extend(case_ids)
+
+    def check(self, names: Sequence[str], iteration: int) -> None:
+        """Read the flags (one host sync) and start a new window after ``iteration``.
+
+        Args:
+            names: The loss-term names, in the order given to :meth:`flag`.
+            iteration: The 0-based iteration that ends the window.
+
+        Raises:
+            FloatingPointError: Naming the iteration range, the terms and the case ids.
+        """
+        flags, self._flags = self._flags, None
+        case_ids, self._case_ids = self._case_ids, []
+        first, self._since = self._since, iteration + 1
+        if flags is None or not bool(flags.any()):
+            return
+        bad = [name for name, flag in zip(names, flags.tolist(), strict=True) if flag]
+        raise FloatingPointError(
+            f"non-finite loss in iterations {first}..{iteration} (0-based): terms "
+            f"{', '.join(bad)}; batches held cases {_format_cases(case_ids)}. Lower the "
+            "learning rate, check those cases for extreme intensities, or log every iteration "
+            "(trainer.log_every_n_steps=1) to find the first bad one. "
+            "model.nonfinite_check=skip skips such updates instead."
+        )
+
+
+@dataclass
+class _Pending:
+    iteration: int
+    finite: Tensor
+    case_ids: list[str] = field(default_factory=list)
+
+
+class UpdateSkipper:
+    """Undo, on the device, every update of an iteration whose gradients are not all finite.
+
+    Usage per iteration: :meth:`snapshot` before the forward pass (batch-norm statistics move
+    during it), the backward passes, :meth:`gradients_finite`, the optimiser steps, then
+    :meth:`restore_unless`. :meth:`report` reads the decisions at logging iterations.
+
+    The cost is one copy of the trained state per iteration (parameters, momenta, buffers) and a
+    ``torch.where`` per tensor, so the option is off by default.
+
+    Args:
+        modules: The trained modules (their parameters and buffers are guarded).
+        optimizers: Their optimisers (the ``momentum_buffer`` of each parameter is guarded).
+        max_skipped_in_a_row: Raise once this many consecutive iterations were skipped (a run
+            that diverged for good should stop, not skip forever).
+
+    Raises:
+        ValueError: If ``max_skipped_in_a_row < 1``.
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        max_skipped_in_a_row: int = 100,
+    ) -> None:
+        if max_skipped_in_a_row < 1:
+            raise ValueError(f"max_skipped_in_a_row must be >= 1, got {max_skipped_in_a_row}")
+        self.optimizers = list(optimizers)
+        self.state = [
+            *(p for m in modules for p in m.parameters() if p.requires_grad),
+            *(b for m in modules for b in m.buffers()),
+        ]
+        self.max_skipped_in_a_row = max_skipped_in_a_row
+        self._saved: list[Tensor] = []
+        self._saved_momenta: dict[Tensor, Tensor] = {}
+        self._pending: list[_Pending] = []
+        self.skipped_total = 0
+        self._skipped_in_a_row = 0
+
+    def _momenta(self) -> dict[Tensor, Tensor]:
+        return {
+            p: buf
+            for opt in self.optimizers
+            for p, state in opt.state.items()
+            if (buf := state.get("momentum_buffer")) is not None
+        }
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        """Copy the state the iteration may change (device copies, no host sync)."""
+        if len(self._saved) != len(self.state):
+            self._saved = [t.detach().clone() for t in self.state]
+        else:
+            torch._foreach_copy_(self._saved, [t.detach() for t in self.state])
+        self._saved_momenta = {p: buf.clone() for p, buf in self._momenta().items()}
+
+    @torch.no_grad()
+    def gradients_finite(self) -> Tensor:
+        """A 0-d bool device tensor: every gradient of every optimiser is finite."""
+        grads = [
+            p.grad
+            for opt in self.optimizers
+            for group in opt.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        if not grads:
+            return torch.ones((), dtype=torch.bool, device=self.state[0].device)
+        norms = torch._foreach_norm(grads)
+        return torch.stack([n.float() for n in norms]).isfinite().all()
+
+    @torch.no_grad()
+    def restore_unless(self, finite: Tensor, iteration: int, case_ids: Sequence[str]) -> None:
+        """Put the snapshot back where ``finite`` is False; keep the update otherwise.
+
+        A momentum buffer the skipped step created is zeroed: SGD's next step then computes
+        ``0 * momentum + d == d``, exactly what a first step does.
+        """
+        for tensor, saved in zip(self.state, self._saved, strict=True):
+            tensor.copy_(torch.where(finite, tensor, saved))
+        for param, buf in self._momenta().items():
+            saved = self._saved_momenta.get(param)
+            buf.copy_(torch.where(finite, buf, saved if saved is not None else 0.0))
+        self._pending.append(_Pending(iteration, finite, list(case_ids)))
+
+    def report(self) -> int:
+        """Read the decisions since the last report (one host sync); warn about skips.
+
+        Returns:
+            The number of iterations skipped since the run (or resume) started.
+
+        Raises:
+            FloatingPointError: After ``max_skipped_in_a_row`` consecutive skipped iterations.
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return self.skipped_total
+        finite = torch.stack([p.finite for p in pending]).tolist()
+        skipped = [p for p, ok in zip(pending, finite, strict=True) if not ok]
+        for ok in finite:
+            self._skipped_in_a_row = 0 if ok else self._skipped_in_a_row + 1
+        self.skipped_total += len(skipped)
+        if skipped:
+            iterations = ", ".join(str(p.iteration) for p in skipped)
+            cases = _format_cases(c for p in skipped for c in p.case_ids)
+            log.warning(
+                "skipped %d update(s) with non-finite gradients at iteration(s) %s (0-based); "
+                "batches held cases %s",
+                len(skipped),
+                iterations,
+                cases,
+            )
+        if self._skipped_in_a_row >= self.max_skipped_in_a_row:
+            raise FloatingPointError(
+                f"the last {self._skipped_in_a_row} iterations (up to {pending[-1].iteration}, "
+                "0-based) all had non-finite gradients and were skipped: training has diverged. "
+                "Lower the learning rate or check the data; model.max_skipped_in_a_row="
+                f"{self.max_skipped_in_a_row} sets this limit."
+            )
+        return self.skipped_total
