@@ -178,7 +178,35 @@ class RunCheckpoint(ModelCheckpoint):
     itself after ``max_iterations``), which is what ``--ckpt_path last`` resumes from.
     Each file is written under a temporary name and renamed into place, so a kill during saving
     never leaves a truncated checkpoint behind.
+
+    Args:
+        every_n_iterations: Also refresh ``last.ckpt`` after every this many training
+            iterations (the module's :attr:`~advmim_lightning.AdvMIMModule.iteration`, not
+            optimiser steps). ``0``: only after validation and at the end of training.
+        **kwargs: ``ModelCheckpoint`` arguments (``dirpath``, ``monitor``, ``save_last``, ...).
+
+    Raises:
+        ValueError: If ``every_n_iterations < 0``.
     """
+
+    def __init__(self, *args: Any, every_n_iterations: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if every_n_iterations < 0:
+            raise ValueError(f"every_n_iterations must be >= 0, got {every_n_iterations}")
+        self.every_n_iterations = every_n_iterations
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        iteration = getattr(pl_module, "iteration", trainer.global_step)
+        if self.every_n_iterations and iteration % self.every_n_iterations == 0:
+            self._refresh_last(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

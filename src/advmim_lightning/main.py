@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -46,6 +47,15 @@ class AdvMIMCLI(LightningCLI):
         )
         parser.add_argument(
             "--wandb_project", type=str, default="advmim-lightning", help="wandb project name."
+        )
+        parser.add_argument(
+            "--checkpoint_every",
+            type=NonNegativeInt,
+            default=0,
+            help=(
+                "Also save checkpoints/last.ckpt every this many iterations, so a killed run "
+                "loses at most that much work (0: only after validation and at the end)."
+            ),
         )
         # Stated once, on the data side, and linked to the model and to networks given by
         # class_path (a network left at its default is built by the module from these).
@@ -88,6 +98,7 @@ class AdvMIMCLI(LightningCLI):
                     monitor="val/dice_mean",
                     mode="max",
                     save_last=True,
+                    every_n_iterations=config["checkpoint_every"],
                 )
             )
         kwargs["callbacks"] = callbacks

@@ -67,3 +67,56 @@ def test_truncated_or_foreign_checkpoints_are_refused_naming_the_file(tmp_path, 
             fit(tmp_path, "ok", "--ckpt_path", str(bad))
         message = str(exit_info.value.code)
         assert str(bad) in message and reason in message
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_straight_run_with_workers(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    iterations = "24"
+    workers = ["--data.num_workers", "2", "--data.persistent_workers", "false"]
+    straight = fit(tmp_path, "straight", "--model.max_iterations", iterations, *workers)
+
+    advmim = Path(sys.executable).with_name("advmim")
+    command = [
+        str(advmim), "fit", "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY,
+        "--runs_dir", str(tmp_path), "--run_name", "killed", "--wandb_mode", "disabled",
+        "--model.max_iterations", iterations, "--trainer.limit_val_batches", "0",
+        "--checkpoint_every", "2", *workers,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the trainer and its data-loader workers
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    killed_at = torch.load(last, weights_only=True)["advmim"]["iteration"]
+    assert 2 <= killed_at < int(iterations) and killed_at % 2 == 0
+    # a kill while saving leaves at most a temporary file, which resuming ignores
+    (last.parent / "last.ckpt.tmp").write_bytes(b"truncated")
+
+    resumed = torch.load(
+        fit(
+            tmp_path,
+            "killed",
+            "--model.max_iterations",
+            iterations,
+            *workers,
+            "--ckpt_path",
+            "last",
+        ),
+        weights_only=True,
+    )
+    reference = torch.load(straight, weights_only=True)
+    assert resumed["advmim"]["iteration"] == reference["advmim"]["iteration"] == int(iterations)
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    for a, b in zip(reference["optimizer_states"], resumed["optimizer_states"], strict=True):
+        for index, state in a["state"].items():
+            assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])
