@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from advmim_lightning.losses import (
     confidence_weighted_cross_entropy,
+    cross_entropy_loss,
     dice_loss,
     lsgan_loss,
     weighted_dice_loss,
@@ -559,7 +560,7 @@ class AdvMIMModule(pl.LightningModule):
         weighted: dict[str, Tensor] = {}
         masked_unlabeled_probs: dict[str, Tensor] = {}
         for name, other in (("transformer", "cnn"), ("cnn", "transformer")):
-            ce = F.cross_entropy(logits[name][:n_l].float(), y)
+            ce = cross_entropy_loss(logits[name][:n_l], y)
             dice = dice_loss(probs[name][:n_l], y)
             terms[f"sup_ce_{name}"], terms[f"sup_dice_{name}"] = ce, dice
             weighted[f"sup_{name}"] = cfg["sup_weight"] * (ce + dice)
@@ -576,7 +577,7 @@ class AdvMIMModule(pl.LightningModule):
                 continue
 
             m_logits = masked_logits[name].float()
-            m_ce = F.cross_entropy(m_logits[:n_l], y)
+            m_ce = cross_entropy_loss(m_logits[:n_l], y)
             terms[f"masked_sup_ce_{name}"] = m_ce
             masked_sup = m_ce
             m_probs = m_logits.softmax(1)

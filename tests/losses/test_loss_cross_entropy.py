@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advmim_lightning.losses import confidence_weighted_cross_entropy
+from advmim_lightning.losses import confidence_weighted_cross_entropy, cross_entropy_loss
 
 # 1 x 2 x 1 x 2 logits: pixel a = [0, 0] (target 0, CE ln 2); pixel b = [ln 3, 0] (target 1,
 # p = 1/4, CE ln 4).
@@ -60,3 +60,22 @@ def test_weighted_ce_rejects_bad_inputs():
         confidence_weighted_cross_entropy(LOGITS, TARGET, torch.ones(1, 2))
     with pytest.raises(TypeError, match="integer class-index tensor"):
         confidence_weighted_cross_entropy(LOGITS, TARGET.float(), torch.ones(1, 1, 2))
+
+
+def test_cross_entropy_loss_equals_the_reduced_torch_loss():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.bfloat16)
+    target = torch.randint(0, 4, (2, 5, 6), generator=gen)
+    got = cross_entropy_loss(logits, target)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, F.cross_entropy(logits.float(), target), rtol=1e-6, atol=1e-6)
+    # two classes, one pixel each, hand-computed: -log softmax
+    hand = cross_entropy_loss(torch.tensor([[[[0.0]], [[math.log(3.0)]]]]), torch.tensor([[[1]]]))
+    torch.testing.assert_close(hand, torch.tensor(-math.log(3 / 4)))
+
+
+def test_cross_entropy_loss_names_a_shape_or_dtype_problem():
+    with pytest.raises(ValueError, match=r"cross_entropy_loss: target must have shape \(1, 2, 2\)"):
+        cross_entropy_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"integer class-index tensor, got dtype torch\.float32"):
+        cross_entropy_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2))
