@@ -9,6 +9,7 @@ subcommands beside the Lightning ones.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from advmim_lightning.callbacks import PredictionWriter, RunCheckpoint, ValidationPanels
 from advmim_lightning.data import AdvMIMDataModule
 from advmim_lightning.module import AdvMIMModule
+from advmim_lightning.paths import ensure_writable_folder
+
+#: Errors that describe bad input (data, paths, arguments, a diverged run): the command line
+#: prints their message and exits with status 1 instead of a traceback (``ADVMIM_DEBUG=1``
+#: shows it).
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+_PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given")
 
 EXTRA_COMMANDS = {
     "export": "advmim_lightning.export",
@@ -80,6 +88,7 @@ class AdvMIMCLI(LightningCLI):
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config["runs_dir"]) / config["run_name"]
+        ensure_writable_folder(run_dir, "run folder (--runs_dir/--run_name)")
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run_dir)
@@ -188,7 +197,21 @@ def main(args: list[str] | None = None) -> None:
         if status:
             raise SystemExit(status)
         return
-    build_cli(None if args is None else argv)
+    try:
+        build_cli(None if args is None else argv)
+    except USER_ERRORS as err:
+        if os.environ.get("ADVMIM_DEBUG"):
+            raise
+        raise SystemExit(
+            f"advmim: error: {_user_message(err)}\n(set ADVMIM_DEBUG=1 to see the full traceback)"
+        ) from err
+
+
+def _user_message(err: BaseException) -> str:
+    """The message of ``err``, unwrapped from jsonargparse's report on a failed class init."""
+    while isinstance(err.__cause__, USER_ERRORS) and str(err).startswith(_PARSER_WRAPPERS):
+        err = err.__cause__
+    return str(err)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -254,21 +254,54 @@ def test_demo_trains_tests_predicts_and_draws_the_overlay(tmp_path, capsys):
     assert "dice_mean=" in printed
 
 
-def test_bad_input_through_the_cli_names_what_is_wrong(tmp_path):
-    from advmim_lightning.data import DataValidationError
+def cli_error(*words: str) -> str:
+    """Run the command line expecting a clean error; return its message."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(*words)
+    message = str(exit_info.value.code)
+    assert message.startswith("advmim: error: ") and "ADVMIM_DEBUG=1" in message
+    return message
 
+
+def test_bad_input_through_the_cli_names_what_is_wrong(tmp_path):
     base = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY, *common(tmp_path, "bad")]
-    with pytest.raises(DataValidationError, match=r"num_classes=3.*expected num_classes=4"):
-        run("fit", *base, "--data.num_classes", "3", "--trainer.fast_dev_run", "1")
+    fast = ["--trainer.fast_dev_run", "1"]
+    message = cli_error("fit", *base, "--data.num_classes", "3", *fast)
+    assert "num_classes=3" in message and "expected num_classes=4" in message
     missing = tmp_path / "swin_tiny_patch4_window7_224.pth"
-    # jsonargparse wraps the network's FileNotFoundError while instantiating the model
-    with pytest.raises(ValueError, match=r"Swin ImageNet checkpoint not found at .*\.pth"):
-        run(
-            "fit",
-            *base,
-            "--model.transformer.init_args.pretrained",
-            missing,
-            "--trainer.fast_dev_run",
-            "1",
-        )
+    # jsonargparse wraps the network's FileNotFoundError; the message is unwrapped
+    message = cli_error("fit", *base, "--model.transformer.init_args.pretrained", missing, *fast)
+    assert message.startswith(f"advmim: error: networks/pretrained.py: Swin ImageNet checkpoint "
+                              f"not found at '{missing}'")  # fmt: skip
     assert not (tmp_path / "runs" / "bad" / "checkpoints").exists()  # nothing half-written
+
+    root = write_tiny_nifti(tmp_path / "nifti", size=64)
+    label = root / "labelsTr" / "case_000.nii.gz"
+    image = nib.load(label)
+    data = np.asarray(image.dataobj).copy()
+    data[0, 0, 0] = 9
+    nib.save(nib.Nifti1Image(data, image.affine), label)
+    nifti = ["-c", ROOT / "configs/nifti/advmim.yaml", "-c", TINY, *common(tmp_path, "bad")]
+    message = cli_error("fit", *nifti, "--data.root", root, *fast)
+    assert f"{label}: label value(s) [9] outside [0, 4) (num_classes=4)" in message
+    message = cli_error("fit", *nifti, "--data.root", tmp_path / "absent", *fast)
+    assert str(tmp_path / "absent") in message
+
+
+def test_an_unwritable_output_folder_fails_before_anything_runs(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    base = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY, "--wandb_mode", "disabled"]
+    message = cli_error("fit", *base, "--runs_dir", blocker / "runs", "--trainer.fast_dev_run", "1")
+    assert (
+        f"cannot write the run folder (--runs_dir/--run_name) {blocker}/runs/quickstart" in message
+    )
+    assert "Not a directory" in message
+
+    run("fit", *base, *common(tmp_path), "--trainer.fast_dev_run", "1")
+    checkpoint = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
+    run("fit", *base, *common(tmp_path), "--model.max_iterations", "1",
+        "--trainer.limit_val_batches", "0")  # fmt: skip
+    message = cli_error("predict", *base, *common(tmp_path), "--ckpt_path", checkpoint,
+                        "--prediction_writer.output_dir", blocker / "predictions")  # fmt: skip
+    assert f"cannot write the prediction folder (prediction_writer.output_dir) {blocker}" in message
