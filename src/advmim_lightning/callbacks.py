@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -57,10 +58,9 @@ class PredictionWriter(BasePredictionWriter):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "predict":
             return
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OSError(f"cannot create the prediction folder {self.output_dir}: {err}") from err
+        from advmim_lightning.paths import ensure_writable_folder
+
+        ensure_writable_folder(self.output_dir, "prediction folder (prediction_writer.output_dir)")
 
     def write_on_batch_end(
         self,
@@ -82,23 +82,35 @@ class PredictionWriter(BasePredictionWriter):
         labels = np.asarray(prediction["prediction"], dtype=np.uint8)
         affine = prediction.get("affine")
         affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        # Under DDP the evaluation sampler pads the last shards with repeats, so two ranks may
+        # write the same case at the same moment: each write goes to its own temporary file
+        # (unique per call) and is renamed into place, so the writers never share a file and
+        # the last rename leaves one complete copy (the ranks' predictions are identical).
+        tmp_tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         if file_format == "h5":
             import h5py
 
             path = self.output_dir / f"{name}.h5"
-            tmp = path.with_suffix(".h5.tmp")
-            with h5py.File(tmp, "w") as handle:
-                handle.create_dataset("label", data=labels, compression="gzip")
-                if prediction.get("spacing") is not None:
-                    handle.attrs["spacing"] = np.asarray(prediction["spacing"], dtype=np.float64)
-            tmp.replace(path)
+            tmp = self.output_dir / f".{name}.{tmp_tag}.h5"
+            try:
+                with h5py.File(tmp, "w") as handle:
+                    handle.create_dataset("label", data=labels, compression="gzip")
+                    if prediction.get("spacing") is not None:
+                        spacing = np.asarray(prediction["spacing"], dtype=np.float64)
+                        handle.attrs["spacing"] = spacing
+                tmp.replace(path)
+            finally:
+                tmp.unlink(missing_ok=True)
             return path
         import nibabel as nib
 
         path = self.output_dir / f"{name}.nii.gz"
-        tmp = self.output_dir / f".{name}.tmp.nii.gz"
-        nib.save(nib.Nifti1Image(labels, affine), tmp)
-        tmp.replace(path)
+        tmp = self.output_dir / f".{name}.{tmp_tag}.nii.gz"
+        try:
+            nib.save(nib.Nifti1Image(labels, affine), tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
 
