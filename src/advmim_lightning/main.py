@@ -9,6 +9,7 @@ subcommands beside the Lightning ones.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,7 +29,21 @@ from advmim_lightning.paths import ensure_writable_folder
 #: prints their message and exits with status 1 instead of a traceback (``ADVMIM_DEBUG=1``
 #: shows it).
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+#: Model settings that ``validate``/``test``/``predict``/a resumed ``fit`` may change from the
+#: training run when given with ``--ckpt_path`` (all others come from the checkpoint).
+RUNTIME_MODEL_SETTINGS = (
+    "eval_network",
+    "eval_interpolation",
+    "eval_slice_batch",
+    "nsd_tolerance",
+    "max_iterations",
+    "nonfinite_check",
+    "max_skipped_in_a_row",
+)
 _PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given")
+
+log = logging.getLogger(__name__)
 
 EXTRA_COMMANDS = {
     "export": "advmim_lightning.export",
@@ -113,11 +128,19 @@ class AdvMIMCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
-    def _parse_ckpt_path(self) -> None:
-        """Refuse a missing, truncated or foreign ``--ckpt_path`` before anything runs.
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._given_args = sys.argv[1:] if args is None else args
+        super().parse_arguments(parser, args)
 
-        LightningCLI reads the model's hyper-parameters from the checkpoint at parse time; the
-        file is checked first (``weights_only=True``) so a bad one fails with its name.
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path``, then take the model's settings from it, bar run-time ones.
+
+        A missing, truncated or foreign file fails with its name before anything runs (read
+        with ``weights_only=True``). LightningCLI then replaces the model settings by those
+        stored in the checkpoint, so the weights always fit the networks. The settings in
+        :data:`RUNTIME_MODEL_SETTINGS` (evaluation and run length) are put back where the
+        config files or the command line state them; any other stated setting that differs
+        from the checkpoint's is reported in a warning, never dropped in silence.
         """
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else {}
         path = config.get("ckpt_path") if config else None
@@ -128,7 +151,39 @@ class AdvMIMCLI(LightningCLI):
                 read_checkpoint(path)
             except (FileNotFoundError, ValueError) as err:
                 raise SystemExit(f"advmim: error: --ckpt_path: {err}") from err
+        subcommand = self.config.get("subcommand")
+        if not subcommand or path is None:
+            super()._parse_ckpt_path()
+            return
+        stated = self._stated_model_settings(subcommand)
+        before = self.config[subcommand]["model"].clone()
         super()._parse_ckpt_path()
+        model = self.config[subcommand]["model"]
+        ignored = []
+        for key in sorted(stated):
+            if key not in before or key not in model or before[key] == model[key]:
+                continue
+            if key.split(".")[0] in RUNTIME_MODEL_SETTINGS:
+                model[key] = before[key]
+            else:
+                ignored.append(f"model.{key}={before[key]!r} (checkpoint: {model[key]!r})")
+        if ignored:
+            log.warning(
+                "--ckpt_path %s fixes the model's settings; the checkpoint's values replace "
+                "%s. Only %s can differ from the training run.",
+                path,
+                ", ".join(ignored),
+                ", ".join(RUNTIME_MODEL_SETTINGS),
+            )
+
+    def _stated_model_settings(self, subcommand: str) -> set[str]:
+        """``model.*`` keys the config files or the command line give (not defaults)."""
+        try:
+            given = self.parser.parse_args(self._given_args, defaults=False)
+        except SystemExit:  # the arguments parsed once already; be lenient here
+            return set()
+        model = (given.get(subcommand) or {}).get("model") or {}
+        return set(model.keys()) if hasattr(model, "keys") else set()
 
 
 def _needs_unlabeled(method: str) -> bool:

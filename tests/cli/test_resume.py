@@ -120,3 +120,23 @@ def test_a_run_killed_with_sigkill_resumes_to_the_straight_run_with_workers(tmp_
     for a, b in zip(reference["optimizer_states"], resumed["optimizer_states"], strict=True):
         for index, state in a["state"].items():
             assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])
+
+
+def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_path, caplog):
+    import yaml
+
+    checkpoint = fit(tmp_path, "run", "--model.max_iterations", "1")
+    with caplog.at_level("WARNING", logger="advmim_lightning.main"):
+        main(
+            [
+                "test", "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY,
+                "--runs_dir", str(tmp_path), "--run_name", "run", "--wandb_mode", "disabled",
+                "--ckpt_path", str(checkpoint), "--model.eval_network", "ensemble",
+                "--model.discriminator_base_channels", "4",
+            ]
+        )  # fmt: skip
+    used = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    assert used["eval_network"] == "ensemble"  # quickstart trains with "cnn"
+    assert used["discriminator_base_channels"] == 8  # the checkpoint's (tiny.yaml), not 4
+    assert "model.discriminator_base_channels=4 (checkpoint: 8)" in caplog.text
+    assert "eval_network" not in caplog.text.split("Only")[0]
