@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,54 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a Lightning checkpoint: it has no 'state_dict'")
     if "hyper_parameters" not in checkpoint or "cnn" not in checkpoint["hyper_parameters"]:
         raise ValueError(f"{path} is not an AdvMIMModule checkpoint: no network specs inside")
+    trusted = trusted_class_prefixes()
+    for where, class_path in _class_paths(
+        {k: checkpoint.get(k) for k in ("hyper_parameters", "datamodule_hyper_parameters")}
+    ):
+        if where.endswith("_instantiator"):
+            trusted_here = class_path == LIGHTNING_INSTANTIATOR
+        else:
+            trusted_here = class_path.startswith(trusted)
+        if not trusted_here:
+            raise ValueError(
+                f"{path} names the class {class_path!r} at {where}; classes outside "
+                f"{', '.join(trusted)} are not imported from a checkpoint (importing runs "
+                "code). If you trust this file and the class is yours, allow its package: "
+                f"{TRUSTED_CLASSES_ENV}=<package>. (comma-separated)"
+            )
     return checkpoint
+
+
+#: The only ``_instantiator`` accepted: the one LightningCLI stores with the hyper-parameters.
+LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+#: Environment variable extending :func:`trusted_class_prefixes` (comma-separated prefixes).
+TRUSTED_CLASSES_ENV = "ADVMIM_TRUSTED_CLASSES"
+
+
+def trusted_class_prefixes() -> tuple[str, ...]:
+    """Module prefixes whose classes a checkpoint may name (``class_path`` entries).
+
+    ``advmim_lightning.`` and ``torch.``, plus those listed in ``$ADVMIM_TRUSTED_CLASSES``.
+    """
+    extra = [p.strip() for p in os.environ.get(TRUSTED_CLASSES_ENV, "").split(",") if p.strip()]
+    return ("advmim_lightning.", "torch.", *extra)
+
+
+def _class_paths(tree: Any, where: str = "") -> list[tuple[str, str]]:
+    """Every ``class_path``, ``_class_path`` and ``_instantiator`` value, with where it is."""
+    found = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key in ("class_path", "_class_path", "_instantiator") and value is not None:
+                found.append((here, str(value)))
+            else:
+                found += _class_paths(value, here)
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            found += _class_paths(value, f"{where}[{index}]")
+    return found
 
 
 def export_segmenter(

@@ -140,3 +140,24 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
     assert used["discriminator_base_channels"] == 8  # the checkpoint's (tiny.yaml), not 4
     assert "model.discriminator_base_channels=4 (checkpoint: 8)" in caplog.text
     assert "eval_network" not in caplog.text.split("Only")[0]
+
+
+def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_path, monkeypatch):
+    import pytest
+
+    marker = tmp_path / "imported"
+    (tmp_path / "payload_module.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\nclass Net: pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = torch.load(fit(tmp_path, "ok", "--model.max_iterations", "1"), weights_only=True)
+    for key, value in (("cnn", {"class_path": "payload_module.Net", "init_args": {}}),
+                       ("_instantiator", "payload_module.Net")):  # fmt: skip
+        bad = tmp_path / f"{key}.ckpt"
+        torch.save({**good, "hyper_parameters": {**good["hyper_parameters"], key: value}}, bad)
+        with pytest.raises(SystemExit) as exit_info:
+            fit(tmp_path, "ok", "--ckpt_path", str(bad))
+        message = str(exit_info.value.code)
+        assert str(bad) in message and "'payload_module.Net'" in message
+        assert "ADVMIM_TRUSTED_CLASSES" in message
+        assert not marker.exists()  # refused without running the module's code
