@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,17 @@ FORMAT = "advmim-segmenter"
 VERSION = 1
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, check_classes: bool = True) -> dict[str, Any]:
     """Load a Lightning checkpoint of ``AdvMIMModule`` safely (``weights_only=True``).
+
+    Args:
+        path: The checkpoint file.
+        check_classes: Also apply :func:`refuse_untrusted_classes`.
 
     Raises:
         FileNotFoundError: When ``path`` does not exist.
-        ValueError: When the file is not a readable checkpoint of this library.
+        ValueError: When the file is not a readable checkpoint of this library, or names a
+            class from an untrusted module.
     """
     path = Path(path)
     if not path.is_file():
@@ -49,9 +55,39 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a Lightning checkpoint: it has no 'state_dict'")
     if "hyper_parameters" not in checkpoint or "cnn" not in checkpoint["hyper_parameters"]:
         raise ValueError(f"{path} is not an AdvMIMModule checkpoint: no network specs inside")
+    if check_classes:
+        refuse_untrusted_classes(checkpoint, path)
+    return checkpoint
+
+
+def refuse_untrusted_classes(
+    checkpoint: dict[str, Any], path: str | Path, overridden: Iterable[str] = ()
+) -> None:
+    """Refuse a checkpoint whose hyper-parameters name classes from untrusted modules.
+
+    Lightning and LightningCLI import every ``class_path`` (and the ``_instantiator``) stored
+    with the hyper-parameters, and importing runs a module's code: only ``advmim_lightning.``
+    and ``torch.`` classes (plus :data:`TRUSTED_CLASSES_ENV`) pass, and only Lightning's own
+    instantiator.
+
+    Args:
+        checkpoint: The loaded checkpoint dict.
+        path: Its file, for the message.
+        overridden: Top-level hyper-parameters the caller replaces (e.g. ``cnn`` given as an
+            instance to ``load_from_checkpoint``); their stored specs are never imported.
+
+    Raises:
+        ValueError: Naming the file, the class and where it is stored.
+    """
     trusted = trusted_class_prefixes()
+    hparams = {
+        k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in overridden
+    }
     for where, class_path in _class_paths(
-        {k: checkpoint.get(k) for k in ("hyper_parameters", "datamodule_hyper_parameters")}
+        {
+            "hyper_parameters": hparams,
+            "datamodule_hyper_parameters": checkpoint.get("datamodule_hyper_parameters"),
+        }
     ):
         if where.endswith("_instantiator"):
             trusted_here = class_path == LIGHTNING_INSTANTIATOR
@@ -64,7 +100,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 "code). If you trust this file and the class is yours, allow its package: "
                 f"{TRUSTED_CLASSES_ENV}=<package>. (comma-separated)"
             )
-    return checkpoint
 
 
 #: The only ``_instantiator`` accepted: the one LightningCLI stores with the hyper-parameters.

@@ -754,6 +754,24 @@ class AdvMIMModule(pl.LightningModule):
         }
 
     # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any
+    ) -> AdvMIMModule:
+        """Lightning's ``load_from_checkpoint``, after checking the file safely.
+
+        The file is read with ``weights_only=True`` first, and refused (naming it) when it is
+        truncated, not an ``AdvMIMModule`` checkpoint, or names classes outside
+        ``advmim_lightning`` and ``torch`` that would be imported to rebuild it (networks
+        passed as arguments, ``cnn=MyNet(...)``, are not rebuilt, so theirs are not checked).
+        """
+        from advmim_lightning.export import read_checkpoint, refuse_untrusted_classes
+
+        if isinstance(checkpoint_path, (str, Path)):
+            checkpoint = read_checkpoint(checkpoint_path, check_classes=False)
+            refuse_untrusted_classes(checkpoint, checkpoint_path, overridden=kwargs)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["advmim"] = {"iteration": self.iteration}
 

@@ -161,3 +161,14 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_
         assert str(bad) in message and "'payload_module.Net'" in message
         assert "ADVMIM_TRUSTED_CLASSES" in message
         assert not marker.exists()  # refused without running the module's code
+    from advmim_lightning import AdvMIMModule
+    from advmim_lightning.networks import UNet
+
+    for name in ("cnn.ckpt", "_instantiator.ckpt"):
+        with pytest.raises(ValueError, match=r"names the class 'payload_module\.Net'"):
+            AdvMIMModule.load_from_checkpoint(tmp_path / name)
+    assert not marker.exists()
+    # a network given as an instance is not rebuilt, so its stored spec is not imported
+    own_cnn = UNet(num_classes=4, channels=(4, 8, 8, 8, 8))
+    restored = AdvMIMModule.load_from_checkpoint(tmp_path / "cnn.ckpt", cnn=own_cnn)
+    assert restored.cnn is own_cnn and not marker.exists()
