@@ -48,3 +48,21 @@ def test_data_pipeline_benchmark_runs_quick():
     )
     assert done.returncode == 0, done.stderr
     assert "images/s" in done.stdout
+
+
+def test_the_training_benchmark_needs_neither_monai_nor_wandb_nor_jsonargparse():
+    # GPU images ship torch, lightning, timm, torchmetrics and einops only: block the others.
+    script = (
+        "import sys\n"
+        "for name in ('monai', 'wandb', 'jsonargparse', 'nibabel', 'h5py'):\n"
+        "    sys.modules[name] = None\n"
+        f"sys.argv = ['train_step.py', '--small', '--device', 'cpu', '--iterations', '1',\n"
+        "            '--warmup', '1', '--precision', '32-true', '--batch', '2']\n"
+        f"import runpy; runpy.run_path({str(ROOT / 'benchmarks' / 'train_step.py')!r}, "
+        "run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ms/iter" in done.stdout

@@ -38,12 +38,6 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from monai.metrics import (
-    compute_average_surface_distance,
-    compute_dice,
-    compute_hausdorff_distance,
-    compute_surface_dice,
-)
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -172,6 +166,14 @@ def compute_case_metrics(
         # MONAI wants one-hot B x C x spatial; all classes present in both go in one call.
         y_pred = pred_oh[both].unsqueeze(0).to(torch.float32)
         y = lab_oh[both].unsqueeze(0).to(torch.float32)
+        # MONAI is imported here, at evaluation, so training needs no MONAI (GPU images).
+        from monai.metrics import (
+            compute_average_surface_distance,
+            compute_dice,
+            compute_hausdorff_distance,
+            compute_surface_dice,
+        )
+
         with warnings.catch_warnings():
             # MONAI 1.5+ calls its own deprecated get_mask_edges argument internally.
             warnings.filterwarnings(
