@@ -236,6 +236,11 @@ class RunCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # Non-finite losses are checked on logging iterations; check the iterations since the
+        # last one now, so a run that went NaN raises instead of overwriting last.ckpt.
+        check_nonfinite_now = getattr(trainer.lightning_module, "check_nonfinite_now", None)
+        if callable(check_nonfinite_now) and trainer.state.fn == "fit":
+            check_nonfinite_now()
         tmp = f"{filepath}.tmp"
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:

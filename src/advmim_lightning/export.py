@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -63,12 +65,13 @@ def read_checkpoint(path: str | Path, check_classes: bool = True) -> dict[str, A
 def refuse_untrusted_classes(
     checkpoint: dict[str, Any], path: str | Path, overridden: Iterable[str] = ()
 ) -> None:
-    """Refuse a checkpoint whose hyper-parameters name classes from untrusted modules.
+    """Refuse a checkpoint that names classes from untrusted modules.
 
-    Lightning and LightningCLI import every ``class_path`` (and the ``_instantiator``) stored
-    with the hyper-parameters, and importing runs a module's code: only ``advmim_lightning.``
-    and ``torch.`` classes (plus :data:`TRUSTED_CLASSES_ENV`) pass, and only Lightning's own
-    instantiator.
+    Lightning and LightningCLI import what the stored hyper-parameters name (``class_path``
+    entries, dotted keys such as ``cnn.class_path``, a network given as a plain ``"pkg.Class"``
+    string, and the ``_instantiator``), and importing runs a module's code. Every entry of the
+    checkpoint except the tensors is searched: only classes under :func:`trusted_class_prefixes`
+    pass, and only Lightning's own instantiator.
 
     Args:
         checkpoint: The loaded checkpoint dict.
@@ -80,16 +83,18 @@ def refuse_untrusted_classes(
         ValueError: Naming the file, the class and where it is stored.
     """
     trusted = trusted_class_prefixes()
-    hparams = {
-        k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in overridden
+    skip = set(overridden)
+    searched = {
+        key: (
+            {k: v for k, v in value.items() if k not in skip}
+            if key in _HPARAM_KEYS and isinstance(value, dict)
+            else value
+        )
+        for key, value in checkpoint.items()
+        if key not in ("state_dict", "optimizer_states")
     }
-    for where, class_path in _class_paths(
-        {
-            "hyper_parameters": hparams,
-            "datamodule_hyper_parameters": checkpoint.get("datamodule_hyper_parameters"),
-        }
-    ):
-        if where.endswith("_instantiator"):
+    for where, class_path in _class_paths(searched):
+        if where.rpartition(".")[2] == "_instantiator":
             trusted_here = class_path == LIGHTNING_INSTANTIATOR
         else:
             trusted_here = class_path.startswith(trusted)
@@ -98,39 +103,67 @@ def refuse_untrusted_classes(
                 f"{path} names the class {class_path!r} at {where}; classes outside "
                 f"{', '.join(trusted)} are not imported from a checkpoint (importing runs "
                 "code). If you trust this file and the class is yours, allow its package: "
-                f"{TRUSTED_CLASSES_ENV}=<package>. (comma-separated)"
+                f"{TRUSTED_CLASSES_ENV}=<package> (comma-separated)."
             )
 
 
 #: The only ``_instantiator`` accepted: the one LightningCLI stores with the hyper-parameters.
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
-#: Environment variable extending :func:`trusted_class_prefixes` (comma-separated prefixes).
+#: Environment variable extending :func:`trusted_class_prefixes` (comma-separated packages).
 TRUSTED_CLASSES_ENV = "ADVMIM_TRUSTED_CLASSES"
+
+#: Checkpoint entries Lightning reads hyper-parameters from (current and older names).
+_HPARAM_KEYS = ("hyper_parameters", "hparams", "module_arguments", "datamodule_hyper_parameters")
+_CLASS_KEYS = ("class_path", "_class_path", "_instantiator")
+_NETWORK_KEYS = ("cnn", "transformer")
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
 def trusted_class_prefixes() -> tuple[str, ...]:
-    """Module prefixes whose classes a checkpoint may name (``class_path`` entries).
+    """Module prefixes whose classes a checkpoint may name.
 
-    ``advmim_lightning.`` and ``torch.``, plus those listed in ``$ADVMIM_TRUSTED_CLASSES``.
+    ``advmim_lightning.`` and ``torch.nn.``, plus the packages listed in
+    ``$ADVMIM_TRUSTED_CLASSES`` (``mypkg`` is read as ``mypkg.``).
     """
     extra = [p.strip() for p in os.environ.get(TRUSTED_CLASSES_ENV, "").split(",") if p.strip()]
-    return ("advmim_lightning.", "torch.", *extra)
+    return ("advmim_lightning.", "torch.nn.", *(p if p.endswith(".") else p + "." for p in extra))
 
 
-def _class_paths(tree: Any, where: str = "") -> list[tuple[str, str]]:
-    """Every ``class_path``, ``_class_path`` and ``_instantiator`` value, with where it is."""
+def _names_a_module(value: str) -> bool:
+    """Whether ``value`` is ``pkg.name...`` with ``pkg`` importable (found, not imported)."""
+    if not _DOTTED_NAME.fullmatch(value):
+        return False
+    try:
+        return importlib.util.find_spec(value.partition(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _class_paths(tree: Any, where: str = "", class_typed: bool = False) -> list[tuple[str, str]]:
+    """Every value that names a class to import, with where it is.
+
+    Values of class-path keys anywhere, and dotted ``pkg.Name`` strings where jsonargparse
+    reads a string as a class: a network field of the hyper-parameters and constructor
+    arguments (``init_args``, ``dict_kwargs``).
+    """
     found = []
     if isinstance(tree, dict):
+        depth = where.count(".") + 1 if where else 0
         for key, value in tree.items():
             here = f"{where}.{key}" if where else str(key)
-            if key in ("class_path", "_class_path", "_instantiator") and value is not None:
+            name = str(key).rpartition(".")[2]
+            if name in _CLASS_KEYS and value is not None:
                 found.append((here, str(value)))
-            else:
-                found += _class_paths(value, here)
+                continue
+            network_field = depth == 1 and where in _HPARAM_KEYS and name in _NETWORK_KEYS
+            typed = class_typed or network_field or name in ("init_args", "dict_kwargs")
+            found += _class_paths(value, here, typed)
     elif isinstance(tree, (list, tuple)):
         for index, value in enumerate(tree):
-            found += _class_paths(value, f"{where}[{index}]")
+            found += _class_paths(value, f"{where}[{index}]", class_typed)
+    elif class_typed and isinstance(tree, str) and _names_a_module(tree):
+        found.append((where, tree))
     return found
 
 

@@ -27,8 +27,10 @@ from advmim_lightning.paths import ensure_writable_folder
 
 #: Errors that describe bad input (data, paths, arguments, a diverged run): the command line
 #: prints their message and exits with status 1 instead of a traceback (``ADVMIM_DEBUG=1``
-#: shows it).
+#: shows it) when the library raised them on purpose; from anywhere else (torch, NumPy, a
+#: bug) the traceback is kept.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 #: Model settings that ``validate``/``test``/``predict``/a resumed ``fit`` may change from the
 #: training run when given with ``--ckpt_path`` (all others come from the checkpoint).
@@ -125,6 +127,13 @@ class AdvMIMCLI(LightningCLI):
                     every_n_iterations=config["checkpoint_every"],
                 )
             )
+        elif config["checkpoint_every"]:
+            log.warning(
+                "--checkpoint_every %d is ignored: it applies to the run's default checkpoint "
+                "callback, and this config gives its own ModelCheckpoint or disables "
+                "checkpointing",
+                config["checkpoint_every"],
+            )
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
@@ -155,7 +164,7 @@ class AdvMIMCLI(LightningCLI):
         if not subcommand or path is None:
             super()._parse_ckpt_path()
             return
-        stated = self._stated_model_settings(subcommand)
+        stated = self._stated_model_settings()
         before = self.config[subcommand]["model"].clone()
         super()._parse_ckpt_path()
         model = self.config[subcommand]["model"]
@@ -176,14 +185,43 @@ class AdvMIMCLI(LightningCLI):
                 ", ".join(RUNTIME_MODEL_SETTINGS),
             )
 
-    def _stated_model_settings(self, subcommand: str) -> set[str]:
-        """``model.*`` keys the config files or the command line give (not defaults)."""
-        try:
-            given = self.parser.parse_args(self._given_args, defaults=False)
-        except SystemExit:  # the arguments parsed once already; be lenient here
-            return set()
-        model = (given.get(subcommand) or {}).get("model") or {}
-        return set(model.keys()) if hasattr(model, "keys") else set()
+    def _stated_model_settings(self) -> set[str]:
+        """``model.*`` keys the config files or the command line state (not defaults).
+
+        Read from the words themselves (``--model.x``, ``--model.x=v`` and the ``model:``
+        sections of ``-c`` files), not by a second parse, which would fail on links whose
+        source is left at its default.
+        """
+        words = [str(w) for w in self._given_args]
+        stated: set[str] = set()
+        for index, word in enumerate(words):
+            if word.startswith("--model."):
+                stated.add(word[len("--model.") :].split("=", 1)[0])
+            elif word in ("-c", "--config") and index + 1 < len(words):
+                stated |= _model_keys_in_config(Path(words[index + 1]))
+            elif word.startswith("--config="):
+                stated |= _model_keys_in_config(Path(word.split("=", 1)[1]))
+        return stated
+
+
+def _model_keys_in_config(path: Path) -> set[str]:
+    """Dotted keys of the ``model:`` section of a YAML config (empty when unreadable)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return set()
+    model = config.get("model") if isinstance(config, dict) else None
+    return set(_dotted_keys(model)) if isinstance(model, dict) else set()
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys += _dotted_keys(value, f"{dotted}.") if isinstance(value, dict) else [dotted]
+    return keys
 
 
 def _needs_unlabeled(method: str) -> bool:
@@ -255,18 +293,27 @@ def main(args: list[str] | None = None) -> None:
     try:
         build_cli(None if args is None else argv)
     except USER_ERRORS as err:
-        if os.environ.get("ADVMIM_DEBUG"):
+        user_error = _unwrap(err)
+        if os.environ.get("ADVMIM_DEBUG", "0") not in ("", "0") or not _raised_here(user_error):
             raise
         raise SystemExit(
-            f"advmim: error: {_user_message(err)}\n(set ADVMIM_DEBUG=1 to see the full traceback)"
+            f"advmim: error: {user_error}\n(set ADVMIM_DEBUG=1 to see the full traceback)"
         ) from err
 
 
-def _user_message(err: BaseException) -> str:
-    """The message of ``err``, unwrapped from jsonargparse's report on a failed class init."""
+def _unwrap(err: BaseException) -> BaseException:
+    """``err``, or the error inside jsonargparse's report on a failed class init."""
     while isinstance(err.__cause__, USER_ERRORS) and str(err).startswith(_PARSER_WRAPPERS):
         err = err.__cause__
-    return str(err)
+    return err
+
+
+def _raised_here(err: BaseException) -> bool:
+    """Whether the library raised ``err`` itself (its innermost frame is in the package)."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE_DIR)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ checks leave device-side flags behind and the host reads them once per logging i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,33 +51,44 @@ class NonFiniteMonitor:
 
     def __init__(self, first_iteration: int = 0) -> None:
         self._flags: Tensor | None = None
+        self._names: list[str] = []
         self._case_ids: list[str] = []
         self._since = first_iteration
+        self._last = first_iteration - 1
 
-    def flag(self, terms: Mapping[str, Tensor], case_ids: Sequence[str]) -> None:
+    def flag(self, terms: Mapping[str, Tensor], case_ids: Sequence[str], iteration: int) -> None:
         """OR this iteration's non-finite terms into the flags (no host synchronisation)."""
         flags = torch.stack([~torch.isfinite(v.detach()) for v in terms.values()])
-        self._flags = flags if self._flags is None else self._flags | flags
+        if self._flags is None or list(terms) != self._names:
+            self._flags, self._names = flags, list(terms)
+        else:
+            self._flags = self._flags | flags
         self._case_ids.extend(case_ids)
+        self._last = iteration
 
-    def check(self, names: Sequence[str], iteration: int) -> None:
-        """Read the flags (one host sync) and start a new window after ``iteration``.
+    def check(self, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Read the flags (one host sync) and start a new window.
 
         Args:
-            names: The loss-term names, in the order given to :meth:`flag`.
-            iteration: The 0-based iteration that ends the window.
+            reduce: Combines the flags of all ranks (an all-reduce with ``max`` under DDP), so
+                that every rank raises together; None on a single process.
 
         Raises:
-            FloatingPointError: Naming the iteration range, the terms and the case ids.
+            FloatingPointError: Naming the iteration range, the terms and the case ids (this
+                rank's) of the window.
         """
         flags, self._flags = self._flags, None
         case_ids, self._case_ids = self._case_ids, []
-        first, self._since = self._since, iteration + 1
-        if flags is None or not bool(flags.any()):
+        first, self._since = self._since, self._last + 1
+        if flags is None:  # no iteration since the last check, on every rank alike
             return
-        bad = [name for name, flag in zip(names, flags.tolist(), strict=True) if flag]
+        if reduce is not None:
+            flags = reduce(flags.float()) > 0
+        if not bool(flags.any()):
+            return
+        bad = [name for name, flag in zip(self._names, flags.tolist(), strict=True) if flag]
         raise FloatingPointError(
-            f"non-finite loss in iterations {first}..{iteration} (0-based): terms "
+            f"non-finite loss in iterations {first}..{self._last} (0-based): terms "
             f"{', '.join(bad)}; batches held cases {_format_cases(case_ids)}. Lower the "
             "learning rate, check those cases for extreme intensities, or log every iteration "
             "(trainer.log_every_n_steps=1) to find the first bad one. "
@@ -161,7 +172,8 @@ class UpdateSkipper:
         ]
         if not grads:
             return torch.ones((), dtype=torch.bool, device=self.state[0].device)
-        norms = torch._foreach_norm(grads)
+        # The max-norm cannot overflow for finite gradients (the 2-norm can) and keeps NaN.
+        norms = torch._foreach_norm(grads, ord=float("inf"))
         return torch.stack([n.float() for n in norms]).isfinite().all()
 
     @torch.no_grad()
@@ -169,7 +181,8 @@ class UpdateSkipper:
         """Put the snapshot back where ``finite`` is False; keep the update otherwise.
 
         A momentum buffer the skipped step created is zeroed: SGD's next step then computes
-        ``0 * momentum + d == d``, exactly what a first step does.
+        ``0 * momentum + (1 - dampening) * d``, which is ``d``, what a first step does, for the
+        library's optimisers (``dampening=0``).
         """
         for tensor, saved in zip(self.state, self._saved, strict=True):
             tensor.copy_(torch.where(finite, tensor, saved))
@@ -192,8 +205,10 @@ class UpdateSkipper:
             return self.skipped_total
         finite = torch.stack([p.finite for p in pending]).tolist()
         skipped = [p for p, ok in zip(pending, finite, strict=True) if not ok]
+        longest = 0
         for ok in finite:
             self._skipped_in_a_row = 0 if ok else self._skipped_in_a_row + 1
+            longest = max(longest, self._skipped_in_a_row)
         self.skipped_total += len(skipped)
         if skipped:
             iterations = ", ".join(str(p.iteration) for p in skipped)
@@ -205,10 +220,10 @@ class UpdateSkipper:
                 iterations,
                 cases,
             )
-        if self._skipped_in_a_row >= self.max_skipped_in_a_row:
+        if longest >= self.max_skipped_in_a_row:
             raise FloatingPointError(
-                f"the last {self._skipped_in_a_row} iterations (up to {pending[-1].iteration}, "
-                "0-based) all had non-finite gradients and were skipped: training has diverged. "
+                f"{longest} iterations in a row (up to {pending[-1].iteration} at the latest, "
+                "0-based) had non-finite gradients and were skipped: training has diverged. "
                 "Lower the learning rate or check the data; model.max_skipped_in_a_row="
                 f"{self.max_skipped_in_a_row} sets this limit."
             )

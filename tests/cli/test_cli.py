@@ -305,3 +305,33 @@ def test_an_unwritable_output_folder_fails_before_anything_runs(tmp_path):
     message = cli_error("predict", *base, *common(tmp_path), "--ckpt_path", checkpoint,
                         "--prediction_writer.output_dir", blocker / "predictions")  # fmt: skip
     assert f"cannot write the prediction folder (prediction_writer.output_dir) {blocker}" in message
+
+
+def test_only_errors_the_library_raises_on_purpose_become_one_line(monkeypatch):
+    import advmim_lightning.main as cli_main
+
+    def broken_cli(args):
+        return torch.zeros(2) + torch.zeros(3)  # a RuntimeError inside torch: a bug, not input
+
+    monkeypatch.setattr(cli_main, "build_cli", broken_cli)
+    with pytest.raises(RuntimeError):
+        main(["fit"])
+
+    def raises_value_error_outside(args):
+        raise ValueError("raised outside the package")
+
+    monkeypatch.setattr(cli_main, "build_cli", raises_value_error_outside)
+    with pytest.raises(ValueError, match="raised outside the package"):
+        main(["fit"])  # traceback kept: the innermost frame is not the library's
+
+    def raises_library_error(args):
+        from advmim_lightning.module import _check_choice
+
+        _check_choice("eval_network", "best", ("cnn",))
+
+    monkeypatch.setattr(cli_main, "build_cli", raises_library_error)
+    message = cli_error("fit")
+    assert "eval_network='best' is not one of ['cnn']" in message
+    monkeypatch.setenv("ADVMIM_DEBUG", "1")
+    with pytest.raises(ValueError):
+        main(["fit"])

@@ -141,6 +141,19 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
     assert "model.discriminator_base_channels=4 (checkpoint: 8)" in caplog.text
     assert "eval_network" not in caplog.text.split("Only")[0]
 
+    # no method config: the linked sizes and the method are left at their defaults
+    caplog.clear()
+    main(
+        [
+            "test", "-c", TINY, "--runs_dir", str(tmp_path), "--run_name", "bare",
+            "--wandb_mode", "disabled", "--ckpt_path", str(checkpoint),
+            "--model.eval_network=transformer",
+        ]
+    )  # fmt: skip
+    used = yaml.safe_load((tmp_path / "bare" / "config.yaml").read_text())["model"]
+    assert used["eval_network"] == "transformer" and used["max_iterations"] == 1
+    assert "Key" not in caplog.text and "usage" not in caplog.text
+
 
 def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_path, monkeypatch):
     import pytest
@@ -151,8 +164,13 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     good = torch.load(fit(tmp_path, "ok", "--model.max_iterations", "1"), weights_only=True)
-    for key, value in (("cnn", {"class_path": "payload_module.Net", "init_args": {}}),
-                       ("_instantiator", "payload_module.Net")):  # fmt: skip
+    injections = {
+        "cnn": {"class_path": "payload_module.Net", "init_args": {}},
+        "transformer": "payload_module.Net",  # a plain string is read as a class path
+        "transformer.class_path": "payload_module.Net",  # dotted keys are expanded
+        "_instantiator": "payload_module.Net",
+    }
+    for key, value in injections.items():
         bad = tmp_path / f"{key}.ckpt"
         torch.save({**good, "hyper_parameters": {**good["hyper_parameters"], key: value}}, bad)
         with pytest.raises(SystemExit) as exit_info:
@@ -164,7 +182,9 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_
     from advmim_lightning import AdvMIMModule
     from advmim_lightning.networks import UNet
 
-    for name in ("cnn.ckpt", "_instantiator.ckpt"):
+    legacy = tmp_path / "legacy.ckpt"  # Lightning also merges older hyper-parameter entries
+    torch.save({**good, "hparams": {"transformer": {"class_path": "payload_module.Net"}}}, legacy)
+    for name in ("cnn.ckpt", "transformer.ckpt", "_instantiator.ckpt", "legacy.ckpt"):
         with pytest.raises(ValueError, match=r"names the class 'payload_module\.Net'"):
             AdvMIMModule.load_from_checkpoint(tmp_path / name)
     assert not marker.exists()

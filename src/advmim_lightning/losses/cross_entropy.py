@@ -12,7 +12,8 @@ __all__ = ["confidence_weighted_cross_entropy", "cross_entropy_loss"]
 def cross_entropy_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Mean pixel-wise cross-entropy, deterministic on CUDA.
 
-    The same value as ``F.cross_entropy(logits, target)``, computed unreduced and then averaged:
+    ``F.cross_entropy(logits, target)`` up to rounding (no class weights, no ignored index),
+    computed unreduced and then averaged:
     CUDA's reduced 2D ``nll_loss`` adds with atomics, so ``torch.use_deterministic_algorithms``
     (Lightning's ``Trainer(deterministic=True)``) refuses it, while the unreduced kernel and
     ``mean`` are deterministic.
