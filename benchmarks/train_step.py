@@ -7,6 +7,11 @@ clock on a CPU) and the median after warm-up is reported with images/s and peak 
     python benchmarks/train_step.py                          # GPU: fp32 and bf16, 8+8 and 32+32
     python benchmarks/train_step.py --small --device cpu     # seconds on a laptop CPU
     python benchmarks/train_step.py --precision bf16-mixed --batch 8 --iterations 50
+    python benchmarks/train_step.py --option baseline --option fast   # speed options
+
+On a GPU every speed option of :data:`OPTIONS` is measured by default, each against the
+``baseline`` row of the same run (``vs 285 ms`` compares with the published code's 8 + 8 fp32
+median, meaningful for the default networks at 8 + 8 only).
 
 The networks are the library's defaults (Swin-UNet "tiny lite" + UNet at 224 x 224, 4
 classes) unless ``--small``. METHOD.md records the published code at 285 ms (fp32) and 329 ms
@@ -73,9 +78,34 @@ class IterationTimer(pl.Callback):
             self.times.append((time.perf_counter() - self._start) * 1000.0)
 
 
-def build_module(small: bool, size: int, classes: int) -> AdvMIMModule:
+#: Speed options measured one at a time against ``baseline`` (``--option NAME``). Each maps to
+#: module arguments, network arguments (both segmenters, or the transformer only) and
+#: Trainer arguments. ``batched_streams`` changes batch-norm statistics (see the networks'
+#: docs); the others keep the arithmetic up to rounding.
+OPTIONS: dict[str, dict[str, dict]] = {
+    "baseline": {},
+    "channels_last": {"module": {"channels_last": True}},
+    "foreach_sgd": {"module": {"optimizer_impl": "foreach"}},
+    "fused_sgd": {"module": {"optimizer_impl": "fused"}},
+    "cudnn_benchmark": {"trainer": {"benchmark": True}},
+    "fused_attention": {"transformer": {"fused_attention": True}},
+    "batched_streams": {"networks": {"batched_streams": True}},
+    "compile": {"module": {"compile_networks": "default"}},
+    "compile_cudagraphs": {"module": {"compile_networks": "reduce-overhead"}},
+}
+OPTIONS["fast"] = {
+    "module": {"channels_last": True, "optimizer_impl": "fused", "compile_networks": "default"},
+    "trainer": {"benchmark": True},
+    "transformer": {"fused_attention": True},
+}
+
+
+def build_module(small: bool, size: int, classes: int, option: str = "baseline") -> AdvMIMModule:
+    chosen = OPTIONS[option]
+    networks = chosen.get("networks", {})
+    transformer_args = {**networks, **chosen.get("transformer", {})}
     if small:
-        cnn = UNet(num_classes=classes, channels=(8, 16, 32, 64, 128))
+        cnn = UNet(num_classes=classes, channels=(8, 16, 32, 64, 128), **networks)
         transformer = SwinUNet(
             num_classes=classes,
             img_size=size,
@@ -83,23 +113,35 @@ def build_module(small: bool, size: int, classes: int) -> AdvMIMModule:
             depths=(2, 2, 2, 2),
             num_heads=(1, 2, 4, 8),
             window_size=3,
+            **transformer_args,
         )
-        return AdvMIMModule(
-            cnn=cnn,
-            transformer=transformer,
-            num_classes=classes,
-            image_size=(size, size),
-            mask_block_size=16,
-            max_iterations=10_000,
-        )
-    return AdvMIMModule(num_classes=classes, image_size=(size, size), max_iterations=10_000)
+        extra = {"mask_block_size": 16}
+    else:
+        cnn = UNet(num_classes=classes, **networks)
+        transformer = SwinUNet(num_classes=classes, img_size=size, **transformer_args)
+        extra = {}
+    return AdvMIMModule(
+        cnn=cnn,
+        transformer=transformer,
+        num_classes=classes,
+        image_size=(size, size),
+        max_iterations=10_000,
+        **extra,
+        **chosen.get("module", {}),
+    )
 
 
 def measure(
-    device: str, precision: str, batch: int, iterations: int, warmup: int, small: bool
+    device: str,
+    precision: str,
+    batch: int,
+    iterations: int,
+    warmup: int,
+    small: bool,
+    option: str = "baseline",
 ) -> dict:
     size, classes = (96, 4) if small else (224, 4)
-    module = build_module(small, size, classes)
+    module = build_module(small, size, classes, option)
     timer = IterationTimer()
     trainer = pl.Trainer(
         accelerator=device,
@@ -112,6 +154,7 @@ def measure(
         enable_model_summary=False,
         callbacks=[timer],
         log_every_n_steps=50,
+        **OPTIONS[option].get("trainer", {}),
     )
     loader = DataLoader(
         RandomPairs(warmup + iterations, batch, size, classes), batch_size=None, shuffle=False
@@ -123,6 +166,7 @@ def measure(
     median = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "gpu" else float("nan")
     return {
+        "option": option,
         "precision": precision,
         "batch": f"{batch}+{batch}",
         "ms": median,
@@ -136,6 +180,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--precision", action="append", help="default: 32-true and bf16-mixed")
     parser.add_argument("--batch", type=int, action="append", help="labeled = unlabeled size")
+    parser.add_argument(
+        "--option",
+        action="append",
+        choices=sorted(OPTIONS),
+        help="speed option(s) to measure (repeatable); default: baseline, plus every option "
+        "on a GPU",
+    )
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="small networks at 96 x 96")
@@ -145,23 +196,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
         device = "gpu" if torch.cuda.is_available() else "cpu"
     precisions = args.precision or ["32-true", "bf16-mixed"]
     batches = args.batch or ([8, 32] if device == "gpu" else [8])
+    options = args.option or (list(OPTIONS) if device == "gpu" else ["baseline"])
     if device == "gpu":
         machine = torch.cuda.get_device_name()
     else:
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"AdvMIM training iteration ({'small' if args.small else 'default'} networks), {machine}")
-    print(f"median of {args.iterations} iterations after {args.warmup} warm-up")
-    print(f"{'precision':<12} {'batch':>7} {'ms/iter':>9} {'images/s':>9} {'peak GiB':>9}")
+    print(
+        f"torch {torch.__version__}, lightning {pl.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}; median of {args.iterations} iterations after "
+        f"{args.warmup} warm-up"
+    )
+    print(
+        f"{'option':<20} {'precision':<12} {'batch':>7} {'ms/iter':>9} {'images/s':>9} "
+        f"{'peak GiB':>9} {'vs 285 ms':>9}"
+    )
     rows = []
-    for precision in precisions:
-        for batch in batches:
-            row = measure(device, precision, batch, args.iterations, args.warmup, args.small)
-            rows.append(row)
-            print(
-                f"{row['precision']:<12} {row['batch']:>7} {row['ms']:>9.1f} "
-                f"{row['images_s']:>9.1f} {row['peak_gib']:>9.2f}",
-                flush=True,
-            )
+    for option in options:
+        for precision in precisions:
+            for batch in batches:
+                row = measure(
+                    device, precision, batch, args.iterations, args.warmup, args.small, option
+                )
+                rows.append(row)
+                print(
+                    f"{row['option']:<20} {row['precision']:<12} {row['batch']:>7} "
+                    f"{row['ms']:>9.1f} {row['images_s']:>9.1f} {row['peak_gib']:>9.2f} "
+                    f"{285.0 / row['ms']:>8.1f}x",
+                    flush=True,
+                )
     return rows
 
 

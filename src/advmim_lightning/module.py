@@ -172,6 +172,18 @@ class AdvMIMModule(pl.LightningModule):
             ``"off"`` disables the check.
         max_skipped_in_a_row: With ``nonfinite_check="skip"``, raise once this many consecutive
             iterations were skipped (checked on logging iterations).
+        optimizer_impl: How the four SGD optimisers run their update: ``"auto"`` (torch's
+            choice: one multi-tensor ``foreach`` launch per optimiser on CUDA), ``"for_loop"``
+            (a kernel per parameter), ``"foreach"`` or ``"fused"`` (one fused kernel). The
+            update is the same SGD; only rounding may differ in the last bits.
+        channels_last: Keep the networks' weights and the training images in channels-last
+            memory layout, which cuDNN's fastest convolutions (tensor cores, bf16) prefer. Same
+            arithmetic up to rounding; dropout draws its random masks in memory order, so they
+            differ from the default layout's (same distribution).
+        compile_networks: ``torch.compile`` the segmenters and discriminators in place for
+            training (``nn.Module.compile``; checkpoints keep their keys): ``None`` (off),
+            ``"default"``, ``"reduce-overhead"`` (adds CUDA graphs to cut launch overhead) or
+            ``"max-autotune"``. The first iterations compile (seconds to minutes).
 
     Raises:
         ValueError: On an unknown method, an argument the chosen method does not use, or
@@ -214,6 +226,9 @@ class AdvMIMModule(pl.LightningModule):
         rng_seed: int = 0,
         nonfinite_check: Literal["raise", "skip", "off"] = "raise",
         max_skipped_in_a_row: int = 100,
+        optimizer_impl: Literal["auto", "for_loop", "foreach", "fused"] = "auto",
+        channels_last: bool = False,
+        compile_networks: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
     ) -> None:
         super().__init__()
         if method not in METHOD_DEFAULTS:
@@ -223,6 +238,11 @@ class AdvMIMModule(pl.LightningModule):
         _check_choice("eval_network", eval_network, ("transformer", "cnn", "ensemble"))
         _check_choice("eval_interpolation", eval_interpolation, ("nearest", "bilinear"))
         _check_choice("nonfinite_check", nonfinite_check, ("raise", "skip", "off"))
+        _check_choice("optimizer_impl", optimizer_impl, ("auto", "for_loop", "foreach", "fused"))
+        if compile_networks is not None:
+            _check_choice(
+                "compile_networks", compile_networks, ("default", "reduce-overhead", "max-autotune")
+            )
         if max_skipped_in_a_row < 1:
             raise ValueError(f"max_skipped_in_a_row must be >= 1, got {max_skipped_in_a_row}")
         if num_classes < 2:
@@ -336,20 +356,41 @@ class AdvMIMModule(pl.LightningModule):
         The learning rate is set from :attr:`iteration` at the start of every iteration (poly
         schedule), so there is no scheduler state to keep in step with it.
         """
-        parts: list[nn.Module] = [self.transformer, self.cnn]
-        clips = [self.cfg["grad_clip_norm"]] * 2
-        if self.uses_masking:
-            parts += [self.disc_transformer, self.disc_cnn]
-            clips += [self.cfg["grad_clip_norm"]] * 2
+        parts = self.trained_parts
+        clips = [self.cfg["grad_clip_norm"]] * len(parts)
+        impl = self.hparams.optimizer_impl
+        flags = {"foreach": impl == "foreach"} if impl in ("for_loop", "foreach") else {}
+        if impl == "fused":
+            flags = {"fused": True}
         return [
             torch.optim.SGD(
                 [{"params": [q for q in part.parameters() if q.requires_grad], "clip_norm": clip}],
                 lr=self.cfg["lr"],
                 momentum=self.hparams.momentum,
                 weight_decay=self.hparams.weight_decay,
+                **flags,
             )
             for part, clip in zip(parts, clips, strict=True)
         ]
+
+    @property
+    def trained_parts(self) -> list[nn.Module]:
+        """The networks with an optimiser: segmenters (and discriminators for AdvMIM)."""
+        parts: list[nn.Module] = [self.transformer, self.cnn]
+        if self.uses_masking:
+            parts += [self.disc_transformer, self.disc_cnn]
+        return parts
+
+    def configure_model(self) -> None:
+        """Apply the speed options (memory layout, compilation) once, before training."""
+        if self.hparams.channels_last:
+            for part in self.trained_parts:
+                part.to(memory_format=torch.channels_last)
+        mode = self.hparams.compile_networks
+        if mode is not None and not getattr(self, "_networks_compiled", False):
+            for part in self.trained_parts:
+                part.compile(mode=mode)
+            self._networks_compiled = True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this inside ``optimizer.step()`` after mixed-precision unscaling, so
@@ -443,11 +484,8 @@ class AdvMIMModule(pl.LightningModule):
         self._monitor = NonFiniteMonitor(first_iteration=self.iteration)
         self._skipper = None
         if self.hparams.nonfinite_check == "skip":
-            parts = [self.transformer, self.cnn]
-            if self.uses_masking:
-                parts += [self.disc_transformer, self.disc_cnn]
             self._skipper = UpdateSkipper(
-                parts, self.trainer.optimizers, self.hparams.max_skipped_in_a_row
+                self.trained_parts, self.trainer.optimizers, self.hparams.max_skipped_in_a_row
             )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
@@ -460,13 +498,13 @@ class AdvMIMModule(pl.LightningModule):
         return None
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """One iteration: segmenter losses, one backward, steps; then the discriminators.
+        """One iteration: both backward passes, then the four optimiser steps (two: baselines).
 
         Loss values stay on the device; they are handed to the loggers only on logging steps
         (``trainer.log_every_n_steps``), so the step itself never waits for the GPU.
         """
         labeled = batch["labeled"]
-        x_l, y = labeled["image"], labeled["label"]
+        x_l, y = self._layout(labeled["image"]), labeled["label"]
         x_u = None
         if self.uses_unlabeled:
             if "unlabeled" not in batch:
@@ -474,7 +512,7 @@ class AdvMIMModule(pl.LightningModule):
                     f"method={self.method!r} needs unlabeled images but the batch has only "
                     f"{sorted(batch)}; set data.require_unlabeled=true and give unlabeled cases"
                 )
-            x_u = batch["unlabeled"]["image"]
+            x_u = self._layout(batch["unlabeled"]["image"])
 
         lr = self._current_lr()
         ct_weight = self.current_cross_teaching_weight() if x_u is not None else 0.0
@@ -506,14 +544,13 @@ class AdvMIMModule(pl.LightningModule):
         if skipper is not None:
             skipper.restore_unless(finite, self.iteration, case_ids)
         if self.hparams.nonfinite_check == "raise":
-            self._monitor.flag(terms, case_ids)
+            self._monitor.flag(terms, case_ids, self.iteration)
 
         if self._is_logging_iteration():
             logged: dict[str, Any] = {f"train/{k}": v.detach() for k, v in terms.items()}
-            if self.hparams.nonfinite_check == "raise":
-                self._monitor.check(list(terms), self.iteration)
+            self.check_nonfinite_now()
             if skipper is not None:
-                logged["train/skipped_iterations"] = float(skipper.report())
+                logged["train/skipped_iterations"] = float(skipper.skipped_total)
             logged["train/loss"] = total.detach()
             logged["train/lr"] = lr
             logged["train/iteration"] = float(self.iteration + 1)
@@ -521,6 +558,33 @@ class AdvMIMModule(pl.LightningModule):
                 logged["train/cross_teaching_weight"] = ct_weight
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=x_l.shape[0])
         self.iteration += 1
+
+    def check_nonfinite_now(self) -> None:
+        """Act on the non-finite flags of the iterations not checked yet (one host sync).
+
+        Called on logging iterations and by the run's checkpoint callback before it saves, so
+        a checkpoint never holds the weights of a run that has already gone non-finite. Under
+        DDP the flags of all ranks are combined, so every rank raises together.
+
+        Raises:
+            FloatingPointError: As described for ``nonfinite_check``.
+        """
+        if self.hparams.nonfinite_check == "raise":
+            strategy = self.trainer.strategy if self._trainer is not None else None
+            reduce = None
+            if strategy is not None and self.trainer.world_size > 1:
+
+                def reduce(flags: Tensor) -> Tensor:
+                    return strategy.reduce(flags, reduce_op="max")
+
+            self._monitor.check(reduce)
+        if self._skipper is not None:
+            self._skipper.report()
+
+    def _layout(self, images: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def _is_logging_iteration(self) -> bool:
         """Whether Lightning's loggers write at this iteration (``log_every_n_steps``)."""
@@ -764,6 +828,8 @@ class AdvMIMModule(pl.LightningModule):
         truncated, not an ``AdvMIMModule`` checkpoint, or names classes outside
         ``advmim_lightning`` and ``torch`` that would be imported to rebuild it (networks
         passed as arguments, ``cnn=MyNet(...)``, are not rebuilt, so theirs are not checked).
+        Only local paths (``str`` or ``Path``) are checked; a file object or a remote URL goes
+        to Lightning unchecked.
         """
         from advmim_lightning.export import read_checkpoint, refuse_untrusted_classes
 
