@@ -31,11 +31,17 @@ def test_train_step_benchmark_times_real_iterations_on_cpu(capsys):
             "32-true",
             "--batch",
             "2",
+            "--option",
+            "baseline",
+            "--option",
+            "fused_sgd",
         ]
     )
-    assert len(rows) == 1 and rows[0]["batch"] == "2+2" and rows[0]["ms"] > 0
+    assert [r["option"] for r in rows] == ["baseline", "fused_sgd"]
+    assert all(r["batch"] == "2+2" and r["ms"] > 0 for r in rows)
     out = capsys.readouterr().out
-    assert "ms/iter" in out and "images/s" in out
+    assert "ms/iter" in out and "images/s" in out and "vs 285 ms" in out
+    assert out.count("fused_sgd") == 1
 
 
 def test_data_pipeline_benchmark_runs_quick():
