@@ -335,3 +335,56 @@ def test_only_errors_the_library_raises_on_purpose_become_one_line(monkeypatch):
     monkeypatch.setenv("ADVMIM_DEBUG", "1")
     with pytest.raises(ValueError):
         main(["fit"])
+
+
+def _break_missing_image(root: Path) -> Path:
+    # (a missing *label* is allowed: images without a label file are the unlabeled pool)
+    (root / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    return root / "labelsTr" / "case_001.nii.gz"
+
+
+def _break_label_shape(root: Path) -> Path:
+    path = root / "labelsTr" / "case_001.nii.gz"
+    image = nib.load(path)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.uint8), image.affine), path)
+    return path
+
+
+def _break_nan_voxel(root: Path) -> Path:
+    path = root / "imagesTr" / "case_002_0000.nii.gz"
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, dtype=np.float32).copy()
+    data[1, 1, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, image.affine), path)
+    return path
+
+
+def _break_unreadable_image(root: Path) -> Path:
+    path = root / "imagesTr" / "case_003_0000.nii.gz"
+    path.write_bytes(b"not a nifti file")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        (_break_missing_image, "label without an image"),
+        (_break_label_shape, "shape"),
+        (_break_nan_voxel, "NaN"),
+        (_break_unreadable_image, "read"),
+    ],
+    ids=["missing-file", "shape-mismatch", "nan-voxel", "unreadable-file"],
+)
+def test_each_data_error_stops_the_cli_naming_the_file(tmp_path, breakage, expected):
+    root = write_tiny_nifti(tmp_path / "nifti", size=64)
+    broken = breakage(root)
+    base = ["-c", ROOT / "configs/nifti/advmim.yaml", "-c", TINY, *common(tmp_path, "bad")]
+    message = cli_error("fit", *base, "--data.root", root, "--trainer.fast_dev_run", "1")
+    assert str(broken) in message and expected.lower() in message.lower(), message
+    assert not (tmp_path / "runs" / "bad" / "checkpoints").exists()
+
+
+def test_an_empty_unlabeled_pool_stops_the_cli(tmp_path):
+    base = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY, *common(tmp_path, "bad")]
+    message = cli_error("fit", *base, "--data.labeled_cases", "4", "--trainer.fast_dev_run", "1")
+    assert "unlabeled" in message, message
