@@ -419,8 +419,9 @@ class AdvMIMDataModule(pl.LightningDataModule):
             raise DataValidationError(
                 f"{where}: the unlabeled pool is empty: all {len(split.labeled)} training "
                 f"case(s) are labeled (labeled_cases={self.labeled_cases!r}); expected at least "
-                "one unlabeled case for a semi-supervised method (use require_unlabeled=False "
-                "for supervised-only training)."
+                "one unlabeled case for a semi-supervised method (for supervised-only "
+                "training: --model.method supervised on the command line, or "
+                "require_unlabeled=False)."
             )
         for name, count, batch in (
             ("labeled", len(pools.labeled_slices), self.labeled_batch_size),
