@@ -59,6 +59,21 @@ def fit(module: AdvMIMModule, n_batches: int, labeled_only: bool = False, **trai
     return trainer
 
 
+def fit_expecting_error(module: AdvMIMModule, dataset: Dataset, log_every: int, **kwargs):
+    """Fit ``dataset`` (whole batches) without checkpoints; the caller expects it to raise."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=bool(kwargs.get("callbacks")),
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        log_every_n_steps=log_every,
+        **kwargs,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(dataset, batch_size=None))
+
+
 def test_method_defaults_are_resolved_into_hparams():
     advmim = make_module("advmim")
     assert advmim.hparams.lr == 0.05
@@ -360,17 +375,8 @@ def test_a_nonfinite_loss_raises_naming_the_iterations_terms_and_cases():
                 batch["labeled"]["image"][0, 0, 0, 0] = float("nan")
             return batch
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        log_every_n_steps=2,
-    )
     with pytest.raises(FloatingPointError) as err:
-        trainer.fit(module, train_dataloaders=DataLoader(Poisoned(4), batch_size=None))
+        fit_expecting_error(module, Poisoned(4), log_every=2)
     message = str(err.value)
     assert "iterations 0..1" in message
     assert "sup_ce_transformer" in message and "case0" in message
@@ -494,17 +500,7 @@ def test_skip_mode_changes_nothing_when_all_is_finite():
 def test_skip_mode_raises_once_too_many_iterations_in_a_row_were_skipped():
     module = make_module("ctct", nonfinite_check="skip", max_skipped_in_a_row=2)
     with pytest.raises(FloatingPointError, match=r"2 iterations in a row .* diverged"):
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            limit_val_batches=0,
-            log_every_n_steps=1,
-        )
-        poisoned = PoisonedAt(4, {1, 2, 3})
-        trainer.fit(module, train_dataloaders=DataLoader(poisoned, batch_size=None))
+        fit_expecting_error(module, PoisonedAt(4, {1, 2, 3}), log_every=1)
     assert module.iteration == 2  # the error came at the second skipped iteration's logging
 
 
@@ -580,17 +576,9 @@ def test_a_checkpoint_between_logging_iterations_never_saves_nonfinite_weights(t
 
     module = make_module("advmim")
     checkpoints = RunCheckpoint(dirpath=tmp_path, save_last=True, every_n_iterations=1)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        log_every_n_steps=50,  # no logging iteration before the poisoned one
-        callbacks=[checkpoints],
-    )
     with pytest.raises(FloatingPointError, match=r"iterations 2\.\.2 \(0-based\)"):
-        trainer.fit(module, train_dataloaders=DataLoader(PoisonedAt(5, {2}), batch_size=None))
+        # no logging iteration before the poisoned one: only the save can notice it
+        fit_expecting_error(module, PoisonedAt(5, {2}), log_every=50, callbacks=[checkpoints])
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["advmim"]["iteration"] == 2  # saved after iterations 0 and 1, not after 2
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())

@@ -44,10 +44,16 @@ def test_interrupted_and_resumed_run_matches_the_straight_run_bitwise(tmp_path):
     assert first_part["advmim"]["iteration"] == 2
     resumed = torch.load(fit(tmp_path, "resumed", "--ckpt_path", "last"), weights_only=True)
     assert resumed["advmim"]["iteration"] == straight["advmim"]["iteration"] == 5
-    assert resumed["state_dict"].keys() == straight["state_dict"].keys()
-    for key, value in straight["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][key], value), key
-    for a, b in zip(straight["optimizer_states"], resumed["optimizer_states"], strict=True):
+    assert_same_training_state(resumed, straight)
+
+
+def assert_same_training_state(got: dict, expected: dict) -> None:
+    """Weights, buffers and all SGD momenta of two checkpoints are bitwise equal."""
+    assert got["state_dict"].keys() == expected["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), key
+    for a, b in zip(expected["optimizer_states"], got["optimizer_states"], strict=True):
+        assert a["state"].keys() == b["state"].keys()
         for index, state in a["state"].items():
             assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])
 
@@ -115,11 +121,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_straight_run_with_workers(tmp_
     )
     reference = torch.load(straight, weights_only=True)
     assert resumed["advmim"]["iteration"] == reference["advmim"]["iteration"] == int(iterations)
-    for key, value in reference["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][key], value), key
-    for a, b in zip(reference["optimizer_states"], resumed["optimizer_states"], strict=True):
-        for index, state in a["state"].items():
-            assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])
+    assert_same_training_state(resumed, reference)
 
 
 def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_path, caplog):
