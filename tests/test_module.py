@@ -552,12 +552,15 @@ def test_channels_last_and_fused_sgd_are_applied():
     assert all(opt.defaults["fused"] for opt in module.trainer.optimizers)
 
 
-def test_compile_networks_compiles_every_trained_part_once(monkeypatch):
+def test_compile_networks_compiles_every_trained_part_once_when_fitting(monkeypatch):
     modes = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw["mode"]))
     module = make_module("advmim", compile_networks="reduce-overhead")
-    module.configure_model()
-    module.configure_model()  # fit, then test on the same module: compiled once
+    module.configure_model()  # outside a fit (a notebook, test, predict): nothing compiles
+    assert modes == []
+    fit(module, 1)
+    assert modes == ["reduce-overhead"] * 4
+    fit(module, 1, max_epochs=2)  # a second fit of the same module: compiled once
     assert modes == ["reduce-overhead"] * 4
     with pytest.raises(ValueError, match="compile_networks='fast' is not one of"):
         make_module("advmim", compile_networks="fast")
@@ -606,3 +609,33 @@ def test_a_crash_while_saving_leaves_the_previous_last_checkpoint_intact(tmp_pat
     assert all(path.endswith(".tmp") for path in saves)  # written aside, renamed when complete
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["advmim"]["iteration"] == 1
+
+
+def test_fused_sgd_trains_under_bf16_mixed_with_clipping():
+    module = make_module("advmim", optimizer_impl="fused")
+    trainer = fit(module, 2, precision="bf16-mixed")
+    assert module.hparams.grad_clip_norm == 5.0 and module.iteration == 2
+    assert all(opt.param_groups[0]["fused"] for opt in trainer.optimizers)
+    assert torch.isfinite(trainer.logged_metrics["train/loss"])
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused"])
+def test_gradients_are_clipped_per_network_before_each_step(monkeypatch, impl):
+    norms = []
+    real_step = torch.optim.SGD.step
+
+    def recording_step(self, closure=None):
+        # Lightning passes a closure that runs on_before_optimizer_step (the clipping); SGD
+        # calls it first, then updates: record the gradients in between.
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return real_step(self)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    module = make_module("advmim", grad_clip_norm=0.01, optimizer_impl=impl)
+    fit(module, 1, precision="bf16-mixed")
+    assert len(norms) == 4 and max(norms) <= 0.01 * (1 + 1e-4)
+    assert min(norms) > 0.009  # the unclipped gradients are far larger: each was clipped

@@ -42,6 +42,9 @@ RUNTIME_MODEL_SETTINGS = (
     "max_iterations",
     "nonfinite_check",
     "max_skipped_in_a_row",
+    "optimizer_impl",
+    "channels_last",
+    "compile_networks",
 )
 _PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given")
 
@@ -199,21 +202,36 @@ class AdvMIMCLI(LightningCLI):
                 stated.add(word[len("--model.") :].split("=", 1)[0])
             elif word in ("-c", "--config") and index + 1 < len(words):
                 stated |= _model_keys_in_config(Path(words[index + 1]))
+            elif word == "--model" and index + 1 < len(words):
+                stated |= _model_keys_in_config(Path(words[index + 1]), section=None)
             elif word.startswith("--config="):
                 stated |= _model_keys_in_config(Path(word.split("=", 1)[1]))
         return stated
 
 
-def _model_keys_in_config(path: Path) -> set[str]:
-    """Dotted keys of the ``model:`` section of a YAML config (empty when unreadable)."""
+def _model_keys_in_config(path: Path, section: str | None = "model") -> set[str]:
+    """Dotted keys of the ``model:`` section of a YAML config (empty when unreadable).
+
+    Also finds it under a subcommand (``fit: model: ...``); ``section=None`` reads a file
+    given to ``--model`` itself.
+    """
     import yaml
 
     try:
         config = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):
         return set()
-    model = config.get("model") if isinstance(config, dict) else None
-    return set(_dotted_keys(model)) if isinstance(model, dict) else set()
+    if not isinstance(config, dict):
+        return set()
+    if section is None:
+        return set(_dotted_keys(config))
+    sections = [config, *(config[k] for k in ("fit", "validate", "test", "predict") if k in config)]
+    keys: set[str] = set()
+    for part in sections:
+        model = part.get("model") if isinstance(part, dict) else None
+        if isinstance(model, dict):
+            keys |= set(_dotted_keys(model))
+    return keys
 
 
 def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:

@@ -180,10 +180,12 @@ class AdvMIMModule(pl.LightningModule):
             memory layout, which cuDNN's fastest convolutions (tensor cores, bf16) prefer. Same
             arithmetic up to rounding; dropout draws its random masks in memory order, so they
             differ from the default layout's (same distribution).
-        compile_networks: ``torch.compile`` the segmenters and discriminators in place for
-            training (``nn.Module.compile``; checkpoints keep their keys): ``None`` (off),
-            ``"default"``, ``"reduce-overhead"`` (adds CUDA graphs to cut launch overhead) or
-            ``"max-autotune"``. The first iterations compile (seconds to minutes).
+        compile_networks: ``torch.compile`` the segmenters and discriminators in place when
+            fitting (``nn.Module.compile``; checkpoints keep their keys; validation inside the
+            fit runs compiled too): ``None`` (off), ``"default"``, ``"reduce-overhead"`` (adds
+            CUDA graphs to cut launch overhead) or ``"max-autotune"``. The first iterations
+            compile (seconds to minutes). Same arithmetic up to rounding, but compiled dropout
+            and drop-path draw other random masks than eager ones (same distribution).
 
     Raises:
         ValueError: On an unknown method, an argument the chosen method does not use, or
@@ -358,10 +360,7 @@ class AdvMIMModule(pl.LightningModule):
         """
         parts = self.trained_parts
         clips = [self.cfg["grad_clip_norm"]] * len(parts)
-        impl = self.hparams.optimizer_impl
-        flags = {"foreach": impl == "foreach"} if impl in ("for_loop", "foreach") else {}
-        if impl == "fused":
-            flags = {"fused": True}
+        flags = _SGD_IMPLEMENTATIONS[self.hparams.optimizer_impl]
         return [
             torch.optim.SGD(
                 [{"params": [q for q in part.parameters() if q.requires_grad], "clip_norm": clip}],
@@ -382,22 +381,29 @@ class AdvMIMModule(pl.LightningModule):
         return parts
 
     def configure_model(self) -> None:
-        """Apply the speed options (memory layout, compilation) once, before training."""
+        """Apply the speed options: memory layout (every stage), compilation (fit only).
+
+        Networks compiled for a fit stay compiled for its validation. ``validate``, ``test``
+        and ``predict`` on their own do not compile (volumes come in varying slice counts).
+        """
         if self.hparams.channels_last:
             for part in self.trained_parts:
                 part.to(memory_format=torch.channels_last)
         mode = self.hparams.compile_networks
-        if mode is not None and not getattr(self, "_networks_compiled", False):
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if mode is not None and fitting and not getattr(self, "_networks_compiled", False):
             for part in self.trained_parts:
                 part.compile(mode=mode)
             self._networks_compiled = True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Lightning calls this inside ``optimizer.step()`` after mixed-precision unscaling, so
-        # the norm is clipped on true gradients under every precision.
+        # Lightning calls this inside ``optimizer.step()``. Gradients are never loss-scaled
+        # (16-mixed is refused), so the norm is clipped directly: Lightning's own
+        # ``clip_gradients`` refuses fused optimisers under mixed precision.
         clip = optimizer.param_groups[0].get("clip_norm", 0.0)
         if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip)
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -481,6 +487,11 @@ class AdvMIMModule(pl.LightningModule):
         # (e.g. after a look at predictions in a notebook) would train without dropout and
         # with frozen batch-norm statistics.
         self.train()
+        # A resumed optimiser brings the saved implementation flags: apply the current ones.
+        flags = _SGD_IMPLEMENTATIONS[self.hparams.optimizer_impl]
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group.update(flags)
         self._monitor = NonFiniteMonitor(first_iteration=self.iteration)
         self._skipper = None
         if self.hparams.nonfinite_check == "skip":
@@ -847,6 +858,15 @@ class AdvMIMModule(pl.LightningModule):
 
 
 # ---------------------------------------------------------------------- helpers
+#: ``torch.optim.SGD`` implementation flags per ``optimizer_impl``.
+_SGD_IMPLEMENTATIONS: dict[str, dict[str, bool | None]] = {
+    "auto": {"foreach": None, "fused": None},
+    "for_loop": {"foreach": False, "fused": None},
+    "foreach": {"foreach": True, "fused": None},
+    "fused": {"foreach": None, "fused": True},
+}
+
+
 def _mix_seed(*keys: int) -> int:
     """A 63-bit seed from integer keys (splitmix64-style mixing, stable across runs)."""
     state = 0x9E3779B97F4A7C15

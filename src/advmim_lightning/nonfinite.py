@@ -50,19 +50,20 @@ class NonFiniteMonitor:
     """
 
     def __init__(self, first_iteration: int = 0) -> None:
-        self._flags: Tensor | None = None
-        self._names: list[str] = []
+        # (term names, OR of their device flags) per run of iterations with the same terms
+        self._windows: list[tuple[list[str], Tensor]] = []
         self._case_ids: list[str] = []
         self._since = first_iteration
         self._last = first_iteration - 1
 
     def flag(self, terms: Mapping[str, Tensor], case_ids: Sequence[str], iteration: int) -> None:
         """OR this iteration's non-finite terms into the flags (no host synchronisation)."""
+        names = list(terms)
         flags = torch.stack([~torch.isfinite(v.detach()) for v in terms.values()])
-        if self._flags is None or list(terms) != self._names:
-            self._flags, self._names = flags, list(terms)
+        if self._windows and self._windows[-1][0] == names:
+            self._windows[-1] = (names, self._windows[-1][1] | flags)
         else:
-            self._flags = self._flags | flags
+            self._windows.append((names, flags))
         self._case_ids.extend(case_ids)
         self._last = iteration
 
@@ -77,16 +78,18 @@ class NonFiniteMonitor:
             FloatingPointError: Naming the iteration range, the terms and the case ids (this
                 rank's) of the window.
         """
-        flags, self._flags = self._flags, None
+        windows, self._windows = self._windows, []
         case_ids, self._case_ids = self._case_ids, []
         first, self._since = self._since, self._last + 1
-        if flags is None:  # no iteration since the last check, on every rank alike
+        if not windows:  # no iteration since the last check, on every rank alike
             return
+        names = [name for window_names, _ in windows for name in window_names]
+        flags = torch.cat([window_flags for _, window_flags in windows])
         if reduce is not None:
             flags = reduce(flags.float()) > 0
         if not bool(flags.any()):
             return
-        bad = [name for name, flag in zip(self._names, flags.tolist(), strict=True) if flag]
+        bad = list(dict.fromkeys(n for n, f in zip(names, flags.tolist(), strict=True) if f))
         raise FloatingPointError(
             f"non-finite loss in iterations {first}..{self._last} (0-based): terms "
             f"{', '.join(bad)}; batches held cases {_format_cases(case_ids)}. Lower the "

@@ -194,3 +194,31 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_
     own_cnn = UNet(num_classes=4, channels=(4, 8, 8, 8, 8))
     restored = AdvMIMModule.load_from_checkpoint(tmp_path / "cnn.ckpt", cnn=own_cnn)
     assert restored.cnn is own_cnn and not marker.exists()
+
+
+def test_a_resumed_run_takes_the_stated_speed_options(tmp_path):
+    first = fit(tmp_path, "run", "--model.max_iterations", "1", "--model.optimizer_impl", "fused")
+    group = torch.load(first, weights_only=True)["optimizer_states"][0]["param_groups"][0]
+    assert group["fused"] is True
+    resumed = fit(tmp_path, "run", "--model.max_iterations", "2", "--ckpt_path", str(first),
+                  "--model.optimizer_impl", "for_loop")  # fmt: skip
+    checkpoint = torch.load(resumed, weights_only=True)
+    assert checkpoint["advmim"]["iteration"] == 2
+    for state in checkpoint["optimizer_states"]:
+        assert state["param_groups"][0]["fused"] is None
+        assert state["param_groups"][0]["foreach"] is False
+
+
+def test_stated_model_settings_are_found_in_every_kind_of_config(tmp_path):
+    from advmim_lightning.main import _model_keys_in_config
+
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("fit:\n  model:\n    eval_network: cnn\n")
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("model:\n  cnn:\n    init_args:\n      channels: [4, 8]\n")
+    model_only = tmp_path / "model.yaml"
+    model_only.write_text("eval_network: cnn\nmax_iterations: 3\n")
+    assert _model_keys_in_config(nested) == {"eval_network"}
+    assert _model_keys_in_config(flat) == {"cnn.init_args.channels"}
+    assert _model_keys_in_config(model_only, section=None) == {"eval_network", "max_iterations"}
+    assert _model_keys_in_config(tmp_path / "absent.yaml") == set()
