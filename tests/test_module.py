@@ -11,7 +11,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from advmim_lightning import AdvMIMModule
 from advmim_lightning.networks import Discriminator, UNet
-from tiny import TINY_CLASSES, TINY_SIZE, tiny_batch, tiny_swin, tiny_unet
+from tiny import (
+    TINY_CLASSES,
+    TINY_SIZE,
+    StateSnapshots,
+    full_state,
+    tiny_batch,
+    tiny_swin,
+    tiny_unet,
+)
 
 
 def make_module(method: str = "advmim", **kwargs) -> AdvMIMModule:
@@ -41,37 +49,34 @@ class PairedBatches(Dataset):
         return batch
 
 
-def fit(module: AdvMIMModule, n_batches: int, labeled_only: bool = False, **trainer_kwargs):
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=trainer_kwargs.pop("max_epochs", 1),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        log_every_n_steps=1,
-        **trainer_kwargs,
-    )
-    loader = DataLoader(PairedBatches(n_batches, labeled_only), batch_size=None)
-    trainer.fit(module, train_dataloaders=loader)
-    return trainer
+def fit(
+    module: AdvMIMModule,
+    n_batches: int = 0,
+    labeled_only: bool = False,
+    dataset: Dataset | None = None,
+    **trainer_kwargs,
+):
+    """Fit on ``dataset`` (whole batches; default ``n_batches`` random ones) for one epoch.
 
-
-def fit_expecting_error(module: AdvMIMModule, dataset: Dataset, log_every: int, **kwargs):
-    """Fit ``dataset`` (whole batches) without checkpoints; the caller expects it to raise."""
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=bool(kwargs.get("callbacks")),
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        log_every_n_steps=log_every,
-        **kwargs,
-    )
+    ``trainer_kwargs`` override the quiet defaults below (no logger, no checkpoints unless
+    callbacks are given, no validation, logging every iteration).
+    """
+    settings = {
+        "accelerator": "cpu",
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": bool(trainer_kwargs.get("callbacks")),
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "log_every_n_steps": 1,
+    }
+    trainer = pl.Trainer(**{**settings, **trainer_kwargs})
+    if dataset is None:
+        dataset = PairedBatches(n_batches, labeled_only)
     trainer.fit(module, train_dataloaders=DataLoader(dataset, batch_size=None))
+    return trainer
 
 
 def test_method_defaults_are_resolved_into_hparams():
@@ -376,7 +381,7 @@ def test_a_nonfinite_loss_raises_naming_the_iterations_terms_and_cases():
             return batch
 
     with pytest.raises(FloatingPointError) as err:
-        fit_expecting_error(module, Poisoned(4), log_every=2)
+        fit(module, dataset=Poisoned(4), log_every_n_steps=2)
     message = str(err.value)
     assert "iterations 0..1" in message
     assert "sup_ce_transformer" in message and "case0" in message
@@ -435,39 +440,19 @@ class PoisonedAt(PairedBatches):
         return batch
 
 
-def full_state(module: AdvMIMModule) -> dict[str, torch.Tensor]:
-    state = {k: v.clone() for k, v in module.state_dict().items()}
-    for i, opt in enumerate(module.trainer.optimizers):
-        for j, param in enumerate(opt.param_groups[0]["params"]):
-            if "momentum_buffer" in opt.state[param]:
-                state[f"opt{i}.momentum{j}"] = opt.state[param]["momentum_buffer"].clone()
-    return state
-
-
 def test_skip_mode_undoes_an_overflowing_bf16_iteration_in_all_four_parts(caplog):
     module = make_module("advmim", nonfinite_check="skip")
-    states: dict[str, dict] = {}
-
-    class Snapshots(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            states[f"before{batch_idx}"] = full_state(pl_module)
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            states[f"after{batch_idx}"] = full_state(pl_module)
-
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        precision="bf16-mixed",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        log_every_n_steps=2,
-        callbacks=[Snapshots()],
-    )
+    snapshots = StateSnapshots()
     with caplog.at_level("WARNING", logger="advmim_lightning.nonfinite"):
-        trainer.fit(module, train_dataloaders=DataLoader(PoisonedAt(4, {2}), batch_size=None))
+        trainer = fit(
+            module,
+            dataset=PoisonedAt(4, {2}),
+            precision="bf16-mixed",
+            log_every_n_steps=2,
+            callbacks=[snapshots],
+            enable_checkpointing=False,
+        )
+    states = snapshots.states
     before, after = states["before2"], states["after2"]
     assert before.keys() == after.keys()
     assert any(k.startswith("disc_cnn.") for k in before) and any(
@@ -500,7 +485,7 @@ def test_skip_mode_changes_nothing_when_all_is_finite():
 def test_skip_mode_raises_once_too_many_iterations_in_a_row_were_skipped():
     module = make_module("ctct", nonfinite_check="skip", max_skipped_in_a_row=2)
     with pytest.raises(FloatingPointError, match=r"2 iterations in a row .* diverged"):
-        fit_expecting_error(module, PoisonedAt(4, {1, 2, 3}), log_every=1)
+        fit(module, dataset=PoisonedAt(4, {1, 2, 3}), log_every_n_steps=1)
     assert module.iteration == 2  # the error came at the second skipped iteration's logging
 
 
@@ -581,7 +566,7 @@ def test_a_checkpoint_between_logging_iterations_never_saves_nonfinite_weights(t
     checkpoints = RunCheckpoint(dirpath=tmp_path, save_last=True, every_n_iterations=1)
     with pytest.raises(FloatingPointError, match=r"iterations 2\.\.2 \(0-based\)"):
         # no logging iteration before the poisoned one: only the save can notice it
-        fit_expecting_error(module, PoisonedAt(5, {2}), log_every=50, callbacks=[checkpoints])
+        fit(module, dataset=PoisonedAt(5, {2}), log_every_n_steps=50, callbacks=[checkpoints])
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["advmim"]["iteration"] == 2  # saved after iterations 0 and 1, not after 2
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
@@ -605,7 +590,7 @@ def test_a_crash_while_saving_leaves_the_previous_last_checkpoint_intact(tmp_pat
     module = make_module("ctct")
     checkpoints = RunCheckpoint(dirpath=tmp_path, save_last=True, every_n_iterations=1)
     with pytest.raises(SystemExit, match="killed while saving"):
-        fit_expecting_error(module, PairedBatches(4), log_every=1, callbacks=[checkpoints])
+        fit(module, dataset=PairedBatches(4), log_every_n_steps=1, callbacks=[checkpoints])
     assert all(path.endswith(".tmp") for path in saves)  # written aside, renamed when complete
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["advmim"]["iteration"] == 1

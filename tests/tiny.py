@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 
 from advmim_lightning.networks import SwinUNet, UNet
@@ -49,3 +50,26 @@ def tiny_batch(
             "case_id": [f"u{i}" for i in range(n_unlabeled)],
         },
     }
+
+
+def full_state(module: pl.LightningModule) -> dict[str, torch.Tensor]:
+    """Copies of a module's state dict and of every SGD momentum buffer its trainer holds."""
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    for i, opt in enumerate(module.trainer.optimizers):
+        for j, param in enumerate(opt.param_groups[0]["params"]):
+            if "momentum_buffer" in opt.state[param]:
+                state[f"opt{i}.momentum{j}"] = opt.state[param]["momentum_buffer"].clone()
+    return state
+
+
+class StateSnapshots(pl.Callback):
+    """Records :func:`full_state` as ``before<i>`` / ``after<i>`` around training batch ``i``."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.states[f"before{batch_idx}"] = full_state(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.states[f"after{batch_idx}"] = full_state(pl_module)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from advmim_lightning import AdvMIMModule
-from tiny import TINY_SIZE, tiny_batch, tiny_swin, tiny_unet
+from tiny import TINY_SIZE, StateSnapshots, tiny_batch, tiny_swin, tiny_unet
 
 
 class RankPoisonedBatches(Dataset):
@@ -32,25 +32,6 @@ class RankPoisonedBatches(Dataset):
         return batch
 
 
-class States(pl.Callback):
-    def __init__(self) -> None:
-        self.states: dict[str, dict[str, torch.Tensor]] = {}
-
-    def _state(self, module: pl.LightningModule) -> dict[str, torch.Tensor]:
-        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        for i, opt in enumerate(module.trainer.optimizers):
-            for j, param in enumerate(opt.param_groups[0]["params"]):
-                if "momentum_buffer" in opt.state[param]:
-                    state[f"opt{i}.momentum{j}"] = opt.state[param]["momentum_buffer"].clone()
-        return state
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.states[f"before{batch_idx}"] = self._state(pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.states[f"after{batch_idx}"] = self._state(pl_module)
-
-
 def main(out: Path) -> None:
     torch.manual_seed(0)
     module = AdvMIMModule(
@@ -60,7 +41,7 @@ def main(out: Path) -> None:
         max_iterations=10,
         nonfinite_check="skip",
     )
-    states = States()
+    states = StateSnapshots()
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
