@@ -159,13 +159,9 @@ class ACDCSource(DataSource):
 
     def __init__(self, root: str, options: LoadOptions) -> None:
         super().__init__(options)
-        self.root = root
-        self.path = Path(root)
-        if not self.path.is_dir():
-            raise DataValidationError(
-                f"ACDC root {self.path} is not a folder; expected the SSL4MIS layout with "
-                "train_slices.list and data/."
-            )
+        self.path = self._open_root(
+            root, "ACDC", "the SSL4MIS layout with train_slices.list and data/"
+        )
         if options.split_file is not None:
             raise DataValidationError(
                 f"split_file={options.split_file!r} given for the acdc layout; its split comes "

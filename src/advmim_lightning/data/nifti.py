@@ -183,12 +183,7 @@ class NiftiSource(DataSource):
 
     def __init__(self, root: str, options: LoadOptions) -> None:
         super().__init__(options)
-        self.root = root
-        self.path = Path(root)
-        if not self.path.is_dir():
-            raise DataValidationError(
-                f"NIfTI root {self.path} is not a folder; expected dataset.json and imagesTr/."
-            )
+        self.path = self._open_root(root, "NIfTI", "dataset.json and imagesTr/")
         self.class_names, self.channel_names, self.file_ending = read_dataset_json(
             self.path, options.num_classes
         )

@@ -6,6 +6,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from advmim_lightning.data.cases import CaseGrouper, CaseSplit
 from advmim_lightning.data.transforms import normalize_volume
 from advmim_lightning.data.types import Volume
+from advmim_lightning.data.validation import DataValidationError
 
 __all__ = ["DataSource", "EvalSplit", "LoadOptions", "TrainingPools", "pools_from_volumes"]
 
@@ -96,6 +98,18 @@ class DataSource(ABC):
     def __init__(self, options: LoadOptions) -> None:
         self.options = options
         self.grouper = CaseGrouper(options.case_pattern)
+
+    def _open_root(self, root: str, layout: str, expected: str) -> Path:
+        """Keep ``root`` and return it as a path.
+
+        Raises:
+            DataValidationError: Naming it, when it is not a folder.
+        """
+        self.root = root
+        path = Path(root)
+        if not path.is_dir():
+            raise DataValidationError(f"{layout} root {path} is not a folder; expected {expected}.")
+        return path
 
     @abstractmethod
     def case_split(self) -> CaseSplit:
