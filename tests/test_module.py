@@ -624,3 +624,47 @@ def test_gradients_are_clipped_per_network_before_each_step(monkeypatch, impl):
     fit(module, 1, precision="bf16-mixed")
     assert len(norms) == 4 and max(norms) <= 0.01 * (1 + 1e-4)
     assert min(norms) > 0.009  # the unclipped gradients are far larger: each was clipped
+
+
+def _batch_norm_statistics(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k
+    }
+
+
+@pytest.mark.parametrize("method, separate", [("advmim", True), ("ctct", False)])
+def test_batch_norm_sees_the_batches_as_the_published_code_feeds_them(method, separate):
+    """AdvMIM (public code): each network on x_l, then each on x_u; CTCT: one joint call."""
+    from advmim_lightning.module import _mix_seed
+
+    module = make_module(method)
+    assert module.hparams.forward_batching == ("separate" if separate else "joint")
+    reference = {name: copy.deepcopy(getattr(module, name)) for name in ("transformer", "cnn")}
+    fit(module, 1)
+
+    batch = tiny_batch(seed=0)  # what PairedBatches gave the single iteration
+    x_l, x_u = batch["labeled"]["image"], batch["unlabeled"]["image"]
+    module.iteration, module._mask_generator_iteration = 0, -1  # replay iteration 0's masks
+    torch.manual_seed(_mix_seed(module.hparams.rng_seed, 0, 0, 1))  # its dropout draws too
+    calls = [x_l, x_u] if separate else [torch.cat([x_l, x_u])]
+    for x in calls:
+        for name in ("transformer", "cnn"):  # the public code: model (Swin), then model2
+            mask = module.draw_mask(x.shape[0]) if method == "advmim" else None
+            reference[name].train()(x, mask=mask) if mask is not None else reference[name](x)
+    expected, got = _batch_norm_statistics(reference["cnn"]), _batch_norm_statistics(module.cnn)
+    assert expected.keys() == got.keys() and expected
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_forward_batching_is_a_switch_that_changes_the_batch_norm_statistics():
+    separate, joint = make_module("advmim"), make_module("advmim", forward_batching="joint")
+    joint.load_state_dict(separate.state_dict())
+    fit(separate, 1)
+    fit(joint, 1)
+    a, b = _batch_norm_statistics(separate.cnn), _batch_norm_statistics(joint.cnn)
+    assert any(not torch.equal(a[k], b[k]) for k in a if "running_mean" in k)
+    with pytest.raises(ValueError, match="forward_batching is not used by method='supervised'"):
+        make_module("supervised", forward_batching="joint")
+    with pytest.raises(ValueError, match="forward_batching"):
+        make_module("advmim", forward_batching="split")

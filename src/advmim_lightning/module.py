@@ -2,8 +2,8 @@
 
 This module only *wires* the parts: networks come from :mod:`advmim_lightning.networks`, loss
 terms from :mod:`advmim_lightning.losses`, schedules from :mod:`advmim_lightning.schedules` and
-3D metrics from :mod:`advmim_lightning.metrics`. ``../shared/METHOD.md`` ("Losses per
-iteration", "Baselines") is the specification.
+3D metrics from :mod:`advmim_lightning.metrics`. ``docs/method.md`` describes the method, its
+defaults and where they come from.
 
 One training *iteration* is one paired batch (labeled + unlabeled) and, for AdvMIM, four
 optimiser steps (two segmenters, then two discriminators); CTCT and the supervised baseline take
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 Method = Literal["advmim", "ctct", "supervised"]
 NETWORK_NAMES = ("transformer", "cnn")
 
-#: The published defaults of each method (METHOD.md). ``None`` arguments resolve to these.
+#: The published defaults of each method (docs/method.md). ``None`` arguments resolve to these.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "advmim": {
         "lr": 0.05,
@@ -60,6 +60,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "masked_pseudo_weight": 1.0,
         "adversarial_weight": 0.001,
         "discriminator_weight": 0.1,
+        "forward_batching": "separate",
     },
     "ctct": {
         "lr": 0.01,
@@ -67,6 +68,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "sup_weight": 0.5,
         "cross_teaching_weight": 0.1,
         "cross_teaching_rampup": True,
+        "forward_batching": "joint",
     },
     "supervised": {
         "lr": 0.01,
@@ -101,7 +103,7 @@ class AdvMIMModule(pl.LightningModule):
 
     ``AdvMIMModule()`` works as it is (the library's UNet and the Swin-UNet "tiny lite" at
     224 x 224, 4 classes, the public code's AdvMIM defaults). Every weight and schedule of
-    METHOD.md is an argument; those that default to ``None`` take the chosen method's value
+    ``docs/method.md`` is an argument; those that default to ``None`` take the chosen method's value
     (see :data:`METHOD_DEFAULTS`), and the resolved values are stored in ``self.hparams``.
 
     Args:
@@ -139,6 +141,12 @@ class AdvMIMModule(pl.LightningModule):
             masked unlabeled images.
         adversarial_weight: AdvMIM: weight of the LSGAN generator term (0.001).
         discriminator_weight: AdvMIM: weight of the discriminator loss (0.1).
+        forward_batching: How each segmenter sees an iteration's images. ``"separate"``
+            (AdvMIM's default, as its public code): one forward call on the labeled batch, then
+            one on the unlabeled batch, so batch norm normalises (and updates its running
+            statistics from) each batch on its own. ``"joint"`` (CTCT's default, as SSL4MIS):
+            one forward call on the labeled and unlabeled images together. Not used by the
+            supervised baseline, which sees labeled images only.
         loss_variant: ``"public_code"`` (default: masked supervised Dice for the CNN only,
             confidence-weighted CE only on unlabeled masked images) or ``"paper"`` (masked
             ``CE + Dice`` for both networks, confidence-weighted ``CE + Dice``).
@@ -216,6 +224,7 @@ class AdvMIMModule(pl.LightningModule):
         masked_pseudo_weight: float | None = None,
         adversarial_weight: float | None = None,
         discriminator_weight: float | None = None,
+        forward_batching: Literal["separate", "joint"] | None = None,
         loss_variant: Literal["public_code", "paper"] = "public_code",
         discriminator_real: Literal["labeled", "unlabeled"] = "labeled",
         mask_ratio: float = 0.7,
@@ -236,6 +245,8 @@ class AdvMIMModule(pl.LightningModule):
         if method not in METHOD_DEFAULTS:
             raise ValueError(f"method={method!r} is not one of {sorted(METHOD_DEFAULTS)}")
         _check_choice("loss_variant", loss_variant, ("public_code", "paper"))
+        if forward_batching is not None:
+            _check_choice("forward_batching", forward_batching, ("separate", "joint"))
         _check_choice("discriminator_real", discriminator_real, ("labeled", "unlabeled"))
         _check_choice("eval_network", eval_network, ("transformer", "cnn", "ensemble"))
         _check_choice("eval_interpolation", eval_interpolation, ("nearest", "bilinear"))
@@ -268,6 +279,7 @@ class AdvMIMModule(pl.LightningModule):
             "masked_pseudo_weight": masked_pseudo_weight,
             "adversarial_weight": adversarial_weight,
             "discriminator_weight": discriminator_weight,
+            "forward_batching": forward_batching,
         }
         defaults = METHOD_DEFAULTS[method]
         unused = [k for k, v in given.items() if v is not None and k not in defaults]
@@ -619,14 +631,7 @@ class AdvMIMModule(pl.LightningModule):
             the softmax maps the discriminator step reuses (detached there).
         """
         n_l = x_l.shape[0]
-        x = x_l if x_u is None else torch.cat([x_l, x_u])
-        logits: dict[str, Tensor] = {}
-        masked_logits: dict[str, Tensor] = {}
-        for name, net in self.segmenters.items():
-            if self.uses_masking:
-                logits[name], masked_logits[name] = net(x, mask=self.draw_mask(x.shape[0]))
-            else:
-                logits[name] = net(x)
+        logits, masked_logits = self._segmenter_forward(x_l, x_u)
         probs = {name: out.float().softmax(1) for name, out in logits.items()}
 
         cfg = self.cfg
@@ -678,6 +683,37 @@ class AdvMIMModule(pl.LightningModule):
             terms[f"adv_{name}"] = adv
             weighted[f"adv_{name}"] = cfg["adversarial_weight"] * adv
         return SegmenterOutputs(terms, weighted, probs, masked_unlabeled_probs, n_l)
+
+    def _segmenter_forward(
+        self, x_l: Tensor, x_u: Tensor | None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Each segmenter's logits on ``[x_l; x_u]`` (and masked-domain logits for AdvMIM).
+
+        With ``forward_batching="separate"`` the calls follow the public AdvMIM code's order:
+        every network on the labeled batch, then every network on the unlabeled batch. Each
+        call draws its own masks.
+
+        Returns:
+            ``(logits, masked_logits)`` by network name, each ``(B_l + B_u) x K x H x W``;
+            ``masked_logits`` is empty without masking.
+        """
+        if x_u is None or self.cfg.get("forward_batching") != "separate":
+            batches = [x_l if x_u is None else torch.cat([x_l, x_u])]
+        else:
+            batches = [x_l, x_u]
+        parts: dict[str, list[Tensor]] = {name: [] for name in NETWORK_NAMES}
+        masked_parts: dict[str, list[Tensor]] = {name: [] for name in NETWORK_NAMES}
+        for x in batches:
+            for name, net in self.segmenters.items():
+                if self.uses_masking:
+                    out, masked = net(x, mask=self.draw_mask(x.shape[0]))
+                    masked_parts[name].append(masked)
+                else:
+                    out = net(x)
+                parts[name].append(out)
+        logits = {name: _joined(p) for name, p in parts.items()}
+        masked_logits = {name: _joined(p) for name, p in masked_parts.items() if p}
+        return logits, masked_logits
 
     def _discriminator(self, network: str) -> nn.Module:
         return self.disc_transformer if network == "transformer" else self.disc_cnn
@@ -880,6 +916,10 @@ def _case_index_and_spacing(item: Mapping[str, Any]) -> tuple[int, Any]:
     """An evaluation item's case index, and its spacing (None when unknown: voxel units)."""
     spacing = item["spacing"] if item.get("spacing_known", True) else None
     return int(item["case_index"]), spacing
+
+
+def _joined(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
