@@ -11,7 +11,7 @@ Measures, in one process limited to one thread (what a DataLoader worker gets):
 
 Run with ``OMP_NUM_THREADS=1 python benchmarks/data_pipeline.py`` (``--quick`` for a short
 run). A GPU step of the public AdvMIM code takes about 285 ms for a batch of 16 images on an
-H100 (METHOD.md), i.e. it consumes about 56 images/s; each worker should deliver several times
+H100 (docs/method.md), i.e. it consumes about 56 images/s; each worker should deliver several times
 that.
 """
 

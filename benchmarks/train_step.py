@@ -15,7 +15,7 @@ median at the same precision (285 ms fp32, 329 ms bf16), printed for the default
 8 + 8 on a GPU only.
 
 The networks are the library's defaults (Swin-UNet "tiny lite" + UNet at 224 x 224, 4
-classes) unless ``--small``. METHOD.md records the published code at 285 ms (fp32) and 329 ms
+classes) unless ``--small``. docs/method.md records the published code at 285 ms (fp32) and 329 ms
 (bf16) per 8 + 8 iteration on one H100.
 """
 
@@ -80,7 +80,7 @@ class IterationTimer(pl.Callback):
             self.times.append((time.perf_counter() - self._start) * 1000.0)
 
 
-#: The published code's median 8 + 8 iteration on one H100 (METHOD.md), per precision.
+#: The published code's median 8 + 8 iteration on one H100 (docs/method.md), per precision.
 PUBLISHED_MS = {"32-true": 285.0, "bf16-mixed": 329.0}
 
 #: Speed options measured one at a time against ``baseline`` (``--option NAME``). Each maps to
