@@ -170,9 +170,16 @@ def _rotate_zoom_index(
     """Flat indices (``H * W`` = fill) of a nearest rotation followed by the zoom resize."""
     rows, cols = _grid_offsets(height, width, out_h, out_w, True)
     index = rotation_source_indices(height, width, angle, rows, cols)
+    fill = _zoom_fill(height, width, out_h, out_w)
+    return index if fill is None else index.masked_fill_(fill, height * width)
+
+
+@functools.lru_cache(maxsize=64)
+def _zoom_fill(height: int, width: int, out_h: int, out_w: int) -> torch.Tensor | None:
+    """Flat mask of the outputs where ``zoom`` reads its fill value, or None if there are none."""
     r, c = nearest_resize_indices(height, out_h), nearest_resize_indices(width, out_w)
     fill = ((r < 0)[:, None] | (c < 0)[None, :]).reshape(-1)
-    return torch.where(fill, height * width, index)
+    return fill if bool(fill.any()) else None
 
 
 def _gather(flat_image: torch.Tensor, index: torch.Tensor, pad: bool) -> torch.Tensor:
