@@ -300,3 +300,94 @@ def test_segmentation_metrics_real_gloo_ddp(tmp_path):
         assert result["indices"] == [0, 1, 2]
         assert result["shape"] == [3, 4, 2]
         assert result["dice"] == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+
+
+def surface_distances(result, reference, spacing):
+    """medpy's ``__surface_distances`` rebuilt from SciPy: an independent reference.
+
+    Surfaces are mask XOR its erosion (connectivity 1); distances from ``result``'s surface to
+    ``reference``'s by the Euclidean distance transform with ``sampling=spacing``.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    footprint = ndimage.generate_binary_structure(result.ndim, 1)
+    result_border = result ^ ndimage.binary_erosion(result, structure=footprint, iterations=1)
+    reference_border = reference ^ ndimage.binary_erosion(
+        reference, structure=footprint, iterations=1
+    )
+    distance = ndimage.distance_transform_edt(~reference_border, sampling=spacing)
+    return np.asarray(distance[result_border], dtype=np.float64)
+
+
+def ball(shape, centre, radius):
+    """A boolean ball of ``radius`` voxels around ``centre`` (voxel coordinates)."""
+    import numpy as np
+
+    grids = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    return sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)) <= radius**2
+
+
+@pytest.mark.filterwarnings("ignore:.*always_return_as_numpy.*:FutureWarning")
+@pytest.mark.parametrize("spacing", [None, (2.5, 1.0, 0.8), (1.0, 0.7, 1.3)])
+def test_hd95_asd_nsd_equal_medpy_definitions_with_a_distant_false_positive(spacing):
+    import numpy as np
+    from monai.metrics import compute_hausdorff_distance
+
+    shape = (14, 40, 36)
+    label = ball(shape, (7, 14, 14), 6.0)
+    prediction = ball(shape, (7, 15, 13), 6.0)  # shifted by one voxel in-plane
+    blob = np.zeros(shape, dtype=bool)
+    blob[0:2, 37:40, 32:36] = True  # distant false positive touching the border, all surface
+    prediction |= blob
+    unit = spacing or (1.0, 1.0, 1.0)
+    to_label = surface_distances(prediction, label, unit)
+    to_prediction = surface_distances(label, prediction, unit)
+    pooled = np.hstack((to_label, to_prediction))
+    expected_hd95 = np.percentile(pooled, 95)  # medpy's hd95
+    expected_asd = to_label.mean()  # medpy's asd(prediction, label)
+    expected_nsd = (pooled <= 1.0).sum() / pooled.size
+
+    table = compute_case_metrics(
+        torch.from_numpy(prediction.astype(np.int64)),
+        torch.from_numpy(label.astype(np.int64)),
+        num_classes=2,
+        spacing=spacing,
+    )
+    assert table[1, 0].item() == pytest.approx(expected_hd95, rel=1e-6)
+    assert table[2, 0].item() == pytest.approx(expected_asd, rel=1e-6)
+    assert table[3, 0].item() == pytest.approx(expected_nsd, rel=1e-6)
+
+    # The blob is over 5 % of the predicted surface but under 5 % of both surfaces together,
+    # so the two definitions of HD95 differ, and so do asd and the symmetric mean.
+    assert 0.05 * to_label.size < blob.sum() < 0.05 * pooled.size
+    monai_max_directed = compute_hausdorff_distance(
+        torch.from_numpy(prediction)[None, None].float(),
+        torch.from_numpy(label)[None, None].float(),
+        percentile=95,
+        spacing=spacing,
+    ).item()
+    assert monai_max_directed > 2.0 * expected_hd95
+    assert expected_asd > 1.2 * pooled.mean()
+
+
+def test_hd95_pools_both_directions_in_2d_and_per_class():
+    import numpy as np
+
+    # Class 1: a square and a prediction with an extra distant pixel cluster; class 2: a
+    # prediction shrunk by one pixel on one side. Both are scored in one call, per class.
+    label = np.zeros((48, 40), dtype=np.int64)
+    label[10:30, 8:28] = 1
+    label[34:44, 30:38] = 2
+    prediction = label.copy()
+    prediction[1:4, 36:39] = 1
+    prediction[34, 30:38] = 0
+    table = compute_case_metrics(
+        torch.from_numpy(prediction), torch.from_numpy(label), num_classes=3, spacing=(0.5, 2.0)
+    )
+    for column, cls in enumerate((1, 2)):
+        p, g = prediction == cls, label == cls
+        to_label = surface_distances(p, g, (0.5, 2.0))
+        pooled = np.hstack((to_label, surface_distances(g, p, (0.5, 2.0))))
+        assert table[1, column].item() == pytest.approx(np.percentile(pooled, 95), rel=1e-6)
+        assert table[2, column].item() == pytest.approx(to_label.mean(), rel=1e-6)

@@ -41,6 +41,7 @@ from advmim_lightning.losses import (
 from advmim_lightning.metrics import METRIC_NAMES, SegmentationMetrics
 from advmim_lightning.networks import Discriminator, SwinUNet, UNet, random_block_mask
 from advmim_lightning.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
+from advmim_lightning.resize import zoom_nearest
 from advmim_lightning.schedules import ctct_consistency_weight, poly_lr
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,9 @@ class AdvMIMModule(pl.LightningModule):
             ``"cnn"`` or ``"ensemble"`` (mean of both softmaxes). Validation logs both networks'
             Dice either way.
         eval_interpolation: How slices are resized to ``image_size`` at evaluation:
-            ``"nearest"`` (SSL4MIS) or ``"bilinear"``.
+            ``"nearest"`` (SSL4MIS: ``scipy.ndimage.zoom(order=0)``'s index mapping) or
+            ``"bilinear"`` (``align_corners=True``). Predictions always go back to the slice
+            size with the zoom mapping (see :meth:`predict_volume`).
         eval_slice_batch: Slices predicted at once during evaluation.
         nsd_tolerance: Tolerance of the normalised surface Dice, in the volume's units (mm
             where spacing is known, voxels otherwise).
@@ -743,10 +746,14 @@ class AdvMIMModule(pl.LightningModule):
 
     @torch.no_grad()
     def predict_volume(self, image: Tensor) -> dict[str, Tensor]:
-        """Label volumes of a whole case, predicted slice by slice.
+        """Label volumes of a whole case, predicted slice by slice as SSL4MIS evaluates.
 
-        Each slice is resized to ``image_size`` (``eval_interpolation``), segmented, the argmax
-        taken at network resolution and resized back with nearest interpolation (SSL4MIS).
+        Each slice is resized to ``image_size``, segmented, the argmax taken at network
+        resolution and resized back to the slice size. Both resizes use
+        ``scipy.ndimage.zoom(order=0)``'s index mapping (:func:`advmim_lightning.resize.
+        zoom_nearest`, index gathers on the volume's device); ``eval_interpolation="bilinear"``
+        resizes the image bilinearly instead (``align_corners=True``, as the training option),
+        the prediction still goes back with the zoom mapping.
 
         Args:
             image: ``C x D x H x W`` float volume (slices along ``D``).
@@ -757,18 +764,21 @@ class AdvMIMModule(pl.LightningModule):
         if image.ndim != 4:
             raise ValueError(f"expected a C x D x H x W volume, got shape {tuple(image.shape)}")
         slices = image.movedim(1, 0)  # D x C x H x W
-        size = slices.shape[-2:]
-        mode = self.hparams.eval_interpolation
+        size = (int(slices.shape[-2]), int(slices.shape[-1]))
+        resize = size != tuple(self.image_size)
+        bilinear = self.hparams.eval_interpolation == "bilinear"
         out: dict[str, list[Tensor]] = {name: [] for name in (*NETWORK_NAMES, "ensemble")}
         for start in range(0, slices.shape[0], self.hparams.eval_slice_batch):
             chunk = slices[start : start + self.hparams.eval_slice_batch]
-            if tuple(size) != self.image_size:
-                chunk = F.interpolate(chunk, size=self.image_size, mode=mode)
+            if resize and bilinear:
+                chunk = F.interpolate(
+                    chunk, size=self.image_size, mode="bilinear", align_corners=True
+                )
+            elif resize:
+                chunk = zoom_nearest(chunk, self.image_size)
             for name, prob in self._probabilities(chunk).items():
-                labels = prob.argmax(1, keepdim=True).float()
-                if tuple(size) != self.image_size:
-                    labels = F.interpolate(labels, size=tuple(size), mode="nearest")
-                out[name].append(labels[:, 0].long())
+                labels = prob.argmax(1)  # B x h x w int64
+                out[name].append(zoom_nearest(labels, size) if resize else labels)
         return {name: torch.cat(parts) for name, parts in out.items()}
 
     def validation_step(self, item: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:

@@ -9,7 +9,8 @@ the cross-teaching baseline and AdvMIM), written with torch tensor ops:
   ``[-20, 20)`` degrees about the image centre, nearest-neighbour for image and label, zero
   outside (``scipy.ndimage.rotate(order=0, reshape=False)``);
 - then a resize to the network input size, nearest for the label and, as SSL4MIS does, nearest
-  for the image too (``scipy.ndimage.zoom(order=0)``), or bilinear for the image as an option.
+  for the image too (``scipy.ndimage.zoom(order=0)``'s index mapping, shared with evaluation in
+  :mod:`advmim_lightning.resize`), or bilinear for the image as an option.
 
 SSL4MIS draws the rotation in an ``elif`` after a second coin flip, so with its defaults a slice
 is rot90-flipped half of the time, rotated a quarter of the time and left alone a quarter of the
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from advmim_lightning.data.seeding import keyed_uniforms
+from advmim_lightning.resize import nearest_resize_indices, zoom_nearest
 
 __all__ = [
     "IMAGE_INTERPOLATIONS",
@@ -118,27 +120,6 @@ class AugmentParams:
     angle: int
 
 
-@functools.lru_cache(maxsize=256)
-def nearest_resize_indices(size_in: int, size_out: int) -> torch.Tensor:
-    """Source indices of a nearest-neighbour resize along one axis, as ``scipy.ndimage.zoom``.
-
-    Output index ``o`` reads input index ``floor(o * (size_in - 1) / (size_out - 1) + 0.5)``
-    (corner pixels map to corner pixels, ties round up), which is what
-    ``zoom(x, size_out / size_in, order=0)`` does.
-
-    Args:
-        size_in: Input length (>= 1).
-        size_out: Output length (>= 1).
-
-    Returns:
-        ``size_out`` int64 indices in ``[0, size_in)``.
-    """
-    if size_out == 1 or size_in == 1:
-        return torch.zeros(size_out, dtype=torch.int64)
-    coords = torch.arange(size_out, dtype=torch.float64) * ((size_in - 1) / (size_out - 1))
-    return torch.floor(coords + 0.5).to(torch.int64).clamp_(0, size_in - 1)
-
-
 @functools.lru_cache(maxsize=64)
 def _grid_offsets(height: int, width: int, size_out_h: int, size_out_w: int, nearest: bool):
     if nearest:
@@ -181,6 +162,24 @@ def rotation_source_indices(
     ic = torch.floor(src_c + 0.5).to(torch.int64)
     flat = torch.where(inside, ir * width + ic, height * width)
     return flat.reshape(-1)
+
+
+def _rotate_zoom_index(
+    height: int, width: int, out_h: int, out_w: int, angle: float
+) -> torch.Tensor:
+    """Flat indices (``H * W`` = fill) of a nearest rotation followed by the zoom resize."""
+    rows, cols = _grid_offsets(height, width, out_h, out_w, True)
+    index = rotation_source_indices(height, width, angle, rows, cols)
+    fill = _zoom_fill(height, width, out_h, out_w)
+    return index if fill is None else index.masked_fill_(fill, height * width)
+
+
+@functools.lru_cache(maxsize=64)
+def _zoom_fill(height: int, width: int, out_h: int, out_w: int) -> torch.Tensor | None:
+    """Flat mask of the outputs where ``zoom`` reads its fill value, or None if there are none."""
+    r, c = nearest_resize_indices(height, out_h), nearest_resize_indices(width, out_w)
+    fill = ((r < 0)[:, None] | (c < 0)[None, :]).reshape(-1)
+    return fill if bool(fill.any()) else None
 
 
 def _gather(flat_image: torch.Tensor, index: torch.Tensor, pad: bool) -> torch.Tensor:
@@ -286,20 +285,14 @@ class SliceAugmenter:
         angle = params.angle if rotate else 0
         channels, height, width = image.shape
         out_h, out_w = self.output_size
-        nearest_index: torch.Tensor | None = None
-
-        def nearest_flat() -> torch.Tensor:
-            rows, cols = _grid_offsets(height, width, out_h, out_w, True)
-            if rotate:
-                return rotation_source_indices(height, width, angle, rows, cols)
-            r = nearest_resize_indices(height, out_h)
-            c = nearest_resize_indices(width, out_w)
-            return (r[:, None] * width + c[None, :]).reshape(-1)
-
+        # With a rotation, rotation and zoom compose into one gather (outside reads 0).
+        rotate_zoom = _rotate_zoom_index(height, width, out_h, out_w, angle) if rotate else None
         flat_image = image.reshape(channels, height * width)
         if self.image_interpolation == "nearest":
-            nearest_index = nearest_flat()
-            out_image = _gather(flat_image, nearest_index, rotate).reshape(channels, out_h, out_w)
+            if rotate_zoom is None:
+                out_image = zoom_nearest(image, (out_h, out_w))
+            else:
+                out_image = _gather(flat_image, rotate_zoom, True).reshape(channels, out_h, out_w)
         else:
             if rotate:
                 rows, cols = _grid_offsets(height, width, out_h, out_w, False)
@@ -313,8 +306,10 @@ class SliceAugmenter:
                 )[0]
         out_label = None
         if label is not None:
-            if nearest_index is None:
-                nearest_index = nearest_flat()
-            flat_label = label.reshape(1, height * width).to(torch.int64)
-            out_label = _gather(flat_label, nearest_index, rotate).reshape(out_h, out_w)
+            label = label.to(torch.int64)
+            if rotate_zoom is None:
+                out_label = zoom_nearest(label, (out_h, out_w))
+            else:
+                flat_label = label.reshape(1, height * width)
+                out_label = _gather(flat_label, rotate_zoom, True).reshape(out_h, out_w)
         return out_image.to(torch.float32), out_label
