@@ -301,6 +301,7 @@ def main(args: list[str] | None = None) -> None:
         args: Command-line words (default: ``sys.argv[1:]``). Tests call ``main([...])``.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    _show_library_messages()
     if argv and argv[0] in EXTRA_COMMANDS:
         import importlib
 
@@ -317,6 +318,18 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(
             f"advmim: error: {user_error}\n(set ADVMIM_DEBUG=1 to see the full traceback)"
         ) from err
+
+
+def _show_library_messages() -> None:
+    """Print the library's INFO messages (the weights a network loaded, data loaded, files
+    written) on the console, as Lightning does for its own; an application that configured
+    logging itself keeps its settings."""
+    package = logging.getLogger("advmim_lightning")
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)
+    if not package.handlers and not logging.getLogger().hasHandlers():
+        package.addHandler(logging.StreamHandler())
+        package.propagate = False
 
 
 def _unwrap(err: BaseException) -> BaseException:
