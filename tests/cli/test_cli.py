@@ -206,9 +206,19 @@ def test_fit_starts_the_swin_unet_from_the_hugging_face_cache(tmp_path, monkeypa
         encoder["layers_up.3.blocks.0.attn.qkv.weight"], state["layers.0.blocks.0.attn.qkv.weight"]
     )
     with caplog.at_level(logging.INFO, logger="advmim_lightning"):
-        run("fit", *words, *fast)
+        run("fit", *words, "--model.max_iterations", "1", "--trainer.limit_val_batches", "0")
     assert f"timm weights from {IMAGENET_SWIN_T} (Hugging Face cache: {path}): " in caplog.text
     assert "starts from random weights" not in caplog.text
+
+    # with a checkpoint the weights come from it: no cache needed, no settings warning
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    caplog.clear()
+    last = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
+    with caplog.at_level(logging.INFO, logger="advmim_lightning"):
+        for ckpt in ("last", last):
+            run("test", *words, *fast, "--ckpt_path", ckpt)
+    assert "timm weights from" not in caplog.text
+    assert "fixes the model's settings" not in caplog.text
 
 
 def test_default_sized_swin_unet_from_random_weights_warns_once(tmp_path, caplog):
