@@ -182,7 +182,7 @@ class AdvMIMCLI(LightningCLI):
         for key in sorted(stated):
             if key.endswith(".init_args.pretrained"):
                 continue
-            if key not in before or key not in model or _same_setting(before[key], model[key]):
+            if key not in before or key not in model or _same_setting(key, before[key], model[key]):
                 continue
             if key.split(".")[0] in RUNTIME_MODEL_SETTINGS:
                 model[key] = before[key]
@@ -227,12 +227,13 @@ class AdvMIMCLI(LightningCLI):
         return stated
 
 
-def _same_setting(stated: Any, stored: Any) -> bool:
-    """Equal values, or two class paths of one class (``advmim_lightning.networks.SwinUNet``
-    in a config, ``advmim_lightning.networks.swin_unet.SwinUNet`` in a checkpoint)."""
+def _same_setting(key: str, stated: Any, stored: Any) -> bool:
+    """Equal values, or (for a ``class_path``) two paths of one class
+    (``advmim_lightning.networks.SwinUNet`` in a config, ``...networks.swin_unet.SwinUNet`` in a
+    checkpoint)."""
     if stated == stored:
         return True
-    if not (isinstance(stated, str) and isinstance(stored, str)):
+    if not (key.endswith("class_path") and isinstance(stated, str) and isinstance(stored, str)):
         return False
     import importlib
 
