@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
+from safetensors.torch import save_file
+from timm.models.swin_transformer import SwinTransformer
 
 from advmim_lightning.networks import SwinUNet, UNet
 
@@ -73,3 +77,49 @@ class StateSnapshots(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.states[f"after{batch_idx}"] = full_state(pl_module)
+
+
+def timm_swin_state(
+    embed_dim: int = 12,
+    depths: tuple[int, ...] = (1, 1, 2, 1),
+    num_heads: tuple[int, ...] = (1, 1, 1, 1),
+    window_size: int = 2,
+    img_size: int = TINY_SIZE,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A small timm Swin's state dict (timm's key format, as the Hub stores Swin-T). Stage 2 has
+    one block more than :func:`tiny_swin`, as Swin-T's depth-6 stage against the lite model."""
+    torch.manual_seed(seed)
+    model = SwinTransformer(
+        img_size=img_size,
+        patch_size=4,
+        in_chans=3,
+        num_classes=5,
+        embed_dim=embed_dim,
+        depths=depths,
+        num_heads=num_heads,
+        window_size=window_size,
+    )
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+HF_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def write_hf_cache(
+    cache: Path, repo_id: str, state: dict[str, torch.Tensor], filename: str = "model.safetensors"
+) -> Path:
+    """Write ``state`` where huggingface_hub looks for ``repo_id``'s ``filename`` in ``cache``:
+    ``models--<org>--<name>/refs/main`` holding a commit hash and
+    ``snapshots/<hash>/<filename>`` (safetensors, or ``torch.save`` for ``.bin``)."""
+    folder = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = folder / "snapshots" / HF_COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(HF_COMMIT)
+    path = snapshot / filename
+    if filename.endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path

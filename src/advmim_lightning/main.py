@@ -171,9 +171,18 @@ class AdvMIMCLI(LightningCLI):
         before = self.config[subcommand]["model"].clone()
         super()._parse_ckpt_path()
         model = self.config[subcommand]["model"]
+        if self._checkpoint_exists(config, str(path)):
+            # The checkpoint holds the weights: a network's ImageNet source is not read (no
+            # Hugging Face cache or file is needed to test, predict or resume).
+            for network in ("cnn", "transformer"):
+                key = f"{network}.init_args.pretrained"
+                if key in model:
+                    model[key] = None
         ignored = []
         for key in sorted(stated):
-            if key not in before or key not in model or before[key] == model[key]:
+            if key.endswith(".init_args.pretrained"):
+                continue
+            if key not in before or key not in model or _same_setting(key, before[key], model[key]):
                 continue
             if key.split(".")[0] in RUNTIME_MODEL_SETTINGS:
                 model[key] = before[key]
@@ -187,6 +196,15 @@ class AdvMIMCLI(LightningCLI):
                 ", ".join(ignored),
                 ", ".join(RUNTIME_MODEL_SETTINGS),
             )
+
+    @staticmethod
+    def _checkpoint_exists(config: Any, path: str) -> bool:
+        """Whether ``--ckpt_path`` names a checkpoint that will be loaded (``last``: the run
+        folder's ``checkpoints/last.ckpt``, which a first run with ``--ckpt_path last`` lacks)."""
+        if path == "last":
+            run_dir = Path(config["runs_dir"]) / config["run_name"]
+            return (run_dir / "checkpoints" / "last.ckpt").is_file()
+        return Path(path).is_file()
 
     def _stated_model_settings(self) -> set[str]:
         """``model.*`` keys the config files or the command line state (not defaults).
@@ -207,6 +225,26 @@ class AdvMIMCLI(LightningCLI):
             elif word.startswith("--config="):
                 stated |= _model_keys_in_config(Path(word.split("=", 1)[1]))
         return stated
+
+
+def _same_setting(key: str, stated: Any, stored: Any) -> bool:
+    """Equal values, or (for a ``class_path``) two paths of one class
+    (``advmim_lightning.networks.SwinUNet`` in a config, ``...networks.swin_unet.SwinUNet`` in a
+    checkpoint)."""
+    if stated == stored:
+        return True
+    if not (key.endswith("class_path") and isinstance(stated, str) and isinstance(stored, str)):
+        return False
+    import importlib
+
+    def resolve(path: str) -> Any:
+        module, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+    try:
+        return resolve(stated) is resolve(stored)
+    except (ImportError, AttributeError, ValueError):
+        return False
 
 
 def _model_keys_in_config(path: Path, section: str | None = "model") -> set[str]:
@@ -301,6 +339,7 @@ def main(args: list[str] | None = None) -> None:
         args: Command-line words (default: ``sys.argv[1:]``). Tests call ``main([...])``.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    _show_library_messages()
     if argv and argv[0] in EXTRA_COMMANDS:
         import importlib
 
@@ -317,6 +356,18 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(
             f"advmim: error: {user_error}\n(set ADVMIM_DEBUG=1 to see the full traceback)"
         ) from err
+
+
+def _show_library_messages() -> None:
+    """Print the library's INFO messages (the weights a network loaded, data loaded, files
+    written) on the console, as Lightning does for its own; an application that configured
+    logging itself keeps its settings."""
+    package = logging.getLogger("advmim_lightning")
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)
+    if not package.handlers and not logging.getLogger().hasHandlers():
+        package.addHandler(logging.StreamHandler())
+        package.propagate = False
 
 
 def _unwrap(err: BaseException) -> BaseException:

@@ -39,7 +39,13 @@ from advmim_lightning.losses import (
     weighted_dice_loss,
 )
 from advmim_lightning.metrics import METRIC_NAMES, SegmentationMetrics
-from advmim_lightning.networks import Discriminator, SwinUNet, UNet, random_block_mask
+from advmim_lightning.networks import (
+    Discriminator,
+    SwinUNet,
+    UNet,
+    random_block_mask,
+    random_init_warning,
+)
 from advmim_lightning.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
 from advmim_lightning.resize import zoom_nearest
 from advmim_lightning.schedules import ctct_consistency_weight, poly_lr
@@ -331,6 +337,8 @@ class AdvMIMModule(pl.LightningModule):
 
         #: Completed training iterations (paired batches); saved in checkpoints.
         self.iteration = 0
+        #: Whether the weights came from an AdvMIMModule checkpoint (set by on_load_checkpoint).
+        self.restored_from_checkpoint = False
         self._mask_generator: torch.Generator | None = None
         self._mask_generator_iteration = -1
         self._monitor = NonFiniteMonitor()
@@ -443,6 +451,18 @@ class AdvMIMModule(pl.LightningModule):
                 "different parts (segmenters, then discriminators). Use "
                 "strategy='ddp_find_unused_parameters_true' (configs/trainer/ddp.yaml does)."
             )
+
+    def on_fit_start(self) -> None:
+        """Warn once (rank 0) when a fresh fit starts a Swin-T sized Swin-UNet from random weights.
+
+        Not on a resume (``ckpt_path``) or after ``load_from_checkpoint``: the weights then come
+        from the checkpoint. Small custom Swin-UNets (no ImageNet weights fit them) never warn.
+        """
+        if self.trainer.ckpt_path is not None or self.restored_from_checkpoint:
+            return
+        message = random_init_warning(self.transformer)
+        if message is not None and self.global_rank == 0:
+            log.warning("%s", message)
 
     def _freeze_unused_mask_tokens(self) -> None:
         """Baselines never run the masked stream: keep its tokens out of training (and DDP)."""
@@ -900,6 +920,7 @@ class AdvMIMModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.iteration = int(checkpoint.get("advmim", {}).get("iteration", 0))
+        self.restored_from_checkpoint = True
         self._mask_generator_iteration = -1
 
 
@@ -993,7 +1014,10 @@ def _check_network(
         raise ValueError(f"{name} predicts {found} classes but num_classes={num_classes}")
     found = getattr(net, "in_channels", in_channels)
     if found != in_channels:
-        raise ValueError(f"{name} takes {found} input channels but in_channels={in_channels}")
+        raise ValueError(
+            f"{name} takes {found} input channels but in_channels={in_channels}; build it with "
+            f"in_channels={in_channels} (--model.{name}.init_args.in_channels {in_channels})"
+        )
     size = getattr(net, "img_size", None)
     if size is not None and tuple(_pair(size, "img_size")) != tuple(image_size):
         raise ValueError(

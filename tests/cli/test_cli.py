@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch
 
 from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti
 from advmim_lightning.main import build_cli, main
+from advmim_lightning.networks import IMAGENET_SWIN_T
+from tiny import timm_swin_state, write_hf_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -39,6 +42,8 @@ def test_every_config_parses(config, capsys):
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "model:" in printed and "data:" in printed
+    if config.parent.name in ("acdc", "nifti", "trainer"):  # the published ImageNet start
+        assert f"pretrained: {IMAGENET_SWIN_T}" in printed
 
 
 def test_help_works_from_the_console_script_and_python_m():
@@ -173,6 +178,70 @@ def test_nifti_layout_predictions_keep_the_input_affine(tmp_path):
         prediction = nib.load(path)
         assert np.allclose(prediction.affine, source.affine)
         assert prediction.shape == source.shape
+
+
+def test_fit_starts_the_swin_unet_from_the_hugging_face_cache(tmp_path, monkeypatch, caplog):
+    root = write_tiny_acdc(tmp_path / "acdc", num_patients=6, size=64, spacing=True)
+    words = ["-c", ROOT / "configs/acdc/advmim.yaml", "-c", TINY, *common(tmp_path)]
+    words += ["--data.root", root, "--data.labeled_cases", "2"]
+    words += ["--model.transformer.init_args.pretrained", IMAGENET_SWIN_T]
+    fast = ["--trainer.fast_dev_run", "1"]
+
+    # offline (conftest) with an empty cache: a clean error before anything runs
+    message = cli_error("fit", *words, *fast)
+    assert message.startswith(
+        f"advmim: error: networks/pretrained.py: the Swin ImageNet weights '{IMAGENET_SWIN_T}' "
+        "are not in the Hugging Face cache "
+    )
+    assert "hf_hub_download(" in message and "pass a local weights file" in message
+
+    cache = tmp_path / "hf"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    state = timm_swin_state()  # timm's format at tests/cli/tiny.yaml's Swin size
+    path = write_hf_cache(cache, IMAGENET_SWIN_T, state)
+    encoder = build_cli([str(w) for w in words], run=False).model.transformer.state_dict()
+    for key in ("patch_embed.proj.weight", "layers.1.downsample.reduction.weight", "norm.bias"):
+        assert torch.equal(encoder[key], state[key]), key
+    assert torch.equal(
+        encoder["layers_up.3.blocks.0.attn.qkv.weight"], state["layers.0.blocks.0.attn.qkv.weight"]
+    )
+    with caplog.at_level(logging.INFO, logger="advmim_lightning"):
+        run("fit", *words, "--model.max_iterations", "1", "--trainer.limit_val_batches", "0")
+    assert f"timm weights from {IMAGENET_SWIN_T} (Hugging Face cache: {path}): " in caplog.text
+    assert "starts from random weights" not in caplog.text
+
+    # with a checkpoint the weights come from it: no cache needed, no settings warning
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    caplog.clear()
+    last = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
+    with caplog.at_level(logging.INFO, logger="advmim_lightning"):
+        for ckpt in ("last", last):
+            run("test", *words, *fast, "--ckpt_path", ckpt)
+    assert "timm weights from" not in caplog.text
+    assert "fixes the model's settings" not in caplog.text
+
+
+def test_default_sized_swin_unet_from_random_weights_warns_once(tmp_path, caplog):
+    phantom = ["--data.layout", "phantom", "--data.phantom_cases", "6"]
+    phantom += ["--data.phantom_slices", "2", "--data.phantom_size", "32"]
+    phantom += ["--data.labeled_cases", "2", "--data.num_workers", "0"]
+    phantom += ["--data.labeled_batch_size", "2", "--data.unlabeled_batch_size", "2"]
+    # the warning comes at fit start: stop there (no step of the 27 M-parameter Swin-UNet)
+    stop = ["--trainer.max_steps", "0", "--trainer.num_sanity_val_steps", "0"]
+    stop += ["--trainer.enable_checkpointing", "false", "--trainer.accelerator", "cpu"]
+    acdc = ["-c", ROOT / "configs/acdc/advmim.yaml", *common(tmp_path)]
+    no_weights = ["--model.transformer.init_args.pretrained", "null"]
+    with caplog.at_level(logging.INFO, logger="advmim_lightning"):
+        run("fit", *acdc, *phantom, *no_weights, *stop)
+    warned = [r for r in caplog.records if "starts from random weights" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert f"--model.transformer.init_args.pretrained {IMAGENET_SWIN_T}" in warned[0].getMessage()
+    assert "all-background" in warned[0].getMessage()
+
+    caplog.clear()  # small custom networks (the quickstart's kind) do not warn
+    with caplog.at_level(logging.INFO, logger="advmim_lightning"):
+        run("fit", *acdc, "-c", TINY, *phantom, *stop)
+    assert "starts from random weights" not in caplog.text
 
 
 def test_wandb_logger_runs_offline_without_network(tmp_path, monkeypatch):

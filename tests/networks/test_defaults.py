@@ -21,16 +21,16 @@ def test_default_parameter_counts(default_swin) -> None:
     swin = _count(default_swin)
     swin_token = default_swin.mask_token.numel()
     unet = _count(UNet())
-    unet_bilinear = _count(UNet(upsampling="bilinear"))
+    unet_transposed = _count(UNet(upsampling="transposed"))
     disc = _count(Discriminator())
     print(
         f"\nSwinUNet() {swin:,} parameters ({swin - swin_token:,} without the 1x3136x96 mask "
-        f"token); UNet() {unet:,} (transposed conv), UNet(upsampling='bilinear') "
-        f"{unet_bilinear:,} (the public code's variant); Discriminator() {disc:,}"
+        f"token); UNet() {unet:,} (the published bilinear decoder), "
+        f"UNet(upsampling='transposed') {unet_transposed:,}; Discriminator() {disc:,}"
     )
     assert swin == 27_469_476 and swin_token == 3136 * 96
-    assert unet == 1_944_340
-    assert unet_bilinear == 1_813_780
+    assert unet == 1_813_780  # the published U-Net's "about 1.81 M"
+    assert unet_transposed == 1_944_340
     assert disc == 2_765_761
 
 
@@ -74,9 +74,11 @@ def test_default_swin_has_the_public_shapes(default_swin) -> None:
 
 
 def test_default_unet_has_the_public_shapes() -> None:
-    net = UNet(upsampling="bilinear")
+    net = UNet()
+    assert net.upsampling == "bilinear"
     state = net.state_dict()
     for key, shape in PUBLIC_UNET_SHAPES.items():
         assert tuple(state[public_key_to_local(key, net)].shape) == shape, key
-    transposed = UNet().state_dict()
+    assert not any(".up." in key for key in state)
+    transposed = UNet(upsampling="transposed").state_dict()
     assert tuple(transposed["up_blocks.0.up.weight"].shape) == (256, 128, 2, 2)

@@ -8,12 +8,16 @@ import torch
 from timm.models.swin_transformer import SwinTransformer
 
 from advmim_lightning.networks import (
+    IMAGENET_SWIN_T,
     SwinUNet,
     UNet,
     load_pretrained_swin,
     load_public_checkpoint,
     public_key_to_local,
+    random_init_warning,
 )
+from advmim_lightning.networks.pretrained import hf_cache_dir, hub_model_id
+from tiny import write_hf_cache
 
 # ----------------------------------------------------------------------------------------------
 # ImageNet Swin (timm and Microsoft formats)
@@ -159,7 +163,151 @@ def test_missing_file_says_what_to_download(tmp_path, swin_kwargs) -> None:
     message = str(info.value)
     assert str(missing) in message
     assert "download swin_tiny_patch4_window7_224.pth yourself" in message
-    assert "never downloads" in message
+    assert "Local files are never downloaded" in message
+    assert IMAGENET_SWIN_T in message  # the other way to give weights
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageNet Swin from the Hugging Face cache (a cache folder built here; never the network)
+
+
+@pytest.mark.parametrize(
+    ("filename", "env"),
+    [("model.safetensors", "HF_HUB_CACHE"), ("pytorch_model.bin", "HF_HOME")],
+)
+def test_hub_name_loads_from_the_hugging_face_cache(
+    tmp_path, monkeypatch, swin_kwargs, timm_state, caplog, filename, env
+) -> None:
+    if env == "HF_HUB_CACHE":
+        cache = tmp_path / "hf"
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    else:  # HF_HOME/hub, the default layout under a Hugging Face home
+        monkeypatch.delenv("HF_HUB_CACHE")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+        cache = tmp_path / "home" / "hub"
+    assert hf_cache_dir() == cache
+    path = write_hf_cache(cache, IMAGENET_SWIN_T, timm_state, filename)
+
+    with caplog.at_level(logging.INFO, logger="advmim_lightning.networks.pretrained"):
+        net = SwinUNet(**swin_kwargs, pretrained=IMAGENET_SWIN_T)
+    state = net.state_dict()
+    for key, tensor in timm_state.items():  # the encoder holds the cache's tensors
+        if key.startswith("head.") or key.startswith("layers.2.blocks.1."):
+            continue
+        if key.endswith(("relative_position_index", "attn_mask")):
+            continue
+        assert torch.equal(state[key], tensor), key
+    for stage in range(3):  # and encoder stage i is copied into decoder stage 3 - i
+        assert torch.equal(
+            state[f"layers_up.{3 - stage}.blocks.0.attn.qkv.weight"],
+            timm_state[f"layers.{stage}.blocks.0.attn.qkv.weight"],
+        )
+    source = f"{IMAGENET_SWIN_T} (Hugging Face cache: {path})"
+    assert net.weights_source == source
+    assert f"timm weights from {source}" in caplog.text
+
+    report = load_pretrained_swin(SwinUNet(**swin_kwargs), IMAGENET_SWIN_T)
+    assert report.format == "timm" and report.source == source
+    encoder = [k for k in timm_state if not k.startswith("head.")]
+    encoder = [k for k in encoder if not k.endswith(("relative_position_index", "attn_mask"))]
+    kept = [k for k in encoder if not k.startswith("layers.2.blocks.1.")]
+    mirrored = [
+        re.sub(r"^layers\.(\d)\.", lambda m: f"layers_up.{3 - int(m[1])}.", k)
+        for k in kept
+        if re.match(r"^layers\.[0-2]\.blocks\.", k)  # layers_up.0 has no blocks
+    ]
+    assert sorted(report.loaded) == sorted(kept + mirrored)
+    assert set(report.unused) >= {"head.fc.weight", "head.fc.bias"}
+    assert report.skipped["layers.2.blocks.1.attn.qkv.weight"] == "not in the model"
+    assert report.skipped["layers_up.1.blocks.1.attn.qkv.weight"] == (
+        "not in the model (from layers.2.blocks.1.attn.qkv.weight)"
+    )
+    assert "layers_up.0.blocks.0.norm1.weight" in report.skipped  # layers_up.0 only expands
+    assert "mask_token" in report.not_loaded and "head.weight" in report.not_loaded
+
+
+def test_hub_name_offline_and_not_cached_says_how_to_get_the_weights(tmp_path, swin_kwargs):
+    cache = hf_cache_dir()  # conftest: an empty folder, HF_HUB_OFFLINE=1
+    with pytest.raises(FileNotFoundError) as info:
+        SwinUNet(**swin_kwargs, pretrained=IMAGENET_SWIN_T)
+    message = str(info.value)
+    assert message.startswith(
+        f"networks/pretrained.py: the Swin ImageNet weights '{IMAGENET_SWIN_T}' are not in the "
+        f"Hugging Face cache {cache} and cannot be downloaded here (HF_HUB_OFFLINE is set)."
+    )
+    assert (
+        'run `python -c "from huggingface_hub import hf_hub_download; '
+        f"hf_hub_download('{IMAGENET_SWIN_T}', 'model.safetensors')\"`" in message
+    )
+    assert "models--timm--swin_tiny_patch4_window7_224.ms_in1k" in message
+    assert "pass a local weights file" in message and "init_args.pretrained" in message
+    assert "\n" not in message
+
+
+def test_a_model_not_cached_is_downloaded_once_where_online(
+    tmp_path, monkeypatch, swin_kwargs, timm_state
+) -> None:
+    """Online: the first load downloads model.safetensors into the cache, later loads read the
+    cache. huggingface_hub's download is replaced by a stand-in that writes the cache file."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    cache = tmp_path / "hf"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    calls: list[tuple[str, str, bool]] = []
+    real_download = huggingface_hub.hf_hub_download
+
+    def download(repo_id, filename, *, revision=None, cache_dir=None, local_files_only=False):
+        calls.append((repo_id, filename, local_files_only))
+        assert cache_dir == cache
+        if local_files_only:
+            return real_download(
+                repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=True
+            )
+        if filename != "model.safetensors":
+            raise LocalEntryNotFoundError("unexpected")
+        return str(write_hf_cache(cache_dir, repo_id, timm_state, filename))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    first = SwinUNet(**swin_kwargs, pretrained=IMAGENET_SWIN_T)
+    assert calls == [
+        (IMAGENET_SWIN_T, "model.safetensors", True),
+        (IMAGENET_SWIN_T, "pytorch_model.bin", True),
+        (IMAGENET_SWIN_T, "model.safetensors", False),
+    ]
+    calls.clear()
+    second = SwinUNet(**swin_kwargs, pretrained=IMAGENET_SWIN_T)
+    assert calls == [(IMAGENET_SWIN_T, "model.safetensors", True)]
+    key = "layers.0.blocks.0.attn.qkv.weight"
+    assert torch.equal(first.state_dict()[key], timm_state[key])
+    assert torch.equal(second.state_dict()[key], timm_state[key])
+
+
+def test_which_pretrained_values_are_hub_names(tmp_path, monkeypatch) -> None:
+    assert hub_model_id(IMAGENET_SWIN_T) == IMAGENET_SWIN_T
+    assert hub_model_id("hf-hub:org/model@v1.0") == "org/model@v1.0"
+    assert hub_model_id("org/model@main") == "org/model@main"
+    assert hub_model_id("swin_tiny_patch4_window7_224.ms_in1k") == IMAGENET_SWIN_T  # timm tag
+    assert hub_model_id("pretrained/swin_tiny_patch4_window7_224.pth") is None
+    assert hub_model_id("weights/model.safetensors") is None
+    assert hub_model_id(tmp_path / "org" / "model") is None  # a Path is always a file
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "model").write_bytes(b"")
+    assert hub_model_id("org/model") is None  # an existing file wins
+
+
+def test_only_a_swin_t_sized_network_with_random_weights_warns(swin_kwargs) -> None:
+    default = SwinUNet()
+    message = random_init_warning(default)
+    assert message is not None
+    assert "starts from random weights" in message and "all-background" in message
+    assert f"--model.transformer.init_args.pretrained {IMAGENET_SWIN_T}" in message
+    default.weights_source = "some file"
+    assert random_init_warning(default) is None
+    assert random_init_warning(SwinUNet(**swin_kwargs)) is None  # small custom network
+    assert random_init_warning(UNet()) is None
 
 
 def test_file_without_a_state_dict_is_rejected(tmp_path, swin_kwargs) -> None:
@@ -220,7 +368,7 @@ def _randomised(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_hand_written_public_keys_map_correctly(unet_kwargs, swin_kwargs) -> None:
-    unet = UNet(**unet_kwargs)
+    unet = UNet(**unet_kwargs, upsampling="transposed")
     swin = SwinUNet(**swin_kwargs)
     expected = {
         "encoder.in_conv.conv_conv.0.weight": "in_block.conv1.weight",
@@ -309,10 +457,10 @@ def test_plain_public_model_without_mask_token_loads(unet_kwargs) -> None:
 
 
 def test_mismatches_are_reported_with_hints(unet_kwargs) -> None:
-    bilinear = UNet(**unet_kwargs, upsampling="bilinear")
+    bilinear = UNet(**unet_kwargs)  # the default: the published decoder
     public = {_unet_public_key(k): v for k, v in _randomised(bilinear).items()}
     public["encoder.extra.weight"] = torch.zeros(1)
-    transposed = UNet(**unet_kwargs)
+    transposed = UNet(**unet_kwargs, upsampling="transposed")
     before = {k: v.clone() for k, v in transposed.state_dict().items()}
     with pytest.raises(ValueError) as info:
         load_public_checkpoint(transposed, public)
@@ -330,6 +478,15 @@ def test_mismatches_are_reported_with_hints(unet_kwargs) -> None:
     report = load_public_checkpoint(transposed, public, strict=False)
     assert "up_blocks.0.up.weight" in report.not_loaded
     assert torch.equal(transposed.head.weight, public["decoder.out_conv.weight"])
+
+
+def test_published_networks_load_strictly_into_the_defaults() -> None:
+    for net, public_key in ((UNet(), _unet_public_key), (SwinUNet(), _swin_public_key)):
+        values = _randomised(net)
+        report = load_public_checkpoint(net, {public_key(k): v for k, v in values.items()})
+        assert report.not_loaded == [] and report.skipped == {} and report.unused == {}
+        assert all(torch.equal(v, values[k]) for k, v in net.state_dict().items())
+        assert net.weights_source == "<state dict>"
 
 
 def test_shared_mask_token_mismatch_is_explained(swin_kwargs) -> None:

@@ -98,6 +98,24 @@ def test_batched_streams_match_in_eval_and_change_batch_norm_in_training(unet_kw
         assert not torch.allclose(sequential(x, mask=mask)[1], batched(x, mask=mask)[1])
 
 
+def test_default_up_step_is_the_published_one(unet_kwargs) -> None:
+    """SSL4MIS UpBlock(bilinear=True): conv1x1, Upsample(x2, bilinear, align_corners=True),
+    cat([skip, up]), ConvBlock; written out here with plain torch calls."""
+    net = UNet(**unet_kwargs).eval()
+    assert net.upsampling == "bilinear"
+    block = net.up_blocks[0]
+    x, skip = torch.randn(2, 8, 3, 5), torch.randn(2, 8, 6, 10)
+    with torch.no_grad():
+        up = torch.nn.functional.conv2d(x, block.proj.weight, block.proj.bias)
+        up = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)(up)
+        merged = torch.cat([skip, up], dim=1)
+        conv = block.conv
+        y = conv.act1(conv.norm1(conv.conv1(merged)))
+        expected = conv.act2(conv.norm2(conv.conv2(y)))
+        torch.testing.assert_close(block(x, skip), expected, rtol=0, atol=0)
+    assert block.proj.kernel_size == (1, 1) and block.conv.drop.p == 0.0
+
+
 def test_config_rebuilds_the_network(unet_kwargs) -> None:
     net = UNet(num_classes=3, upsampling="bilinear", **unet_kwargs)
     config = net.config

@@ -1,27 +1,35 @@
-"""Weights from local files: ImageNet Swin-T for the Swin-UNet, and the published code's models.
+"""ImageNet Swin-T weights for the Swin-UNet, and the weight-loading report shared by the loaders.
 
-Nothing here downloads anything. Two loaders:
+:func:`load_pretrained_swin` (and ``SwinUNet(pretrained=...)``) starts a :class:`SwinUNet` from
+ImageNet Swin weights, as the published AdvMIM code and CTCT always do. The weights come from
 
-- :func:`load_pretrained_swin` reads an ImageNet Swin checkpoint, either the official Microsoft
-  release (``swin_tiny_patch4_window7_224.pth``: state dict under ``"model"``, patch merging at the
-  *end* of stage ``i`` as ``layers.i.downsample``) or a timm state dict (patch merging at the
-  *start* of stage ``i+1``, ``layers.{i+1}.downsample``, the layout of :class:`SwinUNet`'s encoder).
-  As Swin-Unet does, encoder stage ``i``'s blocks are also copied into decoder stage ``n-1-i``, and
-  tensors whose shape differs from the model's are dropped (Swin-T has depths 2-2-6-2, so blocks
-  2-5 of stage 2 have no place in the 2-2-2-2 "lite" model).
-- :func:`load_public_checkpoint` maps state dicts saved by the SSL4MIS / AdvMIM code (its
-  ``UNet`` / ``MiMUNet`` and ``SwinUnet`` / ``MiMSwinUnet`` wrapping ``swin_unet.*``) onto
-  :class:`UNet` and :class:`SwinUNet`, so old models can be evaluated and fine-tuned here.
+- a local file: the official Microsoft release (``swin_tiny_patch4_window7_224.pth``: state dict
+  under ``"model"``, patch merging at the *end* of stage ``i`` as ``layers.i.downsample``) or a
+  timm state dict (patch merging at the *start* of stage ``i+1``, ``layers.{i+1}.downsample``,
+  the layout of :class:`SwinUNet`'s encoder); or
+- a Hugging Face Hub model name such as :data:`IMAGENET_SWIN_T`
+  (``"timm/swin_tiny_patch4_window7_224.ms_in1k"``, timm's weights), read from the local
+  Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+  ``~/.cache/huggingface/hub``) and downloaded into it once where the machine is online. With
+  ``HF_HUB_OFFLINE=1`` nothing is downloaded.
 
-Both return a :class:`PretrainedReport` (loaded, skipped with reasons, unused checkpoint keys,
-model tensors left at their initial values) and log it.
+As Swin-Unet does, encoder stage ``i``'s blocks are also copied into decoder stage ``n-1-i``, and
+tensors whose shape differs from the model's are dropped (Swin-T has depths 2-2-6-2, so blocks
+2-5 of stage 2 have no place in the 2-2-2-2 "lite" model).
+
+Every loader returns a :class:`PretrainedReport` (loaded, skipped with reasons, unused checkpoint
+keys, model tensors left at their initial values), logs it at INFO level and records its source
+as the model's ``weights_source``. :func:`random_init_warning` says what starting a Swin-T sized
+Swin-UNet from random weights costs. The published code's own checkpoints load with
+:func:`advmim_lightning.networks.load_public_checkpoint`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -32,20 +40,27 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover
     from advmim_lightning.networks.swin_unet import SwinUNet
-    from advmim_lightning.networks.unet import UNet
 
 __all__ = [
+    "IMAGENET_SWIN_T",
     "PretrainedReport",
+    "hf_cache_dir",
+    "hub_model_id",
     "load_pretrained_swin",
-    "load_public_checkpoint",
-    "public_key_to_local",
+    "random_init_warning",
 ]
 
 logger = logging.getLogger(__name__)
 
-_BUFFER_REASON = "buffer the model recomputes (relative position index / shifted-window mask)"
-_AUX_REASON = "auxiliary head of the public code that no AdvMIM loss uses"
-_NO_MAPPING = "no counterpart in this model"
+#: The ImageNet-1k Swin-T weights the ACDC and NIfTI configs start the Swin-UNet from (timm's
+#: ``swin_tiny_patch4_window7_224.ms_in1k`` on the Hugging Face Hub).
+IMAGENET_SWIN_T = "timm/swin_tiny_patch4_window7_224.ms_in1k"
+#: Files looked up in a Hub model repository, in timm's order of preference.
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: Suffixes that make a ``pretrained`` string a local file even when it looks like ``org/name``.
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
+
+BUFFER_REASON = "buffer the model recomputes (relative position index / shifted-window mask)"
 
 
 @dataclass
@@ -107,17 +122,18 @@ def _grouped(entries: Mapping[str, str]) -> list[tuple[str, str]]:
 # shared machinery
 
 
-def _load_file(path: str | PathLike[str], what: str, hint: str) -> Any:
+def load_file(path: str | PathLike[str], what: str, hint: str) -> Any:
+    """``torch.load`` a local weights file (``weights_only``), or raise naming it and ``hint``."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(
             f"networks/pretrained.py: {what} not found at '{file}' (absolute: {file.absolute()}). "
-            f"advmim-lightning never downloads weights: {hint}"
+            f"{hint}"
         )
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def _unwrap(raw: Any, source: str) -> dict[str, Tensor]:
+def unwrap_state_dict(raw: Any, source: str) -> dict[str, Tensor]:
     """Return the tensor entries of a state dict, looking inside ``"model"`` / ``"state_dict"``."""
     if not isinstance(raw, Mapping):
         raise ValueError(
@@ -135,18 +151,20 @@ def _unwrap(raw: Any, source: str) -> dict[str, Tensor]:
 
 
 @dataclass
-class _Plan:
+class LoadPlan:
+    """Tensors to load into a model and the report of what happens to each key."""
+
     report: PretrainedReport
     tensors: dict[str, Tensor]
 
 
-def _plan(
+def plan_load(
     model: nn.Module,
     candidates: list[tuple[str, str, Tensor]],
     unused: dict[str, str],
     source: str,
     fmt: str,
-) -> _Plan:
+) -> LoadPlan:
     """Check (checkpoint key, model key, tensor) candidates against the model's state dict."""
     model_state = model.state_dict()
     report = PretrainedReport(source=source, format=fmt, unused=dict(unused))
@@ -164,76 +182,222 @@ def _plan(
             tensors[dst] = tensor
             report.loaded.append(dst)
     report.not_loaded = [key for key in model_state if key not in tensors]
-    return _Plan(report, tensors)
+    return LoadPlan(report, tensors)
 
 
-def _execute(model: nn.Module, plan: _Plan) -> PretrainedReport:
+def execute_plan(model: nn.Module, plan: LoadPlan) -> PretrainedReport:
+    """Load the planned tensors, record the source on the model and log the report."""
     result = model.load_state_dict(plan.tensors, strict=False)
-    if result.unexpected_keys:  # pragma: no cover - _plan only keeps keys of the model
+    if result.unexpected_keys:  # pragma: no cover - plan_load only keeps keys of the model
         raise RuntimeError(f"unexpected keys {result.unexpected_keys}")
+    model.weights_source = plan.report.source
     logger.info("%s", plan.report)
     return plan.report
 
 
 # --------------------------------------------------------------------------------------------
-# ImageNet Swin
+# ImageNet Swin: where the weights come from
 
 
-def load_pretrained_swin(model: SwinUNet, path: str | PathLike[str]) -> PretrainedReport:
-    """Load ImageNet Swin weights from a local file into a :class:`SwinUNet`, as Swin-Unet does.
+def hf_cache_dir() -> Path:
+    """The Hugging Face Hub cache folder, read from the environment at call time.
 
-    Accepted files (read with ``torch.load(path, map_location="cpu", weights_only=True)``):
+    ``HF_HUB_CACHE``, else the older ``HUGGINGFACE_HUB_CACHE``, else ``HF_HOME/hub``, else
+    ``$XDG_CACHE_HOME/huggingface/hub`` (``~/.cache/huggingface/hub``), as ``huggingface_hub``
+    resolves it.
+    """
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return Path(os.path.expandvars(os.environ[name])).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(cache).expanduser() / "huggingface" / "hub"
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def hub_model_id(source: str | PathLike[str]) -> str | None:
+    """The Hugging Face Hub model a ``pretrained`` value names, or None for a local file.
+
+    A hub name is ``"org/name"`` (optionally ``@revision``), ``"hf-hub:org/name"`` or a timm
+    pretrained tag such as ``"swin_tiny_patch4_window7_224.ms_in1k"`` (looked up in timm's
+    pretrained configurations). A :class:`~pathlib.Path`, an existing file, or a string ending in
+    a weights-file suffix (``.pth``, ``.pt``, ``.bin``, ``.safetensors``, ...) is a local file.
+
+    Args:
+        source: the value given as ``pretrained``.
+
+    Returns:
+        ``"org/name"`` or ``"org/name@revision"``, or None.
+    """
+    if not isinstance(source, str):
+        return None
+    if source.startswith("hf-hub:"):
+        return source.removeprefix("hf-hub:")
+    if Path(source).exists() or source.lower().endswith(_FILE_SUFFIXES):
+        return None
+    if re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", source):
+        return source
+    if re.fullmatch(r"[\w-]+\.[\w-]+", source):  # a timm tag: architecture.pretrained_tag
+        from timm.models import get_pretrained_cfg
+
+        try:
+            config = get_pretrained_cfg(source)
+        except (RuntimeError, ValueError):  # pragma: no cover - timm versions differ here
+            return None
+        return getattr(config, "hf_hub_id", None) or None
+    return None
+
+
+def _hub_weights(model_id: str) -> tuple[Path, str]:
+    """Local path of a Hub model's weights file: from the cache, else downloaded once.
+
+    Returns:
+        The file and ``"<model_id> (Hugging Face cache: <file>)"``.
+
+    Raises:
+        FileNotFoundError: not cached and offline / unreachable, or no weights file in the repo.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    repo_id, _, revision = model_id.partition("@")
+    cache = hf_cache_dir()
+    for filename in HUB_WEIGHT_FILES:
+        try:
+            path = hf_hub_download(
+                repo_id, filename, revision=revision or None, cache_dir=cache, local_files_only=True
+            )
+        except (LocalEntryNotFoundError, EntryNotFoundError):
+            continue
+        return Path(path), f"{model_id} (Hugging Face cache: {path})"
+    if _offline():
+        raise FileNotFoundError(_not_cached_message(model_id, cache, "HF_HUB_OFFLINE is set"))
+    for filename in HUB_WEIGHT_FILES:
+        try:
+            path = hf_hub_download(repo_id, filename, revision=revision or None, cache_dir=cache)
+        except LocalEntryNotFoundError as err:  # the Hub could not be reached
+            raise FileNotFoundError(_not_cached_message(model_id, cache, _reason(err))) from err
+        except EntryNotFoundError:  # not in the repository: try the next file name
+            continue
+        except OSError as err:  # no network, unknown repository, HTTP errors
+            raise FileNotFoundError(_not_cached_message(model_id, cache, _reason(err))) from err
+        logger.info("downloaded %s %s into the Hugging Face cache %s", model_id, filename, cache)
+        return Path(path), f"{model_id} (Hugging Face cache: {path})"
+    raise FileNotFoundError(
+        f"networks/pretrained.py: the Hugging Face Hub model {model_id!r} holds none of "
+        f"{', '.join(HUB_WEIGHT_FILES)}; expected timm weights such as {IMAGENET_SWIN_T!r}."
+    )
+
+
+def _reason(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _not_cached_message(model_id: str, cache: Path, reason: str) -> str:
+    repo_id, _, revision = model_id.partition("@")
+    revision_arg = f", revision={revision!r}" if revision else ""
+    command = (
+        f'python -c "from huggingface_hub import hf_hub_download; '
+        f'hf_hub_download({repo_id!r}, {HUB_WEIGHT_FILES[0]!r}{revision_arg})"'
+    )
+    return (
+        f"networks/pretrained.py: the Swin ImageNet weights {model_id!r} are not in the Hugging "
+        f"Face cache {cache} and cannot be downloaded here ({reason}). Two ways out: (1) on a "
+        f"machine with a network run `{command}` (add `cache_dir=...` or set HF_HUB_CACHE to "
+        f"choose the folder), then copy its models--{repo_id.replace('/', '--')} folder into "
+        f"{cache} here or point HF_HUB_CACHE at the copy; or (2) pass a local weights file "
+        f"instead of the model name: SwinUNet(pretrained='/path/to/swin_tiny_patch4_window7_224"
+        f".pth') or --model.transformer.init_args.pretrained /path/to/file (the official "
+        f"Microsoft Swin-T checkpoint or a timm state dict)."
+    )
+
+
+def _read_swin_weights(source: str | PathLike[str]) -> tuple[dict[str, Tensor], str]:
+    """The state dict named by ``source`` (hub name or local file) and its description."""
+    model_id = hub_model_id(source)
+    if model_id is None:
+        raw = load_file(
+            source,
+            "Swin ImageNet checkpoint",
+            "Local files are never downloaded: pass an existing file (the official ImageNet-1k "
+            "Swin-T checkpoint swin_tiny_patch4_window7_224.pth of "
+            "github.com/microsoft/Swin-Transformer, or a timm state dict of "
+            "swin_tiny_patch4_window7_224; download swin_tiny_patch4_window7_224.pth yourself "
+            "and put it e.g. at pretrained/swin_tiny_patch4_window7_224.pth), or the Hugging "
+            f"Face Hub name {IMAGENET_SWIN_T!r} to read timm's weights from the Hugging Face "
+            "cache.",
+        )
+        return unwrap_state_dict(raw, str(source)), str(source)
+    path, description = _hub_weights(model_id)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file as load_safetensors
+
+        raw = load_safetensors(path, device="cpu")
+    else:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    return unwrap_state_dict(raw, description), description
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet Swin: mapping onto the Swin-UNet
+
+
+def load_pretrained_swin(model: SwinUNet, source: str | PathLike[str]) -> PretrainedReport:
+    """Load ImageNet Swin weights into a :class:`SwinUNet`, as Swin-Unet does.
+
+    ``source`` is a local file or a Hugging Face Hub model name (see :func:`hub_model_id`), e.g.
+    :data:`IMAGENET_SWIN_T`. A hub model is read from the Hugging Face cache
+    (:func:`hf_cache_dir`); when it is not cached it is downloaded once into the cache, unless
+    ``HF_HUB_OFFLINE=1``. Accepted contents (local files read with ``torch.load(...,
+    weights_only=True)``, hub files as ``model.safetensors`` or ``pytorch_model.bin``):
 
     - the official Microsoft checkpoint (``swin_tiny_patch4_window7_224.pth``, state dict under
       ``"model"``, keys such as ``layers.0.blocks.0.attn.qkv.weight``,
       ``layers.0.downsample.reduction.weight``, ``patch_embed.proj.weight``);
     - a timm state dict of ``swin_tiny_patch4_window7_224`` (``layers.1.downsample...``,
-      ``head.fc.weight``), bare or under ``"model"`` / ``"state_dict"``.
+      ``head.fc.weight``), bare or under ``"model"`` / ``"state_dict"`` (the hub's format).
 
     Encoder tensors load by name (Microsoft's ``layers.i.downsample`` becomes
     ``layers.{i+1}.downsample``); the blocks of encoder stage ``i`` are also copied into decoder
     stage ``n-1-i`` (``layers_up.{n-1-i}.blocks...``); the final ``norm`` goes to the bottleneck
     norm. Tensors without a place in the model or with another shape are skipped and reported;
     the classifier head and the recomputed buffers are reported as unused. The model is modified
-    in place.
+    in place and its ``weights_source`` set to the report's source.
 
     Args:
         model: the Swin-UNet to initialise.
-        path: the checkpoint file.
+        source: a checkpoint file, or a Hub model name such as
+            ``"timm/swin_tiny_patch4_window7_224.ms_in1k"``.
 
     Returns:
         The report, also logged at INFO level.
 
     Raises:
-        FileNotFoundError: no file at ``path`` (the message says which file to download and where
-            to pass it).
+        FileNotFoundError: no file at ``source``, or a hub model neither cached nor
+            downloadable (the message names the cache folder and the ways out).
         ValueError: the file holds no state dict.
         TypeError: ``model`` is not a SwinUNet.
     """
-    from advmim_lightning.networks.swin_unet import SwinUNet
-
-    if not isinstance(model, SwinUNet):
+    if not (hasattr(model, "depths") and hasattr(model, "layers_up")):
         raise TypeError(
             f"networks/pretrained.py load_pretrained_swin: model must be a SwinUNet, "
             f"got {type(model).__name__}."
         )
-    raw = _load_file(
-        path,
-        "Swin ImageNet checkpoint",
-        "download swin_tiny_patch4_window7_224.pth yourself (the official ImageNet-1k Swin-T "
-        "checkpoint of github.com/microsoft/Swin-Transformer, or a timm state dict of "
-        "swin_tiny_patch4_window7_224), put it for example at "
-        "pretrained/swin_tiny_patch4_window7_224.pth and pass that path "
-        "(SwinUNet(pretrained=...) or load_pretrained_swin(model, path)).",
-    )
-    state = _unwrap(raw, str(path))
+    state, description = _read_swin_weights(source)
     microsoft = any(key.startswith("layers.0.downsample.") for key in state)
     num_stages = len(model.depths)
     candidates: list[tuple[str, str, Tensor]] = []
     unused: dict[str, str] = {}
     for key, tensor in state.items():
         if key.endswith(("relative_position_index", "attn_mask")):
-            unused[key] = _BUFFER_REASON
+            unused[key] = BUFFER_REASON
             continue
         if key.startswith("head."):
             unused[key] = "ImageNet classification head"
@@ -252,242 +416,47 @@ def load_pretrained_swin(model: SwinUNet, path: str | PathLike[str]) -> Pretrain
             if stage < num_stages:
                 mirror = f"layers_up.{num_stages - 1 - stage}.blocks.{block.group(2)}"
                 candidates.append((key, mirror, tensor))
-    plan = _plan(
-        model, candidates, unused, source=str(path), fmt="microsoft" if microsoft else "timm"
+    plan = plan_load(
+        model, candidates, unused, source=description, fmt="microsoft" if microsoft else "timm"
     )
-    return _execute(model, plan)
+    return execute_plan(model, plan)
 
 
 # --------------------------------------------------------------------------------------------
-# published AdvMIM / SSL4MIS checkpoints
-
-# SSL4MIS ConvBlock: conv_conv = Sequential(conv, BN, LeakyReLU, Dropout, conv, BN, LeakyReLU)
-_CONV_BLOCK = {"0": "conv1", "1": "norm1", "4": "conv2", "5": "norm2"}
-_Rule = tuple[re.Pattern, Callable[[re.Match], str]]
+# starting from random weights
 
 
-def _conv_block(match: re.Match[str], prefix: str) -> str:
-    return f"{prefix}.{_CONV_BLOCK[match.group('layer')]}.{match.group('param')}"
-
-
-_UNET_RULES: list[_Rule] = [
-    (
-        re.compile(r"^encoder\.in_conv\.conv_conv\.(?P<layer>[0145])\.(?P<param>\w+)$"),
-        lambda m: _conv_block(m, "in_block"),
-    ),
-    (
-        re.compile(
-            r"^encoder\.down(?P<i>\d+)\.maxpool_conv\.1\.conv_conv\.(?P<layer>[0145])\.(?P<param>\w+)$"
-        ),
-        lambda m: _conv_block(m, f"down_blocks.{int(m.group('i')) - 1}.conv"),
-    ),
-    (
-        re.compile(r"^decoder\.up(?P<i>\d+)\.up\.(?P<param>weight|bias)$"),
-        lambda m: f"up_blocks.{int(m.group('i')) - 1}.up.{m.group('param')}",
-    ),
-    (
-        re.compile(r"^decoder\.up(?P<i>\d+)\.conv1x1\.(?P<param>weight|bias)$"),
-        lambda m: f"up_blocks.{int(m.group('i')) - 1}.proj.{m.group('param')}",
-    ),
-    (
-        re.compile(r"^decoder\.up(?P<i>\d+)\.conv\.conv_conv\.(?P<layer>[0145])\.(?P<param>\w+)$"),
-        lambda m: _conv_block(m, f"up_blocks.{int(m.group('i')) - 1}.conv"),
-    ),
-    (re.compile(r"^decoder\.out_conv\.(?P<param>weight|bias)$"), lambda m: f"head.{m['param']}"),
-    (re.compile(r"^encoder\.mask_token$"), lambda m: "mask_token"),
-]
-_UNET_AUX = re.compile(
-    r"^(projection_head|prediction_head|contrastive_class_selector\w*|decoder\.decoder)\."
-)
-
-_SWIN_RULES: list[_Rule] = [
-    (
-        re.compile(r"^layers\.(?P<i>\d+)\.downsample\.(?P<rest>.+)$"),
-        lambda m: f"layers.{int(m.group('i')) + 1}.downsample.{m.group('rest')}",
-    ),
-    (re.compile(r"^up\.(?P<rest>.+)$"), lambda m: f"final_expand.{m.group('rest')}"),
-    (re.compile(r"^output\.weight$"), lambda m: "head.weight"),
-    (
-        re.compile(
-            r"^(?P<key>(patch_embed|layers|layers_up|concat_back_dim|norm|norm_up)\..+|mask_token)$"
-        ),
-        lambda m: m.group("key"),
-    ),
-]
-_SWIN_AUX = re.compile(
-    r"^(projection_head|prediction_head|contrastive_class_selector\w*)\.|^swin_unet\.decoder\."
-)
-
-
-def public_key_to_local(key: str, model: nn.Module) -> str | None:
-    """Name in this library of a parameter of the published AdvMIM / SSL4MIS code.
-
-    Args:
-        key: a state-dict key of the public ``UNet``/``MiMUNet`` (``encoder.down1.maxpool_conv.1.
-            conv_conv.0.weight``) or ``SwinUnet``/``MiMSwinUnet`` (``swin_unet.layers_up.1.
-            blocks.0.attn.qkv.weight``; the ``swin_unet.`` prefix is optional), with any
-            ``module.`` prefix removed.
-        model: the target :class:`UNet` or :class:`SwinUNet` (selects the mapping).
-
-    Returns:
-        The model key, or None if the key has no counterpart (buffers, auxiliary heads,
-        unknown names).
-    """
-    from advmim_lightning.networks.swin_unet import SwinUNet
-    from advmim_lightning.networks.unet import UNet
-
-    if isinstance(model, UNet):
-        rules = _UNET_RULES
-    elif isinstance(model, SwinUNet):
-        key = key.removeprefix("swin_unet.")
-        if key.endswith(("relative_position_index", "attn_mask")):
-            return None
-        rules = _SWIN_RULES
-    else:
-        raise TypeError(
-            f"networks/pretrained.py: public checkpoints map onto UNet or SwinUNet, "
-            f"got {type(model).__name__}."
-        )
-    for pattern, target in rules:
-        match = pattern.match(key)
-        if match:
-            return target(match)
-    return None
-
-
-def load_public_checkpoint(
-    model: UNet | SwinUNet,
-    state_dict_or_path: Mapping[str, Tensor] | str | PathLike[str],
-    strict: bool = True,
-) -> PretrainedReport:
-    """Load a checkpoint of the published AdvMIM / SSL4MIS code into this library's network.
-
-    Key mapping (public -> here), ``module.`` prefixes removed first:
-
-    - U-Net: ``encoder.in_conv.conv_conv.{0,1,4,5}`` -> ``in_block.{conv1,norm1,conv2,norm2}``;
-      ``encoder.downK.maxpool_conv.1.conv_conv.*`` -> ``down_blocks.{K-1}.conv.*``;
-      ``decoder.upK.up`` -> ``up_blocks.{K-1}.up`` (transposed convolution) or
-      ``decoder.upK.conv1x1`` -> ``up_blocks.{K-1}.proj`` (bilinear variant);
-      ``decoder.upK.conv.conv_conv.*`` -> ``up_blocks.{K-1}.conv.*``; ``decoder.out_conv`` ->
-      ``head``; ``encoder.mask_token`` -> ``mask_token``.
-    - Swin-UNet: ``swin_unet.`` prefix dropped; ``layers.i.downsample`` -> ``layers.{i+1}.
-      downsample``; ``up`` -> ``final_expand``; ``output`` -> ``head``; ``patch_embed``,
-      ``layers.i.blocks``, ``layers_up``, ``concat_back_dim``, ``norm``, ``norm_up``,
-      ``mask_token`` keep their names.
-
-    Buffers the model recomputes and the public code's auxiliary heads (projection / prediction
-    heads, contrastive selectors, reconstruction decoders) are reported as unused. A plain (non-
-    MiM) public model has no mask token; ours then keeps its initial one.
-
-    Args:
-        model: a :class:`UNet` or :class:`SwinUNet` built with the public configuration (for the
-            published U-Net checkpoints ``UNet(upsampling="bilinear")``).
-        state_dict_or_path: the state dict or a file saved with ``torch.save(model.state_dict())``
-            (read with ``weights_only=True``).
-        strict: raise instead of loading when a checkpoint tensor has no place in the model or
-            the wrong shape, or a model tensor other than the mask token gets no value.
-
-    Returns:
-        The report, also logged at INFO level.
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: with ``strict``, unmatched keys (listed in the message, with hints).
-        TypeError: ``model`` is neither a UNet nor a SwinUNet.
-    """
-    from advmim_lightning.networks.swin_unet import SwinUNet
-    from advmim_lightning.networks.unet import UNet
-
-    if not isinstance(model, (UNet, SwinUNet)):
-        raise TypeError(
-            f"networks/pretrained.py load_public_checkpoint: model must be a UNet or SwinUNet, "
-            f"got {type(model).__name__}."
-        )
-    if isinstance(state_dict_or_path, Mapping):
-        source = "<state dict>"
-        raw: Any = state_dict_or_path
-    else:
-        source = str(state_dict_or_path)
-        raw = _load_file(
-            state_dict_or_path,
-            "public AdvMIM / SSL4MIS checkpoint",
-            "pass the path of a .pth file saved by the public code "
-            "(torch.save(model.state_dict())).",
-        )
-    state = _unwrap(raw, source)
-    state = {key.removeprefix("module."): tensor for key, tensor in state.items()}
-
-    is_unet = isinstance(model, UNet)
-    aux = _UNET_AUX if is_unet else _SWIN_AUX
-    candidates: list[tuple[str, str, Tensor]] = []
-    unused: dict[str, str] = {}
-    for key, tensor in state.items():
-        target = public_key_to_local(key, model)
-        if target is not None:
-            candidates.append((key, target, tensor))
-        elif aux.match(key):
-            unused[key] = _AUX_REASON
-        elif key.endswith(("relative_position_index", "attn_mask")):
-            unused[key] = _BUFFER_REASON
-        else:
-            unused[key] = _NO_MAPPING
-    plan = _plan(
-        model, candidates, unused, source, fmt="public-unet" if is_unet else "public-swin-unet"
+def fits_imagenet_swin_t(model: nn.Module) -> bool:
+    """Whether ImageNet Swin-T weights fit ``model``'s encoder: a Swin-UNet with patch 4, embed
+    96, window 7 and heads 3-6-12-24 (the public code's "tiny lite" default)."""
+    return (
+        hasattr(model, "layers_up")
+        and getattr(model, "patch_size", None) == 4
+        and getattr(model, "embed_dim", None) == 96
+        and getattr(model, "window_size", None) == 7
+        and tuple(getattr(model, "num_heads", ())) == (3, 6, 12, 24)
     )
-    if strict:
-        problems = _strict_problems(plan.report)
-        if problems:
-            raise ValueError(
-                f"networks/pretrained.py load_public_checkpoint: {source} does not match "
-                f"{type(model).__name__}({_short_config(model)}); nothing was loaded.\n"
-                + "\n".join(problems)
-                + _hints(model, plan.report)
-                + "\nPass strict=False to load the matching tensors anyway."
-            )
-    return _execute(model, plan)
 
 
-def _strict_problems(report: PretrainedReport) -> list[str]:
-    problems = [f"  skipped {key}: {reason}" for key, reason in report.skipped.items()]
-    problems += [
-        f"  unused checkpoint key {key}: {reason}"
-        for key, reason in report.unused.items()
-        if reason == _NO_MAPPING
-    ]
-    problems += [
-        f"  model key {key} gets no value"
-        for key in report.not_loaded
-        if key != "mask_token" and not key.endswith("num_batches_tracked")
-    ]
-    return problems
+def random_init_warning(model: nn.Module, name: str = "transformer") -> str | None:
+    """The warning for a Swin-T sized Swin-UNet that starts training from random weights.
 
+    Args:
+        model: the network about to be trained.
+        name: how the message calls it.
 
-def _short_config(model: nn.Module) -> str:
-    config = getattr(model, "config", {})
-    return ", ".join(f"{k}={v!r}" for k, v in config.items())
-
-
-def _hints(model: nn.Module, report: PretrainedReport) -> str:
-    hints = []
-    skipped = " ".join(report.skipped)
-    missing = " ".join(report.not_loaded)
-    if ".proj." in skipped and ".up." in missing:
-        hints.append(
-            "the checkpoint uses bilinear up-sampling (decoder.upK.conv1x1): build "
-            "UNet(upsampling='bilinear')"
-        )
-    if ".up." in skipped and ".proj." in missing:
-        hints.append(
-            "the checkpoint uses transposed-convolution up-sampling (decoder.upK.up): build "
-            "UNet(upsampling='transposed')"
-        )
-    if "mask_token" in report.skipped:
-        hints.append(
-            "the mask token differs: the public Swin-UNet uses mask_token='position' at "
-            "img_size=224"
-        )
-    if "patch_embed.proj.weight" in report.skipped or "in_block.conv1.weight" in report.skipped:
-        hints.append("the input channels differ: check in_channels")
-    if "head.weight" in report.skipped:
-        hints.append("the number of classes differs: check num_classes")
-    return "".join(f"\nHint: {hint}." for hint in hints)
+    Returns:
+        The message, or None when ``model`` is not Swin-T sized (small custom networks) or was
+        given weights (its ``weights_source`` is set by the loaders of this package).
+    """
+    if not fits_imagenet_swin_t(model) or getattr(model, "weights_source", None) is not None:
+        return None
+    return (
+        f"The {name} (a Swin-T sized SwinUNet) starts from random weights. The published AdvMIM "
+        "and CTCT code always start it from ImageNet Swin-T weights; trained from scratch with "
+        "SGD it sits on the all-background prediction for hundreds of iterations, so its "
+        "pseudo-labels teach the CNN nothing and the results fall short of the published ones. "
+        f"Give weights with --model.transformer.init_args.pretrained {IMAGENET_SWIN_T} (read "
+        "from the Hugging Face cache, downloaded once where online) or a local "
+        "swin_tiny_patch4_window7_224.pth; in Python SwinUNet(pretrained=...)."
+    )

@@ -16,8 +16,9 @@ Architecture (Cao et al., Swin-Unet, as used by SSL4MIS and AdvMIM; "tiny lite" 
 Parameter and module names mirror the published ``SwinTransformerSys`` (``layers``,
 ``layers_up``, ``concat_back_dim``, ``norm``, ``norm_up``) with timm's encoder layout (patch
 merging at the start of stage ``i``, not the end of stage ``i-1``); ``final_expand`` and ``head``
-are the public ``up`` and ``output``. :mod:`advmim_lightning.networks.pretrained` maps public
-and ImageNet checkpoints onto these names.
+are the public ``up`` and ``output``. :mod:`advmim_lightning.networks.pretrained` maps ImageNet
+Swin weights and :mod:`advmim_lightning.networks.public_checkpoints` the published checkpoints onto
+these names.
 
 Input channels: a 1-channel image is repeated to 3 channels before the patch embedding (as the
 public code does), so the patch embedding keeps the 3-channel shape of the ImageNet Swin-T weights
@@ -44,6 +45,7 @@ from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerSt
 from torch import Tensor, nn
 
 from advmim_lightning.networks.masking import check_mask, downsample_mask
+from advmim_lightning.networks.pretrained import load_pretrained_swin
 
 __all__ = ["SwinUNet"]
 
@@ -145,9 +147,12 @@ class SwinUNet(nn.Module):
             stages reuse the rates of the encoder stage they mirror (as the public code).
         mask_token: ``"position"`` (one learnable token per token position, public code) or
             ``"shared"`` (one learnable token).
-        pretrained: optional path to a local Swin ImageNet checkpoint (official Microsoft or timm
-            format), loaded with :func:`~advmim_lightning.networks.load_pretrained_swin`; nothing is
-            ever downloaded.
+        pretrained: ImageNet Swin weights to start from, loaded with
+            :func:`~advmim_lightning.networks.load_pretrained_swin`: a local checkpoint file
+            (official Microsoft or timm format), or a Hugging Face Hub model name such as
+            ``"timm/swin_tiny_patch4_window7_224.ms_in1k"`` (what the ACDC and NIfTI configs
+            give), read from the Hugging Face cache and downloaded into it once where the machine
+            is online (never with ``HF_HUB_OFFLINE=1``). None (default): random initialisation.
         batched_streams: with a mask, run both streams as one concatenated batch. The Swin-UNet has
             no batch statistics, so results equal the sequential default up to floating-point
             rounding and the order in which drop-path draws its random numbers.
@@ -157,7 +162,14 @@ class SwinUNet(nn.Module):
 
     Raises:
         ValueError: invalid argument values or sizes (the message says what is allowed).
-        FileNotFoundError: ``pretrained`` names a file that does not exist.
+        FileNotFoundError: ``pretrained`` names a file that does not exist, or a hub model that
+            is neither cached nor downloadable (the message says what to do).
+
+    Attributes:
+        weights_source: where the weights came from (the report's source, set by
+            :func:`~advmim_lightning.networks.load_pretrained_swin` and
+            :func:`~advmim_lightning.networks.load_public_checkpoint`); None while the network
+            holds its random initialisation.
     """
 
     def __init__(
@@ -313,9 +325,8 @@ class SwinUNet(nn.Module):
             if isinstance(module, WindowAttention):
                 module.fused_attn = self.fused_attention
 
+        self.weights_source: str | None = None
         if pretrained is not None:
-            from advmim_lightning.networks.pretrained import load_pretrained_swin
-
             load_pretrained_swin(self, pretrained)
 
     @property

@@ -8,11 +8,13 @@ Masked domain (AdvMIM): the 16-channel features after the first block are replac
 learnable token (1 x C0 x 1 x 1) wherever the caller's mask is True; the masked features run the
 rest of the encoder and the decoder and are also the decoder's last skip input.
 
-Up-sampling: ``"transposed"`` (a 2x2 stride-2 transposed convolution, what METHOD.md specifies) or
-``"bilinear"`` (a 1x1 convolution followed by bilinear x2 up-sampling with ``align_corners=True``).
-The published SSL4MIS and AdvMIM ``unet.py`` builds its decoder blocks without passing the
-``bilinear`` flag, so their ``UpBlock`` default applies and the public checkpoints use the bilinear
-variant (``decoder.upK.conv1x1`` keys); build ``UNet(upsampling="bilinear")`` to load them.
+Up-sampling (decoder): ``"bilinear"`` (default) is the published decoder: each up step is a 1x1
+convolution to the skip's channels, then bilinear x2 up-sampling with ``align_corners=True``, then
+the skip is concatenated in front and a :class:`ConvBlock` follows, as SSL4MIS's ``UpBlock``, whose
+``bilinear`` flag defaults to True and which the SSL4MIS and AdvMIM ``unet.py`` build without
+passing it. The published checkpoints (``decoder.upK.conv1x1`` keys) therefore load into ``UNet()``
+(about 1.81 M parameters). ``"transposed"`` (a 2x2 stride-2 transposed convolution, about 1.94 M
+parameters) stays available as an option.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from advmim_lightning.networks.masking import check_mask
 
 __all__ = ["UNet"]
 
-_UPSAMPLING = ("transposed", "bilinear")
+_UPSAMPLING = ("bilinear", "transposed")
 
 
 class ConvBlock(nn.Module):
@@ -77,7 +79,8 @@ class UpBlock(nn.Module):
         skip_channels: channels of the skip input; the up-sampled input is projected to this
             many channels.
         out_channels: output channels.
-        upsampling: ``"transposed"`` or ``"bilinear"`` (see the module docstring).
+        upsampling: ``"bilinear"`` (1x1 conv, then bilinear x2 with ``align_corners=True``) or
+            ``"transposed"`` (see the module docstring).
     """
 
     def __init__(
@@ -109,8 +112,9 @@ class UNet(nn.Module):
         channels: channels per level, coarsest last; at least 2 levels. Input sizes must be
             divisible by ``2 ** (len(channels) - 1)`` (16 by default).
         dropout: encoder dropout per level, same length as ``channels``, each in [0, 1).
-        upsampling: ``"transposed"`` (default, METHOD.md) or ``"bilinear"`` (what the published
-            code runs; needed to load its checkpoints).
+        upsampling: ``"bilinear"`` (default, the published decoder: 1x1 conv, then bilinear x2
+            with ``align_corners=True``; its checkpoints load into ``UNet()``) or
+            ``"transposed"`` (2x2 stride-2 transposed convolution).
         batched_streams: with a mask, run the original and masked streams as one concatenated
             batch after the first block (faster on GPUs). This CHANGES the numerics in training
             mode: batch norm then normalises both streams with shared batch statistics and
@@ -127,7 +131,7 @@ class UNet(nn.Module):
         num_classes: int = 4,
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         dropout: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
-        upsampling: Literal["transposed", "bilinear"] = "transposed",
+        upsampling: Literal["bilinear", "transposed"] = "bilinear",
         batched_streams: bool = False,
     ) -> None:
         super().__init__()
@@ -163,6 +167,8 @@ class UNet(nn.Module):
         self.upsampling = upsampling
         self.batched_streams = bool(batched_streams)
         self.size_multiple = 2 ** (len(channels) - 1)
+        #: Where the weights came from (set by the checkpoint loaders); None: initialisation.
+        self.weights_source: str | None = None
 
         self.in_block = ConvBlock(in_channels, channels[0], dropout[0])
         self.down_blocks = nn.ModuleList(
