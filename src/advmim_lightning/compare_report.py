@@ -255,15 +255,17 @@ def write_plot(
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot: no GUI backend and no global state (a notebook's backend and
+    # open figures stay as they are).
+    from matplotlib.figure import Figure
 
     table = _values(rows)
-    figure, axes = plt.subplots(figsize=(6.0, 4.2), dpi=120)
+    figure = Figure(figsize=(6.0, 4.2), dpi=120)
+    axes = figure.subplots()
+    span = (max(labeled_cases) - min(labeled_cases)) or 1
     for index, method in enumerate(methods):
         colour = f"C{index}"
+        dodge = 0.015 * span * (index - (len(methods) - 1) / 2)  # keep equal points apart
         xs, means, stds = [], [], []
         for count in labeled_cases:
             dice = table.get((method, count, "mean", "dice"))
@@ -271,10 +273,10 @@ def write_plot(
                 continue
             values = [100.0 * v for v in dice.values()]
             mean, std = _mean_std(values)
-            xs.append(count)
+            xs.append(count + dodge)
             means.append(mean)
             stds.append(0.0 if std is None else std)
-            axes.scatter([count] * len(values), values, s=10, color=colour, alpha=0.4)
+            axes.scatter([count + dodge] * len(values), values, s=10, color=colour, alpha=0.4)
         if xs:
             axes.errorbar(xs, means, yerr=stds, color=colour, marker="o", capsize=4, label=method)
     axes.set_xticks(list(labeled_cases))
@@ -285,5 +287,4 @@ def write_plot(
     axes.legend()
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
     return path

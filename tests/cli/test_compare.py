@@ -190,6 +190,21 @@ def test_compare_tables_plot_skip_resume_and_a_failing_combination(
     summary = (output / "summary.md").read_text()
     assert "| advmim | 1 | 2 |" in summary and "Failed" not in summary
 
+    # The Python API over the finished folder: the same rows, nothing run again.
+    from advmim_lightning.compare import run_comparison
+
+    api_rows = run_comparison(
+        [str(ROOT / "configs/quickstart.yaml"), TINY, str(per_method)],
+        methods=["supervised", "advmim"],
+        labeled_cases=[1],
+        seeds=[0, 1],
+        output=output,
+        overrides=[*SETTINGS, "--model.adversarial_weight", "0.002"],
+    )
+    assert api_rows.failed == {} and len(api_rows) == len(rows)
+    assert [str(r["value"]) for r in api_rows] == [r["value"] for r in rows]
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+
 
 def test_compare_refuses_what_it_sets_itself_and_a_split_file_fixing_the_labeled_cases(
     tmp_path, capsys
