@@ -376,9 +376,13 @@ def _notes(stated: dict[str, Any], from_files: set[str], methods: Sequence[str])
                 f"{dotted}={stated[dotted]} is used by {' and '.join(users)} only; "
                 f"{' and '.join(ignoring)} ignore{'s' if len(ignoring) == 1 else ''} it"
             )
-    seeds = [f"{key}={stated[key]}" for key in _SEED_KEYS if key in stated]
-    if seeds:
-        notes.append(f"{', '.join(seeds)} from the config: replaced by each --seeds value")
+    varied = ("model.method", "data.labeled_cases", *_SEED_KEYS)
+    replaced = [f"{key}={stated[key]}" for key in varied if key in stated]
+    if replaced:
+        notes.append(
+            f"{', '.join(replaced)} from the config: replaced in each run by its method, "
+            "labeled cases and seed"
+        )
     return notes
 
 
