@@ -180,7 +180,8 @@ def run_comparison(
         _Combination(m, n, s) for s in seeds for n in labeled_cases for m in methods
     ]  # a seed at a time: after the first pass every cell of the table has a value
     pending = {c for c in combinations if read_test_means(output / c.name / TEST_CSV) is None}
-    durations: list[float] = []
+    durations: list[float] = []  # of this call's runs; the finished ones estimate the rest
+    done: list[float] = []
     failed: dict[str, str] = {}
     start = time.monotonic()
     total = len(combinations)
@@ -197,6 +198,7 @@ def run_comparison(
             durations.append(time.monotonic() - began)
             pending.discard(combo)
             if error is None:
+                done.append(durations[-1])
                 means = read_test_means(output / combo.name / TEST_CSV)
                 dice = means["dice"]["mean"] if means else float("nan")
                 status = f"done in {_duration(durations[-1])}, test Dice {100 * dice:.1f}%"
@@ -207,7 +209,8 @@ def run_comparison(
         if not pending:
             left = "nothing left"
         elif durations:
-            left = f"about {_duration(sum(durations) / len(durations) * len(pending))} left"
+            typical = done or durations  # a quick failure says little about a full run
+            left = f"about {_duration(sum(typical) / len(typical) * len(pending))} left"
         else:
             left = "time left unknown"
         print(f"{prefix} {status} | elapsed {_duration(elapsed)}, {left}", flush=True)
