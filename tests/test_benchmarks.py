@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,3 +74,24 @@ def test_the_training_benchmark_needs_neither_monai_nor_wandb_nor_jsonargparse()
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ms/iter" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_phantom_comparison_script_rehearses_end_to_end(tmp_path):
+    import os
+
+    output = tmp_path / "compare"
+    env = {**os.environ, "SMOKE": "1", "OUTPUT": str(output), "PYTHON": sys.executable}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "compare_phantom.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for method in ("supervised", "ctct", "advmim"):
+        assert f"| {method} | 1 | 1 |" in done.stdout
+    assert (output / "compare.png").is_file() and (output / "summary.md").is_file()

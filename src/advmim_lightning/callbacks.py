@@ -206,6 +206,7 @@ class RunCheckpoint(ModelCheckpoint):
         if every_n_iterations < 0:
             raise ValueError(f"every_n_iterations must be >= 0, got {every_n_iterations}")
         self.every_n_iterations = every_n_iterations
+        self._last_refreshed_step = -1
 
     def on_train_batch_end(
         self,
@@ -231,9 +232,19 @@ class RunCheckpoint(ModelCheckpoint):
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
             return
-        if trainer.state.fn != "fit" or self._last_global_step_saved == trainer.global_step:
+        step = trainer.global_step
+        if trainer.state.fn != "fit" or step in (
+            self._last_global_step_saved,
+            self._last_refreshed_step,
+        ):
             return
+        saved_step = self._last_global_step_saved
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # Refreshing last.ckpt alone must not count as "saved at this step": ModelCheckpoint
+        # would then skip the top-k (best) checkpoint of a validation at the same step, and
+        # with --checkpoint_every dividing val_check_interval no best-*.ckpt would ever appear.
+        self._last_global_step_saved = saved_step
+        self._last_refreshed_step = step
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         # Non-finite losses are checked on logging iterations; check the iterations since the

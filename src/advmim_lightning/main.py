@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 EXTRA_COMMANDS = {
     "export": "advmim_lightning.export",
     "prepare": "advmim_lightning.data.prepare",
+    "compare": "advmim_lightning.compare",
 }
 
 
@@ -326,7 +327,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AdvMIMCLI:
         parser_kwargs={
             "description": (
                 "AdvMIM semi-supervised segmentation. Subcommands: fit, validate, test, "
-                "predict (Lightning) and export, prepare (see `advmim export --help`)."
+                "predict (Lightning) and export, prepare, compare (see `advmim export --help`)."
             )
         },
     )

@@ -222,3 +222,23 @@ def test_stated_model_settings_are_found_in_every_kind_of_config(tmp_path):
     assert _model_keys_in_config(flat) == {"cnn.init_args.channels"}
     assert _model_keys_in_config(model_only, section=None) == {"eval_network", "max_iterations"}
     assert _model_keys_in_config(tmp_path / "absent.yaml") == set()
+
+
+def test_checkpoint_every_at_the_validation_steps_still_keeps_the_best_checkpoint(tmp_path):
+    # last.ckpt refreshed after iterations 2 and 4 must not stop the best checkpoint of the
+    # validations at the same iterations
+    last = fit(
+        tmp_path,
+        "both",
+        "--model.max_iterations",
+        "4",
+        "--trainer.limit_val_batches",
+        "1.0",
+        "--trainer.val_check_interval",
+        "2",
+        "--checkpoint_every",
+        "2",
+    )
+    best = [p.name for p in last.parent.glob("best-*.ckpt")]
+    assert len(best) == 1 and best[0] in ("best-step=8.ckpt", "best-step=16.ckpt")  # 4 per it.
+    assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 4

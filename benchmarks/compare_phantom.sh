@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Does AdvMIM beat its baselines on the built-in phantom? `advmim compare` of supervised, CTCT
+# and AdvMIM at 1 and 3 labeled cases with 3 seeds, sized for a CPU.
+#
+# Settings (each an environment variable; extra words go to `advmim compare` as they are):
+#   CONFIG      configs/quickstart.yaml: the phantom (24 cases of 6 slices at 96 x 96: 17 for
+#               training, 2 validation, 5 test), the quickstart's small UNet and Swin-UNet,
+#               4 + 4 images per batch; the reported network is the CNN (see that config).
+#   ITERATIONS  1000 iterations per run (model.max_iterations). Check that the supervised
+#               baseline has stopped improving there: its val/dice_mean in
+#               $OUTPUT/supervised-l*-s*/metrics.csv should be flat over the last validations;
+#               raise ITERATIONS if it is not (finished runs are then retrained only after you
+#               delete their folders).
+#   LABELED     "1 3" labeled cases (data.labeled_cases).
+#   SEEDS       "0 1 2".
+#   VAL_EVERY   100: validation (for the best checkpoint, which is what is tested) and
+#               last.ckpt every this many iterations, so a killed run loses at most that much.
+#   OUTPUT      runs/compare_phantom: run folders, compare.csv, summary.md, compare.png.
+#   PYTHON      python (the interpreter with advmim-lightning installed).
+#   SMOKE=1     a rehearsal in a minute or two: toy networks (tests/cli/tiny.yaml), 4
+#               iterations, 1 labeled case, 1 seed, into runs/compare_phantom_smoke.
+#
+# Interrupted? Run the same command again: finished runs are skipped, unfinished ones resume.
+#   benchmarks/compare_phantom.sh
+#   SMOKE=1 benchmarks/compare_phantom.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python}
+configs=(-c "${CONFIG:-configs/quickstart.yaml}")
+if [[ "${SMOKE:-0}" == 1 ]]; then
+    configs+=(-c tests/cli/tiny.yaml)
+    ITERATIONS=4 LABELED=1 SEEDS=0 VAL_EVERY=2
+    OUTPUT=${OUTPUT:-runs/compare_phantom_smoke}
+fi
+ITERATIONS=${ITERATIONS:-1000}
+LABELED=${LABELED:-1 3}
+SEEDS=${SEEDS:-0 1 2}
+VAL_EVERY=${VAL_EVERY:-100}
+OUTPUT=${OUTPUT:-runs/compare_phantom}
+
+# shellcheck disable=SC2086  # LABELED and SEEDS are word lists
+exec "$PYTHON" -m advmim_lightning compare "${configs[@]}" \
+    --methods supervised ctct advmim --labeled_cases $LABELED --seeds $SEEDS \
+    --output "$OUTPUT" --checkpoint best \
+    --model.max_iterations "$ITERATIONS" --trainer.val_check_interval "$VAL_EVERY" \
+    --checkpoint_every "$VAL_EVERY" --wandb_mode disabled "$@"

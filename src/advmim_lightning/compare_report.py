@@ -1,0 +1,290 @@
+"""The tables and the plot of ``advmim compare``: rows, ``compare.csv``, ``summary.md``, PNG.
+
+Kept apart from :mod:`advmim_lightning.compare` (which plans and runs the combinations) so the
+report can be rebuilt from finished run folders alone. A *row* is one value::
+
+    {"method": "advmim", "labeled_cases": 3, "seed": 0, "class": "LV", "metric": "dice",
+     "value": 0.91}
+
+where ``class`` is a foreground class name or ``"mean"`` (the mean over classes) and the value
+is the mean over the test cases, read from the ``mean`` row of the run's ``test_metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from advmim_lightning.metrics import METRIC_NAMES
+
+__all__ = [
+    "COLUMNS",
+    "read_test_means",
+    "summary_markdown",
+    "summary_table",
+    "write_csv",
+    "write_plot",
+]
+
+#: Columns of ``compare.csv``, in order.
+COLUMNS = ("method", "labeled_cases", "seed", "class", "metric", "value")
+#: Metrics reported in percent in the summary (the others are distances).
+_PERCENT = {"dice", "nsd"}
+_HEADERS = {"dice": "Dice (%)", "hd95": "HD95", "asd": "ASD", "nsd": "NSD (%)"}
+BASELINE = "supervised"
+
+
+def read_test_means(path: Path) -> dict[str, dict[str, float]] | None:
+    """The ``mean`` row of a ``test_metrics.csv`` as ``{metric: {class: value}}``.
+
+    Args:
+        path: The file ``advmim test`` wrote (``case_id`` then ``<metric>_<class>`` columns,
+            one row per case and a final ``mean`` row).
+
+    Returns:
+        ``{"dice": {"RV": ..., "mean": ...}, "hd95": {...}, ...}``, or ``None`` when the file
+        is missing or incomplete (no ``mean`` row with every column, e.g. a test killed while
+        writing), which makes its combination unfinished.
+    """
+    try:
+        with path.open(newline="") as handle:
+            table = list(csv.reader(handle))
+    except OSError:
+        return None
+    if not table or not table[0] or table[0][0] != "case_id":
+        return None
+    header = table[0]
+    means = [row for row in table[1:] if row and row[0] == "mean"]
+    if len(means) != 1 or len(means[0]) != len(header):
+        return None
+    values: dict[str, dict[str, float]] = {metric: {} for metric in METRIC_NAMES}
+    for column, text in zip(header[1:], means[0][1:], strict=True):
+        metric, _, name = column.partition("_")
+        if metric not in values or not name:
+            return None
+        try:
+            values[metric][name] = float(text)
+        except ValueError:
+            return None
+    if any("mean" not in per_class for per_class in values.values()):
+        return None
+    return values
+
+
+def rows_of_run(
+    method: str, labeled_cases: int, seed: int, means: Mapping[str, Mapping[str, float]]
+) -> list[dict[str, Any]]:
+    """The rows of one finished combination (classes in file order, ``mean`` last)."""
+    rows = []
+    for metric in METRIC_NAMES:
+        per_class = means[metric]
+        for name in [n for n in per_class if n != "mean"] + ["mean"]:
+            rows.append(
+                {
+                    "method": method,
+                    "labeled_cases": labeled_cases,
+                    "seed": seed,
+                    "class": name,
+                    "metric": metric,
+                    "value": per_class[name],
+                }
+            )
+    return rows
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], path: Path) -> Path:
+    """Write rows as ``compare.csv`` (:data:`COLUMNS`); the header alone when there are none."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in COLUMNS})
+    return path
+
+
+def _values(rows: Iterable[Mapping[str, Any]]) -> dict[tuple, dict[int, float]]:
+    """``{(method, labeled_cases, class, metric): {seed: value}}``."""
+    table: dict[tuple, dict[int, float]] = {}
+    for row in rows:
+        key = (row["method"], row["labeled_cases"], row["class"], row["metric"])
+        table.setdefault(key, {})[int(row["seed"])] = float(row["value"])
+    return table
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``None`` for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
+def _cell(values: Sequence[float], metric: str) -> str:
+    scale = 100.0 if metric in _PERCENT else 1.0
+    mean, std = _mean_std([v * scale for v in values])
+    digits = 1 if metric in _PERCENT else 2
+    if std is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summary_table(
+    rows: Sequence[Mapping[str, Any]], methods: Sequence[str], labeled_cases: Sequence[int]
+) -> str:
+    """The paper-style table: mean ± std over seeds per method and labeled-cases count.
+
+    Columns: the seeds that finished, Dice, HD95, ASD and NSD of the mean over classes, and
+    the Dice gain over ``supervised`` at the same labeled count (difference of the means, in
+    Dice points) when ``supervised`` is among the methods.
+
+    Args:
+        rows: Rows as returned by :func:`advmim_lightning.compare.run_comparison`.
+        methods: Methods in the order of the table.
+        labeled_cases: Labeled-cases counts in the order of the table.
+
+    Returns:
+        A markdown table (no trailing newline); a line saying so when there are no rows.
+    """
+    table = _values(rows)
+    with_gain = BASELINE in methods
+    header = ["Method", "Labeled cases", "Seeds", *(_HEADERS[m] for m in METRIC_NAMES)]
+    if with_gain:
+        header.append("Dice gain over supervised")
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("| --- | ---: | ---: |" + " ---: |" * (len(header) - 3))
+    for count in labeled_cases:
+        baseline = table.get((BASELINE, count, "mean", "dice"))
+        for method in methods:
+            dice = table.get((method, count, "mean", "dice"))
+            if not dice:
+                continue
+            cells = [method, str(count), str(len(dice))]
+            for metric in METRIC_NAMES:
+                cells.append(_cell(list(table[(method, count, "mean", metric)].values()), metric))
+            if with_gain:
+                if method == BASELINE or not baseline:
+                    cells.append("—")
+                else:
+                    gain = 100.0 * (
+                        statistics.fmean(dice.values()) - statistics.fmean(baseline.values())
+                    )
+                    cells.append(f"{gain:+.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return "No combination has finished: there is nothing to summarise."
+    return "\n".join(lines)
+
+
+def _class_table(
+    rows: Sequence[Mapping[str, Any]], methods: Sequence[str], labeled_cases: Sequence[int]
+) -> str:
+    """Dice (%) per class, mean ± std over seeds."""
+    table = _values(rows)
+    names: list[str] = []
+    for row in rows:
+        if row["metric"] == "dice" and row["class"] != "mean" and row["class"] not in names:
+            names.append(row["class"])
+    lines = ["| Method | Labeled cases | " + " | ".join(names) + " |"]
+    lines.append("| --- | ---: |" + " ---: |" * len(names))
+    for count in labeled_cases:
+        for method in methods:
+            if (method, count, "mean", "dice") not in table:
+                continue
+            cells = [_cell(list(table[(method, count, n, "dice")].values()), "dice") for n in names]
+            lines.append(f"| {method} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    labeled_cases: Sequence[int],
+    seeds: Sequence[int],
+    failed: Mapping[str, str],
+    details: Sequence[str] = (),
+) -> str:
+    """The whole ``summary.md``: the table, Dice per class, the settings and any failures.
+
+    Args:
+        rows: All rows of the finished combinations.
+        methods: Methods, in table order.
+        labeled_cases: Labeled-cases counts, in table order.
+        seeds: The seeds asked for.
+        failed: Failed combinations: run name -> error line.
+        details: Lines about how the runs were made (command, checkpoint tested, notes).
+    """
+    parts = [
+        "# advmim compare",
+        "",
+        f"Test-set scores, mean ± standard deviation over the seeds that finished (of "
+        f"{', '.join(map(str, seeds))}); each seed's value is the mean over the test cases "
+        "and the foreground classes. Dice and NSD in %, HD95 and ASD in the data's units "
+        "(mm where the spacing is known, voxels otherwise). The Dice gain is the difference "
+        "to `supervised` at the same labeled count, in Dice points.",
+        "",
+        summary_table(rows, methods, labeled_cases),
+    ]
+    if rows:
+        parts += ["", "## Dice per class (%)", "", _class_table(rows, methods, labeled_cases)]
+    if details:
+        parts += ["", "## How it was run", "", *(f"- {line}" for line in details)]
+    if failed:
+        parts += ["", "## Failed combinations", ""]
+        parts += [f"- `{name}`: {error}" for name, error in failed.items()]
+    return "\n".join(parts) + "\n"
+
+
+def write_plot(
+    rows: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    labeled_cases: Sequence[int],
+    path: Path,
+) -> Path:
+    """Dice (mean over classes, %) against labeled cases: one line per method.
+
+    Each point is the mean over seeds with a ± one standard deviation error bar; every seed's
+    value is drawn as a small dot, so the spread stays visible with two seeds too.
+
+    Args:
+        rows: Rows of the finished combinations (at least one).
+        methods: Methods, in legend order.
+        labeled_cases: The labeled-cases counts (x axis ticks).
+        path: The PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    # A Figure without pyplot: no GUI backend and no global state (a notebook's backend and
+    # open figures stay as they are).
+    from matplotlib.figure import Figure
+
+    table = _values(rows)
+    figure = Figure(figsize=(6.0, 4.2), dpi=120)
+    axes = figure.subplots()
+    span = (max(labeled_cases) - min(labeled_cases)) or 1
+    for index, method in enumerate(methods):
+        colour = f"C{index}"
+        dodge = 0.015 * span * (index - (len(methods) - 1) / 2)  # keep equal points apart
+        xs, means, stds = [], [], []
+        for count in labeled_cases:
+            dice = table.get((method, count, "mean", "dice"))
+            if not dice:
+                continue
+            values = [100.0 * v for v in dice.values()]
+            mean, std = _mean_std(values)
+            xs.append(count + dodge)
+            means.append(mean)
+            stds.append(0.0 if std is None else std)
+            axes.scatter([count + dodge] * len(values), values, s=10, color=colour, alpha=0.4)
+        if xs:
+            axes.errorbar(xs, means, yerr=stds, color=colour, marker="o", capsize=4, label=method)
+    axes.set_xticks(list(labeled_cases))
+    axes.set_xlabel("labeled cases")
+    axes.set_ylabel("test Dice, mean over classes (%)")
+    axes.set_title("Dice vs labeled cases (mean ± std over seeds; dots: seeds)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    return path

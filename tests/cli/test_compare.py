@@ -1,0 +1,237 @@
+"""``advmim compare`` end to end on the tiny phantom: tables, plot, skip, resume, failures."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from advmim_lightning.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(Path(__file__).with_name("tiny.yaml"))
+#: Every combination: 4 iterations, validated at 2 and 4 (so a best checkpoint exists).
+SETTINGS = [
+    "--model.max_iterations",
+    "4",
+    "--trainer.val_check_interval",
+    "2",
+    "--wandb_mode",
+    "disabled",
+]
+
+
+def compare(output: Path, *words: str) -> int:
+    """``advmim compare`` of supervised and AdvMIM, 1 labeled case, seeds 0 and 1."""
+    try:
+        main(
+            [
+                "compare",
+                "-c",
+                str(ROOT / "configs/quickstart.yaml"),
+                "-c",
+                TINY,
+                *words,
+                "--methods",
+                "supervised",
+                "advmim",
+                "--labeled_cases",
+                "1",
+                "--seeds",
+                "0",
+                "1",
+                "--output",
+                str(output),
+                *SETTINGS,
+            ]
+        )
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def hparams(run: Path) -> dict:
+    return torch.load(run / "checkpoints/last.ckpt", weights_only=True)["hyper_parameters"]
+
+
+@pytest.fixture
+def subprocess_env(monkeypatch):
+    """One thread and no wandb in the combinations' subprocesses (they inherit os.environ)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+def test_compare_tables_plot_skip_resume_and_a_failing_combination(
+    tmp_path, capsys, subprocess_env
+):
+    output = tmp_path / "compare"
+    # A combination killed after 2 of its 4 iterations: last.ckpt, no test result.
+    killed = output / "supervised-l1-s0"
+    main(
+        [
+            "fit",
+            "-c",
+            str(ROOT / "configs/quickstart.yaml"),
+            "-c",
+            TINY,
+            *SETTINGS,
+            "--model.method",
+            "supervised",
+            "--data.labeled_cases",
+            "1",
+            "--runs_dir",
+            str(output),
+            "--run_name",
+            killed.name,
+            "--trainer.max_steps",
+            "4",  # 2 optimiser steps per supervised iteration
+        ]
+    )
+    assert (
+        torch.load(killed / "checkpoints/last.ckpt", weights_only=True)["advmim"]["iteration"] == 2
+    )
+    assert not (killed / "test_metrics.csv").exists()
+    # A combination that fails: its last.ckpt is not a checkpoint.
+    broken = output / "advmim-l1-s1" / "checkpoints" / "last.ckpt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a checkpoint")
+    # A per-method setting in a config file (written for one method), and a setting on the
+    # command line that only AdvMIM takes (the supervised module refuses it when given).
+    per_method = tmp_path / "per_method.yaml"
+    per_method.write_text("model:\n  lr: 0.03\n")
+    capsys.readouterr()
+
+    status = compare(output, "-c", str(per_method), "--model.adversarial_weight", "0.002")
+
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "model.lr=0.03 from the config is a per-method setting" in out
+    assert "model.adversarial_weight=0.002 is used by advmim only; supervised ignores it" in out
+    assert "model.mask_block_size=16 is used by advmim only; supervised ignores it" in out
+    for k in range(1, 5):
+        assert f"[{k}/4] " in out
+    assert "[1/4] supervised-l1-s0: fit + test (resuming from checkpoints/last.ckpt)" in out
+    assert "elapsed" in out and "left" in out
+    failed_line = next(line for line in out.splitlines() if "advmim-l1-s1: FAILED" in line)
+    assert "not a readable checkpoint" in failed_line and str(broken) in failed_line
+    assert "1 of 4 combination(s) failed" in out
+    assert "| Method | Labeled cases | Seeds | Dice (%)" in out  # the summary table printed
+
+    # The killed run went on from iteration 2: each iteration was trained (logged) once.
+    with (killed / "metrics.csv").open(newline="") as handle:
+        iterations = [r["train/iteration"] for r in csv.DictReader(handle)]
+    assert [float(i) for i in iterations if i] == [1.0, 2.0, 3.0, 4.0]
+    assert (
+        f"Restoring states from the checkpoint path at {killed}/checkpoints/last.ckpt"
+        in (killed / "compare.log").read_text()
+    )
+    # Method settings: each method's own lr; the command-line AdvMIM weight reached AdvMIM.
+    assert hparams(killed)["lr"] == pytest.approx(0.01)
+    advmim = hparams(output / "advmim-l1-s0")
+    assert advmim["lr"] == pytest.approx(0.05)
+    assert advmim["adversarial_weight"] == pytest.approx(0.002)
+    assert advmim["rng_seed"] == 0 and hparams(output / "supervised-l1-s1")["rng_seed"] == 1
+    assert "adversarial_weight" not in hparams(killed)
+
+    rows = read_rows(output / "compare.csv")
+    assert list(rows[0]) == ["method", "labeled_cases", "seed", "class", "metric", "value"]
+    assert len(rows) == 3 * 4 * 4  # 3 finished runs x 4 metrics x (3 classes + mean)
+    assert {(r["method"], r["seed"]) for r in rows} == {
+        ("supervised", "0"),
+        ("supervised", "1"),
+        ("advmim", "0"),
+    }
+    assert {r["class"] for r in rows} == {"RV", "Myo", "LV", "mean"}
+    assert {r["metric"] for r in rows} == {"dice", "hd95", "asd", "nsd"}
+    assert all(math.isfinite(float(r["value"])) for r in rows)
+    test_mean = read_rows(killed / "test_metrics.csv")[-1]
+    dice = next(
+        r for r in rows if r["method"] == "supervised" and r["seed"] == "0" and r["class"] == "mean"
+    )
+    assert float(dice["value"]) == pytest.approx(float(test_mean["dice_mean"]))
+
+    summary = (output / "summary.md").read_text()
+    assert "| supervised | 1 | 2 |" in summary and "| advmim | 1 | 1 |" in summary
+    assert "Dice gain over supervised" in summary and "## Dice per class (%)" in summary
+    assert "## Failed combinations" in summary and "`advmim-l1-s1`" in summary
+    png = (output / "compare.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    from PIL import Image
+
+    with Image.open(output / "compare.png") as image:
+        assert image.format == "PNG" and image.width > 300 and image.height > 200
+
+    # Second call, the broken checkpoint removed: only that combination runs.
+    broken.unlink()
+    finished = [output / n for n in ("supervised-l1-s0", "supervised-l1-s1", "advmim-l1-s0")]
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for run in finished
+        for p in (run / "test_metrics.csv", run / "checkpoints/last.ckpt")
+    }
+
+    status = compare(output, "-c", str(per_method), "--model.adversarial_weight", "0.002")
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.count("finished earlier, skipped") == 3
+    assert "[4/4] advmim-l1-s1: done in" in out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained or retested
+    rows = read_rows(output / "compare.csv")
+    assert len(rows) == 4 * 4 * 4
+    summary = (output / "summary.md").read_text()
+    assert "| advmim | 1 | 2 |" in summary and "Failed" not in summary
+
+    # The Python API over the finished folder: the same rows, nothing run again.
+    from advmim_lightning.compare import run_comparison
+
+    api_rows = run_comparison(
+        [str(ROOT / "configs/quickstart.yaml"), TINY, str(per_method)],
+        methods=["supervised", "advmim"],
+        labeled_cases=[1],
+        seeds=[0, 1],
+        output=output,
+        overrides=[*SETTINGS, "--model.adversarial_weight", "0.002"],
+    )
+    assert api_rows.failed == {} and len(api_rows) == len(rows)
+    assert [str(r["value"]) for r in api_rows] == [r["value"] for r in rows]
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+
+
+def test_compare_refuses_what_it_sets_itself_and_a_split_file_fixing_the_labeled_cases(
+    tmp_path, capsys
+):
+    output = str(tmp_path / "out")
+    for words, expected in (
+        (["--data.labeled_cases", "3"], "--data.labeled_cases is set by compare"),
+        (
+            ["--model.method=ctct"],
+            "--model.method is set by compare for every combination; use --methods",
+        ),
+        (["--run_name", "x"], "--run_name is set by compare"),
+        (["--methods", "advmim", "advmim"], "methods lists a value twice"),
+        (["--labeled_cases", "0"], "labeled_cases must be >= 1, got [0]"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(["compare", "-c", TINY, "--output", output, *words])
+        assert stop.value.code == 2
+        assert expected in capsys.readouterr().err
+
+    split = tmp_path / "split.json"
+    split.write_text('{"labeled": ["case000"], "test": ["case001"]}')
+    with pytest.raises(SystemExit):
+        main(["compare", "-c", TINY, "--output", output, "--data.split_file", str(split)])
+    err = capsys.readouterr().err
+    assert f"data.split_file {split} lists the labeled cases" in err
+    with pytest.raises(SystemExit):
+        main(["compare", "-c", str(tmp_path / "missing.yaml"), "--output", output])
+    assert f"config file {tmp_path / 'missing.yaml'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing ran
