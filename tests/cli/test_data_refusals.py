@@ -170,16 +170,19 @@ def test_a_label_or_channel_off_the_image_grid_is_refused(what, tmp_path):
     _resave(bad, wrong)
     expected = {
         "mirrored": [
-            f"label origin {_shown(wrong[:3, 3])} (image: {_shown(affine[:3, 3])})",
+            f": origin {_shown(wrong[:3, 3])} (image: {_shown(affine[:3, 3])})",
             f"; direction {_shown(np.diag([-1.0, 1.0, 1.0]))} (image: {_shown(np.eye(3))})",
         ],
-        "shifted": [f"label origin {_shown(wrong[:3, 3])} (image: {_shown(affine[:3, 3])})"],
-        "spacing": [f"label spacing {_shown(spacing * [1, 1, 2])} (image: {_shown(spacing)})"],
-        "channel-shifted": [f"channel origin {_shown(wrong[:3, 3])}"],
+        "shifted": [f": origin {_shown(wrong[:3, 3])} (image: {_shown(affine[:3, 3])})"],
+        "spacing": [
+            f": spacing {_shown(spacing * [1, 1, 2])} (image: {_shown(spacing)})",
+            f"; affine voxel size {_shown(spacing * [1, 1, 2])} (image: {_shown(spacing)})",
+        ],
+        "channel-shifted": [f": origin {_shown(wrong[:3, 3])}"],
     }[what]
     message = cli_error("fit", *NIFTI, *common(tmp_path, "bad"), "--data.root", root, *FAST)
-    assert f"advmim: error: {bad}: " in message, message
-    assert f"differs from the image {image}" in message, message
+    kind = "channel" if what.startswith("channel") else "label"
+    assert f"advmim: error: {bad}: {kind} geometry differs from the image {image}: " in message
     for part in expected:
         assert part in message, (part, message)
     assert not (tmp_path / "runs" / "bad" / "checkpoints").exists()
@@ -192,8 +195,9 @@ def test_raw_acdc_labels_off_the_image_grid_are_refused_by_prepare(raw_acdc, tmp
     with pytest.raises(SystemExit):
         run("prepare", "--input", tmp_path / "raw", "--output", tmp_path / "out")
     message = capsys.readouterr().err
-    assert f"{label}: label origin" in message and "; direction [[-1.0, 0.0, 0.0]," in message
-    assert "differs from the image " in message and "patient002_frame12.nii.gz" in message
+    image = label.with_name("patient002_frame12.nii.gz")
+    assert f"{label}: label geometry differs from the image {image}: origin (" in message
+    assert "; direction [[-1.0, 0.0, 0.0]," in message
     assert not (tmp_path / "out").exists()
 
 
@@ -208,7 +212,7 @@ def test_geometry_within_the_tolerance_is_accepted_and_test_labels_are_checked(t
     dm.setup("fit")
     test_label = root / "labelsTs" / "case_008.nii.gz"
     _resave(test_label, _shift(nib.load(test_label).affine, 1.0))
-    with pytest.raises(DataValidationError, match=rf"{test_label}: label origin"):
+    with pytest.raises(DataValidationError, match=rf"{test_label}: label geometry differs"):
         dm.setup("test")
 
 
@@ -304,9 +308,11 @@ def test_two_channel_nifti_trains_with_the_quickstart_networks(tmp_path):
     assert cli.model.cnn.in_channels == cli.model.transformer.in_channels == 2
     assert cli.model.cnn.in_block.conv1.in_channels == 2
     run("fit", *words, "--model.max_iterations", "1", "--trainer.limit_val_batches", "0")
-    checkpoint = torch.load(tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt")
+    last = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last)
     assert checkpoint["hyper_parameters"]["cnn"]["init_args"]["in_channels"] == 2
     assert checkpoint["hyper_parameters"]["transformer"]["init_args"]["in_channels"] == 2
+    run("test", *words, "--ckpt_path", last, "--trainer.limit_test_batches", "1")
 
     # networks left at their default (None) and one given as a bare class_path get it too
     for extra in (

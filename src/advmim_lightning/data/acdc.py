@@ -13,6 +13,10 @@ Optional h5 attributes (written by :mod:`advmim_lightning.data.prepare`): ``spac
 floats, mm, in ``(D, H, W)`` order) and ``affine`` (4 x 4, voxel ``(d, h, w)`` to world). Without
 them spacing is ``(1, 1, 1)`` and ``spacing_known`` is False.
 
+A patient (``data.case_pattern``, default ``patientNNN``) is in one list only: the split is by
+patient, so ``patient005_frame01`` in ``val.list`` and ``patient005_frame12`` in ``test.list``
+is refused, as is a training patient in ``val.list`` or ``test.list``.
+
 Training slices are regrouped into their volumes (``<volume>_slice_<k>``) so that intensity
 normalisation is per volume, as in the original preprocessing (min-max of data that is already
 min-max normalised is the identity).

@@ -16,6 +16,10 @@
   become the ``C`` input channels (``in_channels`` of the data module follows). MSD files
   without a channel suffix are accepted for single-channel datasets; 4D MSD images are refused
   (split them into channel files first).
+- Each label, and each channel file after ``_0000``, must lie on the voxel grid of the image's
+  ``_0000`` file: same shape, and spacing, origin and direction equal within the tolerance of
+  :func:`~advmim_lightning.data.validation.check_same_geometry` (as nnU-Net's dataset check);
+  a mirrored or shifted affine is refused naming the file and both values.
 - Volumes are sliced along ``slice_axis`` of the array as stored (default: per case, the axis
   with the coarsest spacing; ties go to the last axis). The spacing (from the header) and the
   affine are kept so metrics can be in mm and predictions written back with

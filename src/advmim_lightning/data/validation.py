@@ -189,6 +189,11 @@ def check_same_geometry(
         "spacing": (np.asarray(other[1], np.float64), np.asarray(reference[1], np.float64)),
         "origin": (affine[:3, 3], ref_affine[:3, 3]),
         "direction": (_direction(affine), _direction(ref_affine)),
+        # the voxel size the affine itself gives (a header may disagree with its affine)
+        "affine voxel size": (
+            np.linalg.norm(affine[:3, :3], axis=0),
+            np.linalg.norm(ref_affine[:3, :3], axis=0),
+        ),
     }
     differing = [
         f"{name} {_shown(found)} (image: {_shown(expected)})"
@@ -198,9 +203,9 @@ def check_same_geometry(
     ]
     if differing:
         raise DataValidationError(
-            f"{other_source}: {what} {'; '.join(differing)} differs from the image "
-            f"{reference_source}; expected the {what} on the image's voxel grid (same shape, and "
-            f"spacing, origin and direction equal within rtol={GEOMETRY_RTOL}, "
+            f"{other_source}: {what} geometry differs from the image {reference_source}: "
+            f"{'; '.join(differing)}; expected the {what} on the image's voxel grid (same shape, "
+            f"and spacing, origin and direction equal within rtol={GEOMETRY_RTOL}, "
             f"atol={GEOMETRY_ATOL}, as nnU-Net checks)."
         )
 
