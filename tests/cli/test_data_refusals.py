@@ -110,6 +110,16 @@ def test_prepare_refuses_an_output_holding_the_split_file(raw_acdc, tmp_path, ca
     assert (tmp_path / "new" / "test.list").read_text().split()[0] == "patient003_frame01"
 
 
+def test_prepare_to_an_unwritable_path_fails_like_fit(raw_acdc, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    message = cli_error("prepare", "--input", raw_acdc, "--output", blocker / "ACDC")
+    assert message.startswith(
+        f"advmim: error: cannot write the folder of the output (--output) {blocker}: "
+    )
+    assert blocker.read_text() == "not a folder"
+
+
 # ----------------------------------------------------------------------------------------
 # 8. NIfTI labels (and channels) on the image's voxel grid
 # ----------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from advmim_lightning.data.validation import (
     check_label_values,
     check_same_geometry,
 )
+from advmim_lightning.paths import ensure_writable_folder
 
 __all__ = ["PrepareSummary", "check_output_apart", "find_acdc_volumes", "main", "prepare_acdc"]
 
@@ -287,6 +288,7 @@ def prepare_acdc(
             without ``overwrite``.
         ValueError: On fractions outside ``[0, 1)``, or an output folder that is an input,
             lies inside one or contains one (see :func:`check_output_apart`).
+        OSError: Naming the folder, when the output's folder cannot be created or written.
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
@@ -309,7 +311,7 @@ def prepare_acdc(
     train, val, test = _split_patients(
         sorted(volumes), seed, val_fraction, test_fraction, split_file
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(output.parent, "folder of the output (--output)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
         summary = PrepareSummary(output=output, train=train, val=val, test=test)
