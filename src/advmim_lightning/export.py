@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from advmim_lightning.paths import ensure_writable_folder
+
 FORMAT = "advmim-segmenter"
 VERSION = 1
 
@@ -185,10 +187,28 @@ def export_segmenter(
         The paths written.
 
     Raises:
-        ValueError: On an unknown network name or a network without stored constructor args.
+        ValueError: On an unknown network name, a network without stored constructor args, or
+            ``torch_export`` with an ``output`` ending in ``.pt2`` (the program would replace it).
+        FileNotFoundError: When the checkpoint does not exist.
+        OSError: Naming the file, when ``output`` is a folder or its folder cannot be written
+            (checked before the checkpoint is read).
     """
     if network not in ("transformer", "cnn"):
         raise ValueError(f"network={network!r} is not one of ['transformer', 'cnn']")
+    output = Path(output)
+    targets = [output, *([output.with_suffix(".pt2")] if torch_export else [])]
+    if torch_export and targets[1] == output:
+        raise ValueError(
+            f"{output}: the torch.export program is written to {targets[1]}, which would replace "
+            "the export; expected an output name ending in .pt"
+        )
+    ensure_writable_folder(output.parent, "export folder")
+    for target in targets:
+        if target.is_dir():
+            raise IsADirectoryError(
+                f"cannot write the export file {target}: it is a folder; expected a file name "
+                f"(e.g. {target / 'segmenter.pt'})"
+            )
     checkpoint = read_checkpoint(checkpoint_path)
     hparams = checkpoint["hyper_parameters"]
     spec = hparams[network]
@@ -213,8 +233,6 @@ def export_segmenter(
         "image_size": [int(s) for s in hparams["image_size"]],
         "class_names": [str(n) for n in hparams.get("class_names", [])],
     }
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(output)
@@ -270,9 +288,8 @@ def main(argv: list[str] | None = None) -> None:
         "--torch_export", action="store_true", help="also write a torch.export program (.pt2)"
     )
     args = parser.parse_args(argv)
-    try:
-        paths = export_segmenter(args.checkpoint, args.output, args.network, args.torch_export)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"advmim export: error: {err}\n")
+    # bad input (a missing checkpoint, an unwritable output) ends as one line, the way every
+    # advmim command reports it (advmim_lightning.main.main)
+    paths = export_segmenter(args.checkpoint, args.output, args.network, args.torch_export)
     for path in paths:
         print(f"wrote {path}")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -46,6 +47,11 @@ RUNTIME_MODEL_SETTINGS = (
     "channels_last",
     "compile_networks",
 )
+#: The module's networks and the classes it builds when one is left at ``None``.
+DEFAULT_NETWORKS = {
+    "cnn": "advmim_lightning.networks.UNet",
+    "transformer": "advmim_lightning.networks.SwinUNet",
+}
 _PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given")
 
 log = logging.getLogger(__name__)
@@ -93,11 +99,44 @@ class AdvMIMCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.cnn.init_args.num_classes")
         parser.link_arguments("data.num_classes", "model.transformer.init_args.num_classes")
         parser.link_arguments("data.image_size", "model.transformer.init_args.img_size")
+        # The channel count is known once the data module has read the dataset (NIfTI:
+        # dataset.json), so it is linked at instantiation; networks left at their default are
+        # spelled out as class_path specs first (_spell_out_default_networks).
+        # (Declared transformer first: jsonargparse then builds the cnn first, the order in
+        # which the module builds default networks, so seeded weights do not change.)
         parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
+        for network in reversed(DEFAULT_NETWORKS):
+            parser.link_arguments(
+                "data.in_channels", f"model.{network}.init_args.in_channels", apply_on="instantiate"
+            )
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("model.method", "data.require_unlabeled", compute_fn=_needs_unlabeled)
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(ValidationPanels, "panels")
+
+    def before_instantiate_classes(self) -> None:
+        """Networks left at ``None`` become the module's default class, built the same way."""
+        self._spell_out_default_networks()
+
+    def _spell_out_default_networks(self) -> None:
+        """Give each network left at ``None`` as its default class with the linked arguments.
+
+        ``AdvMIMModule`` builds a ``None`` network itself from its ``num_classes``,
+        ``in_channels`` and ``image_size``; here the same network is stated as a class_path
+        spec, so that the data's channel count (linked at instantiation to
+        ``model.<network>.init_args.in_channels``) reaches it exactly as it reaches networks
+        given by class_path (a link to a ``None`` target cannot be applied).
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config["model"]
+        for network, class_path in DEFAULT_NETWORKS.items():
+            if model.get(network) is not None:
+                continue
+            # in_channels: a placeholder the data's value replaces at instantiation
+            init_args = Namespace(num_classes=model["num_classes"], in_channels=1)
+            if network == "transformer":
+                init_args["img_size"] = list(model["image_size"])
+            model[network] = Namespace(class_path=class_path, init_args=init_args)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer, plus the run folder's loggers and checkpoints by default.
@@ -341,15 +380,11 @@ def main(args: list[str] | None = None) -> None:
     """
     argv = sys.argv[1:] if args is None else list(args)
     _show_library_messages()
-    if argv and argv[0] in EXTRA_COMMANDS:
-        import importlib
-
-        status = importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
-        if status:
-            raise SystemExit(status)
-        return
     try:
-        build_cli(None if args is None else argv)
+        if argv and argv[0] in EXTRA_COMMANDS:
+            _run_extra_command(argv[0], argv[1:])
+        else:
+            build_cli(None if args is None else argv)
     except USER_ERRORS as err:
         user_error = _unwrap(err)
         if os.environ.get("ADVMIM_DEBUG", "0") not in ("", "0") or not _raised_here(user_error):
@@ -369,6 +404,15 @@ def _show_library_messages() -> None:
     if not package.handlers and not logging.getLogger().hasHandlers():
         package.addHandler(logging.StreamHandler())
         package.propagate = False
+
+
+def _run_extra_command(name: str, argv: list[str]) -> None:
+    """Run ``advmim export|prepare`` (their errors reach :func:`main`'s one-line report)."""
+    import importlib
+
+    status = importlib.import_module(EXTRA_COMMANDS[name]).main(argv)
+    if status:
+        raise SystemExit(status)
 
 
 def _unwrap(err: BaseException) -> BaseException:

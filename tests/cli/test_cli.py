@@ -272,11 +272,9 @@ def test_export_round_trips_without_lightning(tmp_path):
         assert torch.allclose(program(x), net(x), atol=1e-5)
 
 
-def test_export_reports_a_missing_checkpoint(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run("export", tmp_path / "nope.ckpt", tmp_path / "out.pt")
-    assert exit_info.value.code == 2
-    assert "nope.ckpt does not exist" in capsys.readouterr().err
+def test_export_reports_a_missing_checkpoint(tmp_path):
+    message = cli_error("export", tmp_path / "nope.ckpt", tmp_path / "out.pt")
+    assert "nope.ckpt does not exist" in message
 
 
 def test_prepare_converts_raw_acdc_and_fit_reads_the_result(tmp_path):

@@ -147,11 +147,18 @@ SLICE = "data/slices/patient002_frame01_slice_1.h5"
         ),
         (
             lambda r: (r / "val.list").write_text("patient001_frame01\n"),
-            r"case\(s\) \['patient001'\] are in both the labeled training pool and the val split",
+            r"patient 'patient001' is in train_slices.list and val.list \(train_slices.list: "
+            r"patient001_frame01_slice_0, .* and 3 more; val.list: patient001_frame01\)",
         ),
         (
             lambda r: (r / "test.list").write_text("patient005_frame01\n"),
-            r"\['patient005_frame01'\] are in both val.list and test.list \(duplicate case id\)",
+            r"patient 'patient005' is in val.list and test.list \(val.list: patient005_frame01, "
+            r"patient005_frame12; test.list: patient005_frame01\); expected each patient in one",
+        ),
+        (
+            lambda r: (r / "test.list").write_text("patient006_frame01\npatient005_frame12\n"),
+            r"patient 'patient005' is in val.list and test.list \(val.list: patient005_frame01, "
+            r"patient005_frame12; test.list: patient005_frame12\)",
         ),
         (lambda r: (r / "val.list").unlink(), r"Missing list file .*val.list: found nothing"),
         (

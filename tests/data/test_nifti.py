@@ -122,7 +122,9 @@ def test_cache_dir_memory_maps(tiny_nifti: Path, tmp_path: Path, nifti_dm) -> No
 
 
 def _save(path: Path, data: np.ndarray) -> None:
-    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 8.0, 1.0])), path)
+    """Replace the array of ``path`` (keeping its affine, so only the array is at fault)."""
+    affine = nib.load(path).affine if path.exists() else np.diag([1.5, 1.5, 8.0, 1.0])
+    nib.save(nib.Nifti1Image(data, affine), path)
 
 
 def _json(root: Path, **changes) -> None:
@@ -223,10 +225,10 @@ def test_wrong_num_classes_and_missing_channel(
     (root / "imagesTr" / "case_001_0001.nii.gz").unlink()
     with pytest.raises(
         DataValidationError,
-        match=r"Missing image file .*imagesTr/case_001_0001.nii.gz: "
-        r"case 'case_001' has channels \[0\]",
+        match=r"Missing image file\(s\) .*imagesTr/case_001_0001.nii.gz: .*dataset.json "
+        r"declares 2 channels \['MRI', 'MRI1'\], but case 'case_001' has channels \[0\]",
     ):
-        nifti_dm(root).setup("fit")
+        nifti_dm(root)  # the listing is checked when the data module is built
     (root / "imagesTr" / "case_002_0000.nii.gz").rename(root / "imagesTr" / "case_002.nii.gz")
     with pytest.raises(DataValidationError, match=r"case_002.nii.gz: no channel suffix"):
         nifti_dm(root).setup("fit")

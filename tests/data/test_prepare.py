@@ -79,7 +79,7 @@ def test_errors_leave_nothing_behind(raw: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     write_tiny_raw_acdc(bad, num_patients=3)
     gt = bad / "training" / "patient003" / "patient003_frame12_gt.nii.gz"
-    nib.save(nib.Nifti1Image(np.full((32, 32, 3), 9, np.uint8), np.eye(4)), gt)
+    nib.save(nib.Nifti1Image(np.full((32, 32, 3), 9, np.uint8), nib.load(gt).affine), gt)
     with pytest.raises(
         DataValidationError,
         match=r"patient003_frame12_gt.nii.gz: label value\(s\) \[9\] outside \[0, 4\)",
@@ -91,7 +91,8 @@ def test_errors_leave_nothing_behind(raw: Path, tmp_path: Path) -> None:
         DataValidationError, match=r"Missing label file .*patient003_frame12_gt.nii.gz"
     ):
         prepare_acdc(bad, tmp_path / "out")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataValidationError, match=r"found no patientNNN folders"):
-        prepare_acdc(tmp_path, tmp_path / "out2")
+        prepare_acdc(tmp_path / "empty", tmp_path / "out2")
     with pytest.raises(ValueError, match=r"test_fraction must be in \[0, 1\)"):
         prepare_acdc(raw, tmp_path / "out3", test_fraction=1.5)

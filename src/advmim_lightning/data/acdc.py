@@ -13,6 +13,10 @@ Optional h5 attributes (written by :mod:`advmim_lightning.data.prepare`): ``spac
 floats, mm, in ``(D, H, W)`` order) and ``affine`` (4 x 4, voxel ``(d, h, w)`` to world). Without
 them spacing is ``(1, 1, 1)`` and ``spacing_known`` is False.
 
+A patient (``data.case_pattern``, default ``patientNNN``) is in one list only: the split is by
+patient, so ``patient005_frame01`` in ``val.list`` and ``patient005_frame12`` in ``test.list``
+is refused, as is a training patient in ``val.list`` or ``test.list``.
+
 Training slices are regrouped into their volumes (``<volume>_slice_<k>``) so that intensity
 normalisation is per volume, as in the original preprocessing (min-max of data that is already
 min-max normalised is the identity).
@@ -183,7 +187,13 @@ class ACDCSource(DataSource):
         return self._lists[which]
 
     def case_split(self) -> CaseSplit:
-        """Labeled/unlabeled patients from ``train_slices.list``, val/test from their lists."""
+        """Labeled/unlabeled patients from ``train_slices.list``, val/test from their lists.
+
+        Raises:
+            DataValidationError: On a patient in two lists (see
+                :meth:`_check_patients_in_one_list`), or labeled cases that are not listed.
+        """
+        self._check_patients_in_one_list()
         train_list = str(self.path / "train_slices.list")
         train = self.list_names("train")
         order = list(dict.fromkeys(self.grouper(n, train_list) for n in train))
@@ -204,12 +214,6 @@ class ACDCSource(DataSource):
             source = str(self.path / f"{which}.list")
             names = self.list_names(which)
             evals[which] = list(dict.fromkeys(self.grouper(n, source) for n in names))
-        both = sorted(set(self.list_names("val")) & set(self.list_names("test")))
-        if both:
-            raise DataValidationError(
-                f"{self.path}: volume(s) {both[:10]} are in both val.list and test.list "
-                "(duplicate case id); expected each volume in one split."
-            )
         return CaseSplit(
             labeled=labeled,
             unlabeled=unlabeled,
@@ -217,6 +221,40 @@ class ACDCSource(DataSource):
             test=evals["test"],
             source=str(self.path),
         )
+
+    def _check_patients_in_one_list(self) -> None:
+        """Refuses a patient (case id) named in two of the three lists.
+
+        Works per patient, not per name: ``patient005_frame01`` in ``val.list`` and
+        ``patient005_frame12`` in ``test.list`` put one patient in two splits, as does a
+        patient with training slices and a validation volume.
+
+        Raises:
+            DataValidationError: Naming the patient, the two lists and the names in each.
+        """
+        names_by_list: dict[str, dict[str, list[str]]] = {}
+        for which, filename in (
+            ("train", "train_slices.list"),
+            ("val", "val.list"),
+            ("test", "test.list"),
+        ):
+            source = str(self.path / filename)
+            for name in self.list_names(which):
+                case = self.grouper(name, source)
+                names_by_list.setdefault(case, {}).setdefault(filename, []).append(name)
+        for case, lists in names_by_list.items():
+            if len(lists) < 2:
+                continue
+            found = "; ".join(
+                f"{filename}: {', '.join(names[:3])}"
+                + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                for filename, names in lists.items()
+            )
+            raise DataValidationError(
+                f"{self.path}: patient {case!r} is in {' and '.join(lists)} ({found}); "
+                "expected each patient in one split (the split is by patient: case_pattern "
+                f"'{self.grouper.pattern}')."
+            )
 
     def _slice_file(self, name: str) -> Path:
         return self.path / "data" / "slices" / f"{name}.h5"

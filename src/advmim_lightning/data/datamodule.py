@@ -113,9 +113,11 @@ class AdvMIMDataModule(pl.LightningDataModule):
 
     **Checks at setup** raise :class:`~advmim_lightning.data.validation.DataValidationError`
     naming the file, the value found and what was expected: missing/unreadable files,
-    image/label shape mismatch, labels outside ``[0, num_classes)``, NaN/Inf voxels, duplicate
-    case ids, a labeled case that is also in val/test, an empty unlabeled pool (unless
-    ``require_unlabeled=False``).
+    image/label (or channel) shape, spacing, origin or direction mismatch, labels outside
+    ``[0, num_classes)``, NaN/Inf voxels, duplicate case ids, a labeled case that is also in
+    val/test, an ACDC patient in two lists, an empty unlabeled pool (unless
+    ``require_unlabeled=False``). The NIfTI file listing (names, channel files declared by
+    ``dataset.json``) is checked when the data module is built.
 
     Args:
         root: Dataset root folder (unused for the phantom).
@@ -166,7 +168,8 @@ class AdvMIMDataModule(pl.LightningDataModule):
     Raises:
         ValueError: On arguments out of range (message says what was given and what is
             allowed).
-        DataValidationError: When the dataset root or its ``dataset.json`` is invalid.
+        DataValidationError: When the dataset root or its ``dataset.json`` is invalid, or the
+            NIfTI files do not match ``dataset.json`` (e.g. a missing ``_0001`` channel file).
     """
 
     def __init__(

@@ -16,6 +16,10 @@
   become the ``C`` input channels (``in_channels`` of the data module follows). MSD files
   without a channel suffix are accepted for single-channel datasets; 4D MSD images are refused
   (split them into channel files first).
+- Each label, and each channel file after ``_0000``, must lie on the voxel grid of the image's
+  ``_0000`` file: same shape, and spacing, origin and direction equal within the tolerance of
+  :func:`~advmim_lightning.data.validation.check_same_geometry` (as nnU-Net's dataset check);
+  a mirrored or shifted affine is refused naming the file and both values.
 - Volumes are sliced along ``slice_axis`` of the array as stored (default: per case, the axis
   with the coarsest spacing; ties go to the last axis). The spacing (from the header) and the
   affine are kept so metrics can be in mm and predictions written back with
@@ -50,14 +54,14 @@ from advmim_lightning.data.validation import (
     check_file_exists,
     check_finite,
     check_label_values,
-    check_same_shape,
+    check_same_geometry,
 )
 
 __all__ = ["NiftiSource", "read_dataset_json", "read_nifti"]
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: entries are written only after the geometry checks
 
 
 def read_dataset_json(root: Path, num_classes: int) -> tuple[list[str], list[str], str]:
@@ -178,7 +182,8 @@ class NiftiSource(DataSource):
         options: Shared loading options.
 
     Raises:
-        DataValidationError: If ``root`` is not a folder or ``dataset.json`` is invalid.
+        DataValidationError: If ``root`` is not a folder, ``dataset.json`` is invalid or the
+            files do not match it (names, channel files, labels without images).
     """
 
     def __init__(self, root: str, options: LoadOptions) -> None:
@@ -189,6 +194,10 @@ class NiftiSource(DataSource):
         )
         self.in_channels = len(self.channel_names)
         self._scan: dict[str, dict[str, tuple[list[Path], Path | None]]] | None = None
+        # The file listing is checked now (cheap), so that files that do not match
+        # dataset.json (a missing channel file, say) stop a run as a data error before any
+        # network is built for ``in_channels``.
+        self.cases()
 
     # ----------------------------------------------------------------------------- listing
     def _scan_folder(self, images: str, labels: str) -> dict[str, tuple[list[Path], Path | None]]:
@@ -223,14 +232,24 @@ class NiftiSource(DataSource):
                     "file per case and channel."
                 )
             found[case][channel] = f
+        missing = [
+            (case, folder / f"{case}_{c:04d}{ending}")
+            for case, files in found.items()
+            for c in range(channels)
+            if c not in files
+        ]
+        if missing:
+            case = missing[0][0]
+            shown = ", ".join(str(path) for _, path in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DataValidationError(
+                f"Missing image file(s) {shown}{more}: {self.path / 'dataset.json'} declares "
+                f"{channels} channels {self.channel_names}, but case {case!r} has channels "
+                f"{sorted(found[case])}; expected <case>_0000{ending} .. "
+                f"<case>_{channels - 1:04d}{ending} for every case (or fix 'channel_names')."
+            )
         result: dict[str, tuple[list[Path], Path | None]] = {}
         for case, files in found.items():
-            for c in range(channels):
-                if c not in files:
-                    raise DataValidationError(
-                        f"Missing image file {folder / f'{case}_{c:04d}{ending}'}: case {case!r} "
-                        f"has channels {sorted(files)}; expected all {channels} channel files."
-                    )
             label = self.path / labels / f"{case}{ending}"
             result[case] = ([files[c] for c in range(channels)], label if label.is_file() else None)
         label_folder = self.path / labels
@@ -323,21 +342,29 @@ class NiftiSource(DataSource):
         arrays, spacing, affine = [], None, None
         for f in files:
             data, file_spacing, file_affine = read_nifti(f)
-            if arrays and data.shape != arrays[0].shape:
-                raise DataValidationError(
-                    f"{f}: channel shape {data.shape} differs from {arrays[0].shape} of "
-                    f"{files[0]}; expected equal shapes for all channels."
+            if spacing is None:
+                spacing, affine = file_spacing, file_affine
+            else:  # every channel on the grid of the first
+                check_same_geometry(
+                    (arrays[0].shape, spacing, affine),
+                    (data.shape, file_spacing, file_affine),
+                    str(files[0]),
+                    str(f),
+                    what="channel",
                 )
             data = np.asarray(data, dtype=np.float32)
             check_finite(data, str(f))
             arrays.append(data)
-            if spacing is None:
-                spacing, affine = file_spacing, file_affine
         assert spacing is not None and affine is not None
         label = None
         if read_label and label_file is not None:
-            label, _, _ = read_nifti(label_file)
-            check_same_shape(arrays[0].shape, label.shape, str(files[0]), str(label_file))
+            label, label_spacing, label_affine = read_nifti(label_file)
+            check_same_geometry(
+                (arrays[0].shape, spacing, affine),
+                (label.shape, label_spacing, label_affine),
+                str(files[0]),
+                str(label_file),
+            )
             check_label_values(label, self.options.num_classes, str(label_file))
             label = np.asarray(label).astype(self.options.label_dtype)
         axis = self.options.slice_axis if self.options.slice_axis is not None else None

@@ -45,10 +45,11 @@ from advmim_lightning.data.validation import (
     DataValidationError,
     check_finite,
     check_label_values,
-    check_same_shape,
+    check_same_geometry,
 )
+from advmim_lightning.paths import ensure_writable_folder
 
-__all__ = ["PrepareSummary", "find_acdc_volumes", "main", "prepare_acdc"]
+__all__ = ["PrepareSummary", "check_output_apart", "find_acdc_volumes", "main", "prepare_acdc"]
 
 _PATIENT = re.compile(r"^patient\d+$")
 _FRAME = re.compile(r"^(?P<patient>patient\d+)_frame(?P<frame>\d+)\.nii(\.gz)?$")
@@ -150,6 +151,67 @@ def find_acdc_volumes(input_dir: str | Path) -> dict[str, list[tuple[str, Path, 
     return result
 
 
+def _is_or_lies_in(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it.
+
+    Compared on resolved paths (symlinks, ``..``, relative paths and trailing slashes do not
+    hide a match) and, for the parts that exist, on device and inode (another mount of the
+    same folder does not either).
+    """
+    path, folder = path.resolve(), folder.resolve()
+    if path == folder or path.is_relative_to(folder):
+        return True
+    try:
+        target = folder.stat()
+    except OSError:
+        return False
+    for candidate in (path, *path.parents):
+        try:
+            found = candidate.stat()
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
+def check_output_apart(output: str | Path, inputs: Sequence[tuple[str, str | Path]]) -> None:
+    """Refuses an output folder that is an input, lies inside one or contains one.
+
+    The output is written in a temporary folder beside it and replaces it at the end (with
+    ``overwrite``), so an output that overlaps an input would write into the raw release or
+    delete it. Checked before anything is written, with or without ``overwrite``.
+
+    Args:
+        output: The output folder.
+        inputs: ``(what, path)`` of each input: the input folder, the split file, every folder
+            and file read (``what`` names it in the message, e.g. ``"input folder"``).
+
+    Raises:
+        ValueError: Naming the output, the input and how they overlap.
+    """
+    out = Path(output)
+    for what, source in inputs:
+        source = Path(source)
+        if _is_or_lies_in(out, source):
+            how = "is" if out.resolve() == source.resolve() else "lies inside"
+        elif _is_or_lies_in(source, out):
+            how = "contains"
+        else:
+            continue
+        raise ValueError(
+            f"The output folder {_with_resolved(out)} {how} the {what} "
+            f"{_with_resolved(source)}; expected an output folder apart from the input (writing "
+            "there, and overwriting above all, would change or delete the raw data). Nothing "
+            "was written."
+        )
+
+
+def _with_resolved(path: Path) -> str:
+    resolved = path.resolve()
+    return str(path) if resolved == path else f"{path} (= {resolved})"
+
+
 def _to_dhw(
     data: np.ndarray, spacing: tuple[float, float, float], affine: np.ndarray
 ) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
@@ -221,24 +283,35 @@ def prepare_acdc(
         A :class:`PrepareSummary`.
 
     Raises:
-        DataValidationError: On missing/unreadable files, image/label shape mismatch, labels
-            outside ``[0, 4)``, non-finite voxels, or an existing output without ``overwrite``.
-        ValueError: On fractions outside ``[0, 1)``.
+        DataValidationError: On missing/unreadable files, an image/label shape or geometry
+            mismatch, labels outside ``[0, 4)``, non-finite voxels, or an existing output
+            without ``overwrite``.
+        ValueError: On fractions outside ``[0, 1)``, or an output folder that is an input,
+            lies inside one or contains one (see :func:`check_output_apart`).
+        OSError: Naming the folder, when the output's folder cannot be created or written.
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
     output = Path(output_dir)
+    named = [("input folder", input_dir), *([("split file", split_file)] if split_file else [])]
+    check_output_apart(output, named)
+    volumes = find_acdc_volumes(input_dir)
+    # and every folder and file read: any of them may be a link to elsewhere
+    files = [f for entries in volumes.values() for _, *pair in entries for f in pair]
+    folders = sorted({f.parent for f in files} | {f.parent.parent for f in files})
+    check_output_apart(
+        output, [("input folder", d) for d in folders] + [("input file", f) for f in files]
+    )
     if output.exists() and not overwrite:
         raise DataValidationError(
             f"Output folder {output} already exists; expected a new folder (or pass "
             "overwrite=True / --overwrite)."
         )
-    volumes = find_acdc_volumes(input_dir)
     train, val, test = _split_patients(
         sorted(volumes), seed, val_fraction, test_fraction, split_file
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(output.parent, "folder of the output (--output)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
         summary = PrepareSummary(output=output, train=train, val=val, test=test)
@@ -250,8 +323,13 @@ def prepare_acdc(
         for patient in sorted(split_of):
             for name, image_file, label_file in volumes[patient]:
                 data, spacing, affine = read_nifti(image_file)
-                label, _, _ = read_nifti(label_file)
-                check_same_shape(data.shape, label.shape, str(image_file), str(label_file))
+                label, label_spacing, label_affine = read_nifti(label_file)
+                check_same_geometry(
+                    (data.shape, spacing, affine),
+                    (label.shape, label_spacing, label_affine),
+                    str(image_file),
+                    str(label_file),
+                )
                 image = np.asarray(data, dtype=np.float32)
                 check_finite(image, str(image_file))
                 check_label_values(label, ACDC_NUM_CLASSES, str(label_file))
@@ -298,7 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
         "spacing as an h5 attribute), split by patient.",
     )
     parser.add_argument("--input", required=True, help="raw ACDC training/ folder (or parent)")
-    parser.add_argument("--output", required=True, help="output folder (must not exist)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="output folder (must not exist; never the input, inside it or containing it)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient split")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="default: 0.1")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="default: 0.2")

@@ -20,8 +20,15 @@ __all__ = [
     "check_finite",
     "check_label_values",
     "check_no_duplicates",
+    "check_same_geometry",
     "check_same_shape",
 ]
+
+#: Tolerance of :func:`check_same_geometry`, per value: ``|a - b| <= GEOMETRY_ATOL +
+#: GEOMETRY_RTOL * |b|`` (as ``numpy.allclose``; the relaxed tolerances of nnU-Net's dataset
+#: integrity check), for the spacing (mm), the origin (mm) and the direction cosines.
+GEOMETRY_RTOL = 1e-3
+GEOMETRY_ATOL = 1e-4
 
 
 class DataValidationError(ValueError):
@@ -112,7 +119,11 @@ def check_label_values(label: np.ndarray, num_classes: int, source: str) -> None
 
 
 def check_same_shape(
-    image_shape: Sequence[int], label_shape: Sequence[int], image_source: str, label_source: str
+    image_shape: Sequence[int],
+    label_shape: Sequence[int],
+    image_source: str,
+    label_source: str,
+    what: str = "label",
 ) -> None:
     """Checks that an image and its label have the same spatial shape.
 
@@ -121,14 +132,81 @@ def check_same_shape(
         label_shape: Shape of the label.
         image_source: Image file.
         label_source: Label file.
+        what: What the second file is, for the message (``"label"``, ``"channel"``).
 
     Raises:
         DataValidationError: If the shapes differ.
     """
     if tuple(image_shape) != tuple(label_shape):
         raise DataValidationError(
-            f"{label_source}: label shape {tuple(label_shape)} does not match the image shape "
+            f"{label_source}: {what} shape {tuple(label_shape)} does not match the image shape "
             f"{tuple(image_shape)} of {image_source}; expected equal shapes."
+        )
+
+
+def _direction(affine: np.ndarray) -> np.ndarray:
+    """The 3 x 3 direction cosines of a voxel-to-world affine (its columns at unit length)."""
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(linear, axis=0)
+    return linear / np.where(norms > 0, norms, 1.0)
+
+
+def _shown(values: np.ndarray) -> str:
+    rounded = np.round(np.asarray(values, dtype=np.float64), 4) + 0.0  # no "-0.0"
+    return str(tuple(rounded.tolist()) if rounded.ndim == 1 else rounded.tolist())
+
+
+def check_same_geometry(
+    reference: tuple[Sequence[int], Sequence[float], np.ndarray],
+    other: tuple[Sequence[int], Sequence[float], np.ndarray],
+    reference_source: str,
+    other_source: str,
+    what: str = "label",
+) -> None:
+    """Checks that a file lies on the voxel grid of its reference (a label on its image's).
+
+    Shape, spacing, origin and direction are compared, as nnU-Net's dataset check does, the
+    last three within :data:`GEOMETRY_RTOL` / :data:`GEOMETRY_ATOL`; a mirrored or shifted
+    affine is refused even when the arrays have the same shape.
+
+    Args:
+        reference: ``(shape, spacing, affine)`` of the reference file (the image, or the first
+            channel of a multi-channel image): array shape, voxel spacing in mm, 4 x 4
+            voxel-to-world affine.
+        other: The same for the file checked against it.
+        reference_source: The reference file, for the message.
+        other_source: The checked file, for the message.
+        what: What the checked file is (``"label"``, ``"channel"``), for the message.
+
+    Raises:
+        DataValidationError: Naming the checked file, each property that differs with both
+            values, and the reference file.
+    """
+    check_same_shape(reference[0], other[0], reference_source, other_source, what)
+    ref_affine = np.asarray(reference[2], dtype=np.float64)
+    affine = np.asarray(other[2], dtype=np.float64)
+    pairs = {
+        "spacing": (np.asarray(other[1], np.float64), np.asarray(reference[1], np.float64)),
+        "origin": (affine[:3, 3], ref_affine[:3, 3]),
+        "direction": (_direction(affine), _direction(ref_affine)),
+        # the voxel size the affine itself gives (a header may disagree with its affine)
+        "affine voxel size": (
+            np.linalg.norm(affine[:3, :3], axis=0),
+            np.linalg.norm(ref_affine[:3, :3], axis=0),
+        ),
+    }
+    differing = [
+        f"{name} {_shown(found)} (image: {_shown(expected)})"
+        for name, (found, expected) in pairs.items()
+        if found.shape != expected.shape
+        or not np.allclose(found, expected, rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL)
+    ]
+    if differing:
+        raise DataValidationError(
+            f"{other_source}: {what} geometry differs from the image {reference_source}: "
+            f"{'; '.join(differing)}; expected the {what} on the image's voxel grid (same shape, "
+            f"and spacing, origin and direction equal within rtol={GEOMETRY_RTOL}, "
+            f"atol={GEOMETRY_ATOL}, as nnU-Net checks)."
         )
 
 
