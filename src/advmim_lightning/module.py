@@ -316,10 +316,11 @@ class AdvMIMModule(pl.LightningModule):
         self.hparams["cnn"] = _network_spec(self.cnn)
         self.hparams["transformer"] = _network_spec(self.transformer)
         # Loggers record ``hparams_initial``: make it what trains (resolved method defaults, the
-        # networks' specs), not the arguments as given (None). ``image_size`` stays a tuple
-        # there, as the data module's, so that Lightning can merge the two without a conflict.
+        # networks' specs), not the arguments as given (None). ``image_size`` keeps the value
+        # given (as the data module's, which Lightning merges with it and compares by type).
+        given_size = self._hparams_initial.get("image_size", image_size)
         self._hparams_initial = copy.deepcopy(self._hparams)
-        self._hparams_initial["image_size"] = tuple(image_size)
+        self._hparams_initial["image_size"] = given_size
 
         #: Completed training iterations (paired batches); saved in checkpoints and in the
         #: state dict (key ``iteration``), so it travels wherever the weights do (e.g. back
@@ -548,8 +549,8 @@ class AdvMIMModule(pl.LightningModule):
                 f"iterations (model.iteration={self.iteration}); fit() has nothing to train and "
                 "stops. To train longer, raise max_iterations (the poly learning rate then "
                 "decays to 0 at the new value): AdvMIMModule.load_from_checkpoint(path, "
-                "max_iterations=...) or model.hparams.max_iterations = ... before fit (with "
-                "trainer.fit(..., ckpt_path=...) too)."
+                "max_iterations=...), or model.hparams.max_iterations = ... before fit (also "
+                "when resuming with ckpt_path)."
             )
             self.trainer.should_stop = True
 
@@ -1072,9 +1073,9 @@ def _require_own_networks(
         class_path = str(spec.get("class_path", ""))
         if class_path and not class_path.startswith("advmim_lightning."):
             raise ValueError(
-                f"{path} was trained with {name}={class_path!r}, a network from outside "
-                "advmim_lightning, which a checkpoint never rebuilds: pass the instance, built "
-                f"as for training (the weights come from the checkpoint): "
+                f"{path} names the class {class_path!r} as its {name} network, from outside "
+                "advmim_lightning; networks are never rebuilt from a checkpoint: pass the "
+                "instance, built as for training (the weights come from the checkpoint): "
                 f"AdvMIMModule.load_from_checkpoint({str(path)!r}, {name}=MyNet(...)). "
                 "(ADVMIM_TRUSTED_CLASSES does not rebuild networks; it only lets a checkpoint "
                 "you trust name other classes of your packages.)"

@@ -106,9 +106,13 @@ class AdvMIMDataModule(pl.LightningDataModule):
     by ``(seed, stream, g)``. Batches therefore depend only on ``(seed, iteration, rank, world
     size)``: identical with any ``num_workers``, never duplicated across DDP ranks within a pass,
     and exactly reproducible after a resume. A pool smaller than its batch size repeats slices
-    (with a warning). Resuming: the data module's ``state_dict`` stores the next iteration (it
-    is saved in Lightning checkpoints and restored with ``ckpt_path``); a LightningModule may
-    also call :meth:`set_start_iteration` before the epoch starts. The data module overrides
+    (with a warning). Resuming: every training iterator starts at :meth:`data_position`,
+    the trained LightningModule's ``iteration`` count when it keeps one (``AdvMIMModule``
+    does, and restores it from checkpoints), so any checkpoint resumes exactly. For other
+    LightningModules the data module's ``state_dict`` stores the next iteration (saved in
+    Lightning checkpoints and restored with ``ckpt_path``), and :meth:`set_start_iteration`
+    before the epoch starts sets it. Lightning's ``overfit_batches`` replaces the sampler: the
+    training set then reads integer index ``i`` as iteration ``i``. The data module overrides
     ``on_before_batch_transfer`` to read (and remove) the ``"iteration"`` entry of each
     training batch; batches read from the loader outside a Trainer still carry it.
 
