@@ -44,8 +44,9 @@ class _TrainingLoader(DataLoader):
 
     Its state is the data module's next iteration; Lightning stores it in checkpoints and loads
     it before creating the first iterator of a resumed run, which tells Lightning that resuming
-    mid-epoch is exact. Every iterator starts at :meth:`AdvMIMDataModule.data_position` (the
-    trained module's iteration count when it keeps one), whatever epoch Lightning counts.
+    mid-epoch is exact. Inside a Trainer every iterator starts at
+    :meth:`AdvMIMDataModule.data_position` (the trained module's iteration count when it keeps
+    one), whatever epoch Lightning counts.
     """
 
     def __init__(self, *args: Any, datamodule: AdvMIMDataModule, **kwargs: Any) -> None:
@@ -55,7 +56,8 @@ class _TrainingLoader(DataLoader):
     def __iter__(self) -> Any:
         sampler = self.sampler
         # Lightning may have replaced the sampler (overfit_batches): then items are indices.
-        if isinstance(sampler, IterationSampler):
+        # Outside a Trainer the sampler's own set_epoch / start_iteration decide.
+        if isinstance(sampler, IterationSampler) and self._datamodule.trainer is not None:
             position = self._datamodule.data_position()
             sampler.set_start_iteration(position)
             sampler.set_epoch(position // sampler.iterations_per_epoch)
