@@ -57,8 +57,11 @@ def tiny_batch(
 
 
 def full_state(module: pl.LightningModule) -> dict[str, torch.Tensor]:
-    """Copies of a module's state dict and of every SGD momentum buffer its trainer holds."""
-    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    """Copies of a module's state dict and of every SGD momentum buffer its trainer holds.
+
+    The state dict's ``iteration`` entry (a counter, not trained state) is left out.
+    """
+    state = {k: v.detach().clone() for k, v in module.state_dict().items() if k != "iteration"}
     for i, opt in enumerate(module.trainer.optimizers):
         for j, param in enumerate(opt.param_groups[0]["params"]):
             if "momentum_buffer" in opt.state[param]:

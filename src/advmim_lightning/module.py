@@ -17,6 +17,7 @@ are done. Setting ``trainer.max_steps`` is not needed; if you set it, use
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib
 import logging
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from advmim_lightning.losses import (
@@ -334,11 +336,21 @@ class AdvMIMModule(pl.LightningModule):
         self.hparams["class_names"] = self.class_names
         self.hparams["cnn"] = _network_spec(self.cnn)
         self.hparams["transformer"] = _network_spec(self.transformer)
+        # Loggers record ``hparams_initial``: make it what trains (resolved method defaults, the
+        # networks' specs), not the arguments as given (None). ``image_size`` keeps the value
+        # given (as the data module's, which Lightning merges with it and compares by type).
+        given_size = self._hparams_initial.get("image_size", image_size)
+        self._hparams_initial = copy.deepcopy(self._hparams)
+        self._hparams_initial["image_size"] = given_size
 
-        #: Completed training iterations (paired batches); saved in checkpoints.
+        #: Completed training iterations (paired batches); saved in checkpoints and in the
+        #: state dict (key ``iteration``), so it travels wherever the weights do (e.g. back
+        #: from ``ddp_spawn`` workers, which return only the state dict).
         self.iteration = 0
         #: Whether the weights came from an AdvMIMModule checkpoint (set by on_load_checkpoint).
         self.restored_from_checkpoint = False
+        self.register_state_dict_post_hook(_save_iteration)
+        self.register_load_state_dict_pre_hook(_load_iteration)
         self._mask_generator: torch.Generator | None = None
         self._mask_generator_iteration = -1
         self._monitor = NonFiniteMonitor()
@@ -354,6 +366,9 @@ class AdvMIMModule(pl.LightningModule):
             }
         )
         self._test_case_ids: dict[int, str] = {}
+        #: Segmenter-contract checks done (``"train"``, ``"eval"``) and the hooks still waiting.
+        self._contract_checked: set[str] = set()
+        self._contract_hooks: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -375,16 +390,22 @@ class AdvMIMModule(pl.LightningModule):
         return self._probabilities(x)[self.eval_network]
 
     # ------------------------------------------------------------------ optimisers
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
         """One SGD per trained part: transformer, CNN (and both discriminators for AdvMIM).
 
-        The learning rate is set from :attr:`iteration` at the start of every iteration (poly
-        schedule), so there is no scheduler state to keep in step with it.
+        The learning rate is set from :attr:`iteration` before every iteration (poly schedule),
+        so there is no scheduler state to keep in step with it. Each optimiser comes with a
+        constant (factor 1) scheduler only to name it after its network for Lightning
+        (``LearningRateMonitor`` logs ``lr-transformer``, ``lr-cnn``, ``lr-disc_transformer``,
+        ``lr-disc_cnn``); it never changes the rate.
+
+        Returns:
+            The optimisers, in :attr:`trained_part_names` order, and their scheduler configs.
         """
         parts = self.trained_parts
         clips = [self.cfg["grad_clip_norm"]] * len(parts)
         flags = _SGD_IMPLEMENTATIONS[self.hparams.optimizer_impl]
-        return [
+        optimizers = [
             torch.optim.SGD(
                 [{"params": [q for q in part.parameters() if q.requires_grad], "clip_norm": clip}],
                 lr=self.cfg["lr"],
@@ -394,6 +415,25 @@ class AdvMIMModule(pl.LightningModule):
             )
             for part, clip in zip(parts, clips, strict=True)
         ]
+        # Each optimiser gets a named scheduler that never changes its rate (factor 1): the
+        # name is what Lightning's LearningRateMonitor logs (lr-cnn, ..., not lr-SGD-3).
+        schedulers = [
+            {
+                "scheduler": torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0),
+                "name": f"lr-{name}",
+                "interval": "step",
+            }
+            for opt, name in zip(optimizers, self.trained_part_names, strict=True)
+        ]
+        return optimizers, schedulers
+
+    @property
+    def trained_part_names(self) -> list[str]:
+        """Names of :attr:`trained_parts`, in the same order (``lr-<name>`` in lr monitors)."""
+        names = ["transformer", "cnn"]
+        if self.uses_masking:
+            names += ["disc_transformer", "disc_cnn"]
+        return names
 
     @property
     def trained_parts(self) -> list[nn.Module]:
@@ -445,11 +485,14 @@ class AdvMIMModule(pl.LightningModule):
             and ddp_kwargs is not None
             and not ddp_kwargs.get("find_unused_parameters", False)
         ):
+            start = getattr(strategy, "_start_method", "popen")
+            variant = "ddp" if start == "popen" else f"ddp_{start}"
             raise ValueError(
-                f"method='advmim' under {type(strategy).__name__} needs "
+                f"method='advmim' under {type(strategy).__name__} ({variant!r}) needs "
                 "find_unused_parameters=True: each iteration runs two backward passes over "
                 "different parts (segmenters, then discriminators). Use "
-                "strategy='ddp_find_unused_parameters_true' (configs/trainer/ddp.yaml does)."
+                f"strategy='{variant}_find_unused_parameters_true'"
+                + (" (configs/trainer/ddp.yaml does)." if variant == "ddp" else ".")
             )
 
     def on_fit_start(self) -> None:
@@ -533,6 +576,51 @@ class AdvMIMModule(pl.LightningModule):
             self._skipper = UpdateSkipper(
                 self.trained_parts, self.trainer.optimizers, self.hparams.max_skipped_in_a_row
             )
+        self._set_learning_rates(self._current_lr())
+        self._watch_segmenter_contract("train")
+        if self.iteration >= self.hparams.max_iterations:
+            rank_zero_warn(
+                f"AdvMIMModule has already trained max_iterations={self.hparams.max_iterations} "
+                f"iterations (model.iteration={self.iteration}); fit() has nothing to train and "
+                "stops. To train longer, raise max_iterations (the poly learning rate then "
+                "decays to 0 at the new value): AdvMIMModule.load_from_checkpoint(path, "
+                "max_iterations=...), or model.hparams.max_iterations = ... before fit (also "
+                "when resuming with ckpt_path)."
+            )
+            self.trainer.should_stop = True
+
+    def on_validation_start(self) -> None:
+        self._watch_segmenter_contract("eval")
+
+    def on_test_start(self) -> None:
+        self._watch_segmenter_contract("eval")
+
+    def on_predict_start(self) -> None:
+        self._watch_segmenter_contract("eval")
+
+    def _watch_segmenter_contract(self, mode: str) -> None:
+        """Check each segmenter's next output against the contract, once per ``mode``.
+
+        A forward hook (removed after its first call) looks at what the network returns on the
+        first batch of training (``"train"``: ``net(x, mask=m)`` for AdvMIM) or evaluation
+        (``"eval"``: ``net(x)``): no extra forward pass, nothing on the device. Skipped for
+        networks compiled with ``compile_networks`` (a hook would be compiled into the graph).
+        """
+        if mode in self._contract_checked or getattr(self, "_networks_compiled", False):
+            return
+        for handle in self._contract_hooks.values():
+            handle.remove()
+        self._contract_hooks = {}
+        for name, net in self.segmenters.items():
+            self._contract_hooks[name] = net.register_forward_hook(
+                _ContractCheck(self, name, mode), with_kwargs=True
+            )
+
+    def _set_learning_rates(self, lr: float) -> None:
+        """Set every optimiser's rate (before the batch hooks, where lr monitors read it)."""
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         if self.iteration >= self.hparams.max_iterations:
@@ -549,6 +637,7 @@ class AdvMIMModule(pl.LightningModule):
         Loss values stay on the device; they are handed to the loggers only on logging steps
         (``trainer.log_every_n_steps``), so the step itself never waits for the GPU.
         """
+        _check_training_batch(batch)
         labeled = batch["labeled"]
         x_l, y = self._layout(labeled["image"]), labeled["label"]
         x_u = None
@@ -604,6 +693,11 @@ class AdvMIMModule(pl.LightningModule):
                 logged["train/cross_teaching_weight"] = ct_weight
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=x_l.shape[0])
         self.iteration += 1
+        self._set_learning_rates(self._current_lr())  # the next iteration's, for lr monitors
+        if self.iteration >= self.hparams.max_iterations:
+            # Stop the way Lightning expects, right after the last iteration: the run's end is
+            # validated (and checkpointed) even when it falls mid-epoch.
+            self.trainer.should_stop = True
 
     def check_nonfinite_now(self) -> None:
         """Act on the non-finite flags of the iterations not checked yet (one host sync).
@@ -912,8 +1006,39 @@ class AdvMIMModule(pl.LightningModule):
 
         if isinstance(checkpoint_path, (str, Path)):
             checkpoint = read_checkpoint(checkpoint_path, check_classes=False)
+            _require_own_networks(checkpoint, checkpoint_path, given=kwargs)
             refuse_untrusted_classes(checkpoint, checkpoint_path, overridden=kwargs)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def to_torchscript(  # type: ignore[override]
+        self,
+        file_path: str | Path | None = None,
+        method: str | None = "script",
+        example_inputs: Any | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """TorchScript of :meth:`forward` by tracing (``method="trace"``); scripting is refused.
+
+        Tracing records the evaluated network's softmax for ``B x in_channels x H x W`` input;
+        ``example_inputs`` defaults to one zero image at ``image_size``. TorchScript is
+        deprecated in PyTorch: ``advmim export --torch_export`` (``torch.export``) is the
+        supported way to run a segmenter without this library.
+
+        Raises:
+            ValueError: For ``method="script"`` (the default of Lightning's method), naming
+                the alternatives.
+        """
+        if method != "trace":
+            raise ValueError(
+                f"AdvMIMModule.to_torchscript(method={method!r}) is not supported: the "
+                "networks and metrics use Python that torch.jit.script cannot compile. Use "
+                "model.to_torchscript(method='trace') (traces forward, the eval_network's "
+                "softmax for B x in_channels x H x W images at image_size), or torch.export "
+                "(advmim export --torch_export)."
+            )
+        if example_inputs is None and self.example_input_array is None:
+            example_inputs = torch.zeros(1, self.in_channels, *self.image_size, device=self.device)
+        return super().to_torchscript(file_path, method, example_inputs, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["advmim"] = {"iteration": self.iteration}
@@ -932,6 +1057,30 @@ _SGD_IMPLEMENTATIONS: dict[str, dict[str, bool | None]] = {
     "foreach": {"foreach": True, "fused": None},
     "fused": {"foreach": None, "fused": True},
 }
+
+
+def _save_iteration(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
+) -> None:
+    """State-dict post-hook: store ``module.iteration`` as ``<prefix>iteration`` (int64)."""
+    state_dict[prefix + "iteration"] = torch.tensor(module.iteration, dtype=torch.int64)
+
+
+def _load_iteration(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Load pre-hook: take ``<prefix>iteration`` back out (older state dicts have none)."""
+    value = state_dict.pop(prefix + "iteration", None)
+    if value is not None:
+        module.iteration = int(value)
+        module._mask_generator_iteration = -1
 
 
 def _mix_seed(*keys: int) -> int:
@@ -983,6 +1132,27 @@ def _network_spec(net: nn.Module) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": config}
 
 
+def _require_own_networks(
+    checkpoint: Mapping[str, Any], path: str | Path, given: Mapping[str, Any]
+) -> None:
+    """Ask for the instance of a stored network from outside the library that is not given."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    for name in NETWORK_NAMES:
+        spec = hparams.get(name)
+        if name in given or not isinstance(spec, Mapping):
+            continue
+        class_path = str(spec.get("class_path", ""))
+        if class_path and not class_path.startswith("advmim_lightning."):
+            raise ValueError(
+                f"{path} names the class {class_path!r} as its {name} network, from outside "
+                "advmim_lightning; networks are never rebuilt from a checkpoint: pass the "
+                "instance, built as for training (the weights come from the checkpoint): "
+                f"AdvMIMModule.load_from_checkpoint({str(path)!r}, {name}=MyNet(...)). "
+                "(ADVMIM_TRUSTED_CLASSES does not rebuild networks; it only lets a checkpoint "
+                "you trust name other classes of your packages.)"
+            )
+
+
 def _build_network(
     net: nn.Module | Mapping[str, Any] | None, default: type[nn.Module], **kwargs: Any
 ) -> nn.Module:
@@ -1023,6 +1193,85 @@ def _check_network(
         raise ValueError(
             f"{name} is built for img_size={tuple(_pair(size, 'img_size'))} but "
             f"image_size={image_size}; build it with the data's image size"
+        )
+
+
+_TRAINING_BATCH = (
+    '{"labeled": {"image": B x C x H x W float, "label": B x H x W int64}, '
+    '"unlabeled": {"image": B x C x H x W float}}'
+)
+
+
+def _check_training_batch(batch: Any) -> None:
+    """Refuse a training batch that is not the paired dict (cheap: no tensor is read)."""
+    labeled = batch.get("labeled") if isinstance(batch, Mapping) else None
+    if isinstance(labeled, Mapping) and "image" in labeled and "label" in labeled:
+        return
+    if isinstance(batch, Mapping):
+        found = f"a dict with keys {sorted(map(str, batch))}"
+        if isinstance(labeled, Mapping):
+            found += f" whose 'labeled' entry has keys {sorted(map(str, labeled))}"
+    elif isinstance(batch, (tuple, list)):
+        found = f"a {type(batch).__name__} of {len(batch)} entries"
+    else:
+        found = f"a {type(batch).__name__}"
+    raise TypeError(
+        f"AdvMIMModule.training_step expects a paired batch {_TRAINING_BATCH} ('unlabeled' "
+        f"only left out with method='supervised'), got {found}. AdvMIMDataModule's loader "
+        "yields it; a loader of your own must return that dict (a DataLoader with "
+        "batch_size=None over a dataset of whole batches, or a collate_fn building it)."
+    )
+
+
+def _describe_output(value: Any) -> str:
+    """What a network returned, in words (types and shapes)."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        parts = ", ".join(_describe_output(v) for v in value[:4])
+        more = ", ..." if len(value) > 4 else ""
+        return f"a {type(value).__name__} of {len(value)} ({parts}{more})"
+    return f"a {type(value).__name__}"
+
+
+class _ContractCheck:
+    """Forward hook checking a segmenter's first output against the segmenter contract."""
+
+    def __init__(self, module: AdvMIMModule, name: str, mode: str) -> None:
+        self.module, self.name, self.mode = module, name, mode
+
+    def __call__(
+        self, net: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        module = self.module
+        handle = module._contract_hooks.pop(self.name, None)
+        if handle is not None:
+            handle.remove()
+        if not module._contract_hooks:
+            module._contract_checked.add(self.mode)
+        x = args[0] if args else kwargs.get("x")
+        if not isinstance(x, Tensor) or x.ndim != 4:
+            return  # not called the way the module calls it; nothing to compare with
+        expected = (x.shape[0], module.num_classes, *x.shape[-2:])
+        masked = kwargs.get("mask") is not None
+        if masked:
+            wanted = f"a pair (logits, masked_logits) of tensors of shape {expected}"
+            outputs = list(output) if isinstance(output, (tuple, list)) else None
+            ok_type = outputs is not None and len(outputs) == 2
+            given = f"x of shape {tuple(x.shape)} and mask= (a B x H x W bool mask)"
+        else:
+            wanted = f"one tensor of logits of shape {expected}"
+            outputs = [output]
+            ok_type = True
+            given = f"x of shape {tuple(x.shape)}"
+        ok_type = ok_type and all(isinstance(o, Tensor) for o in outputs or ())
+        if ok_type and all(tuple(o.shape) == expected for o in outputs or ()):
+            return
+        raise (ValueError if ok_type else TypeError)(
+            f"The {self.name} network ({type(net).__name__}) breaks the segmenter contract: "
+            f"given {given} it returned {_describe_output(output)}; expected {wanted} "
+            f"(B x num_classes={module.num_classes} x H x W, the input's resolution). See "
+            "'Swapping a network: the segmenter contract' in the README."
         )
 
 

@@ -326,7 +326,8 @@ def test_two_channel_nifti_trains_with_the_quickstart_networks(tmp_path):
 
     # networks left at their default (None) and one given as a bare class_path get it too
     for extra in (
-        ["-c", ROOT / "configs/nifti/advmim.yaml", "--data.image_size", "[224, 224]"],
+        ["-c", ROOT / "configs/nifti/advmim.yaml", "--data.image_size", "[224, 224]",
+         "--model.transformer.init_args.pretrained", "null"],
         [*QUICKSTART, "--model.cnn", "advmim_lightning.networks.UNet", "--model.transformer",
          "null", "--data.image_size", "[224, 224]"],
     ):  # fmt: skip

@@ -44,12 +44,24 @@ class _TrainingLoader(DataLoader):
 
     Its state is the data module's next iteration; Lightning stores it in checkpoints and loads
     it before creating the first iterator of a resumed run, which tells Lightning that resuming
-    mid-epoch is exact.
+    mid-epoch is exact. Inside a Trainer every iterator starts at
+    :meth:`AdvMIMDataModule.data_position` (the trained module's iteration count when it keeps
+    one), whatever epoch Lightning counts.
     """
 
     def __init__(self, *args: Any, datamodule: AdvMIMDataModule, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._datamodule = datamodule
+
+    def __iter__(self) -> Any:
+        sampler = self.sampler
+        # Lightning may have replaced the sampler (overfit_batches): then items are indices.
+        # Outside a Trainer the sampler's own set_epoch / start_iteration decide.
+        if isinstance(sampler, IterationSampler) and self._datamodule.trainer is not None:
+            position = self._datamodule.data_position()
+            sampler.set_start_iteration(position)
+            sampler.set_epoch(position // sampler.iterations_per_epoch)
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
         return {"next_iteration": self._datamodule.next_iteration}
@@ -96,9 +108,13 @@ class AdvMIMDataModule(pl.LightningDataModule):
     by ``(seed, stream, g)``. Batches therefore depend only on ``(seed, iteration, rank, world
     size)``: identical with any ``num_workers``, never duplicated across DDP ranks within a pass,
     and exactly reproducible after a resume. A pool smaller than its batch size repeats slices
-    (with a warning). Resuming: the data module's ``state_dict`` stores the next iteration (it
-    is saved in Lightning checkpoints and restored with ``ckpt_path``); a LightningModule may
-    also call :meth:`set_start_iteration` before the epoch starts. The data module overrides
+    (with a warning). Resuming: every training iterator starts at :meth:`data_position`,
+    the trained LightningModule's ``iteration`` count when it keeps one (``AdvMIMModule``
+    does, and restores it from checkpoints), so any checkpoint resumes exactly. For other
+    LightningModules the data module's ``state_dict`` stores the next iteration (saved in
+    Lightning checkpoints and restored with ``ckpt_path``), and :meth:`set_start_iteration`
+    before the epoch starts sets it. Lightning's ``overfit_batches`` replaces the sampler: the
+    training set then reads integer index ``i`` as iteration ``i``. The data module overrides
     ``on_before_batch_transfer`` to read (and remove) the ``"iteration"`` entry of each
     training batch; batches read from the loader outside a Trainer still carry it.
 
@@ -514,6 +530,7 @@ class AdvMIMDataModule(pl.LightningDataModule):
             rank=rank,
             start_iteration=self._start_iteration,
         )
+        dataset.planner = sampler.plan  # integer indices: Lightning's overfit_batches sampler
         # Lightning calls set_epoch() only after creating the first iterator of a (resumed) run.
         sampler.set_epoch(int(self.trainer.current_epoch) if self.trainer is not None else 0)
         self._train_sampler = sampler
@@ -546,6 +563,23 @@ class AdvMIMDataModule(pl.LightningDataModule):
     def set_start_iteration(self, iteration: int) -> None:
         """Makes the next training iterator start at global ``iteration`` (same as the setter)."""
         self.start_iteration = iteration
+
+    def data_position(self) -> int:
+        """Global iteration the next training iterator starts from.
+
+        Inside a Trainer whose LightningModule counts its completed iterations in an integer
+        ``iteration`` attribute (:class:`~advmim_lightning.AdvMIMModule` does, and restores it
+        from checkpoints), that count alone: the batches then follow the model's progress
+        however the checkpoint was made (``ModelCheckpoint`` mid-epoch,
+        ``trainer.save_checkpoint`` after ``fit`` returned, an extended ``max_iterations``),
+        and Lightning's epoch counter, which a checkpoint saved after ``fit`` restores one
+        ahead, plays no part. Otherwise :attr:`next_iteration`.
+        """
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        iteration = getattr(module, "iteration", None)
+        if isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0:
+            return iteration
+        return self.next_iteration
 
     @property
     def next_iteration(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -109,9 +109,16 @@ class PairedTrainingDataset(Dataset):
         unlabeled: The unlabeled slices, or None when there is no unlabeled stream.
     """
 
-    def __init__(self, labeled: SliceDataset, unlabeled: SliceDataset | None) -> None:
+    def __init__(
+        self,
+        labeled: SliceDataset,
+        unlabeled: SliceDataset | None,
+        planner: Callable[[int], BatchPlan] | None = None,
+    ) -> None:
         self.labeled = labeled
         self.unlabeled = unlabeled
+        #: Maps an integer index ``i`` to the plan of iteration ``i`` (set by the data module).
+        self.planner = planner
 
     def __len__(self) -> int:
         return len(self.labeled)
@@ -127,12 +134,25 @@ class PairedTrainingDataset(Dataset):
         out["case_id"] = [it["case_id"] for it in items]
         return out
 
-    def __getitem__(self, plan: BatchPlan) -> TrainingBatch:
+    def __getitem__(self, plan: BatchPlan | int) -> TrainingBatch:
         """Returns ``{"labeled": {...}, "unlabeled": {...}, "iteration": int}`` for one plan.
 
         ``"iteration"`` is the global iteration index of the batch; the data module removes it
-        (and records it for resuming) before the batch reaches the LightningModule.
+        (and records it for resuming) before the batch reaches the LightningModule. An integer
+        ``i`` (what a plain sampler yields, e.g. after Lightning's ``overfit_batches`` replaced
+        the :class:`~advmim_lightning.data.sampling.IterationSampler`) reads the batch of
+        iteration ``i``.
+
+        Raises:
+            TypeError: For an integer index when no ``planner`` was given.
         """
+        if isinstance(plan, (int, np.integer)):
+            if self.planner is None:
+                raise TypeError(
+                    f"PairedTrainingDataset is indexed by the IterationSampler's batch plans, "
+                    f"got the integer {plan} and has no planner to turn it into one"
+                )
+            plan = self.planner(int(plan))
         iteration, streams = plan
         batch: dict[str, object] = {"labeled": self._stack(self.labeled, streams[0])}
         if self.unlabeled is not None:
