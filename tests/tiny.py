@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
 from advmim_lightning.networks import SwinUNet, UNet
@@ -73,3 +74,14 @@ class StateSnapshots(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.states[f"after{batch_idx}"] = full_state(pl_module)
+
+
+def cli_error(*words: object) -> str:
+    """Run the ``advmim`` command line expecting a clean one-line error; return its message."""
+    from advmim_lightning.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(w) for w in words])
+    message = str(exit_info.value.code)
+    assert message.startswith("advmim: error: ") and "ADVMIM_DEBUG=1" in message, message
+    return message
