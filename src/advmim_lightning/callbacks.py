@@ -397,6 +397,10 @@ class RunCheckpoint(ModelCheckpoint):
         self._refresh_last(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            # Lightning 2.6 saves last.ckpt here even under fast_dev_run, which is meant to
+            # save nothing: a smoke test would leave a 1-step "run" for --ckpt_path last
+            return
         super().on_train_end(trainer, pl_module)
         self._refresh_last(trainer)
 

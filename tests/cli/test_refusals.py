@@ -90,7 +90,11 @@ def test_evaluation_without_a_checkpoint_is_refused_naming_the_run_folder(traine
         assert "holds checkpoints/best-step=8.ckpt, checkpoints/last.ckpt" in message
         assert "--allow_random_weights true" in message
     assert not typo.exists()  # refused before anything was written
-    # on purpose, with the flag: the smoke test runs and says so
+    # a fast_dev_run fit saves no checkpoint (Lightning 2.6 wrote last.ckpt at its end), so
+    # evaluating its run is refused too; with the flag, the smoke test runs on purpose
+    run("fit", *on(tmp_path, "smoke", "--trainer.fast_dev_run", "1"))
+    message = cli_error("test", *on(tmp_path, "smoke", "--ckpt_path", "last"))
+    assert f"the run folder {tmp_path / 'smoke'} has no checkpoint" in message
     run("test", *on(tmp_path, "smoke", *UNTRAINED))
     assert (tmp_path / "smoke" / "test_metrics.csv").is_file()
 
