@@ -154,8 +154,12 @@ class AdvMIMCLI(LightningCLI):
         ``val/dice_mean`` there, which is where ``--ckpt_path last`` looks.
 
         When a subcommand runs, the checkpoint is first checked against the model built
-        (:func:`checkpoint_conflict`), then the run folder is locked for this process
-        (released when the subcommand ends; DDP worker processes do not lock).
+        (:func:`checkpoint_conflict`), before the trainer exists and anything is written. An
+        evaluation's config and hyper-parameters go to ``<subcommand>_config.yaml`` and
+        ``<subcommand>_hparams.yaml``; the fit's are never rewritten by it.
+
+        Raises:
+            ValueError: When the checkpoint does not fit the model built for this run.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand and self._checkpoint is not None:
