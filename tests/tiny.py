@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from safetensors.torch import save_file
 from timm.models.swin_transformer import SwinTransformer
@@ -126,3 +127,14 @@ def write_hf_cache(
     else:
         torch.save(state, path)
     return path
+
+
+def cli_error(*words: object) -> str:
+    """Run the ``advmim`` command line expecting a clean one-line error; return its message."""
+    from advmim_lightning.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(w) for w in words])
+    message = str(exit_info.value.code)
+    assert message.startswith("advmim: error: ") and "ADVMIM_DEBUG=1" in message, message
+    return message

@@ -46,18 +46,24 @@ def read_checkpoint(path: str | Path, check_classes: bool = True) -> dict[str, A
             class from an untrusted module.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): not a readable checkpoint")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated / foreign files
+        first_line = next(iter(str(err).splitlines()), "") or "no message"
         raise ValueError(
             f"{path} is not a readable checkpoint (truncated, foreign or carrying pickled "
-            f"objects that are refused): {type(err).__name__}: {str(err).splitlines()[0]}"
+            f"objects that are refused): {type(err).__name__}: {first_line}"
         ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path} is not a Lightning checkpoint: it has no 'state_dict'")
-    if "hyper_parameters" not in checkpoint or "cnn" not in checkpoint["hyper_parameters"]:
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "cnn" not in hparams:
         raise ValueError(f"{path} is not an AdvMIMModule checkpoint: no network specs inside")
     if check_classes:
         refuse_untrusted_classes(checkpoint, path)

@@ -1,9 +1,10 @@
-"""Output folders: checked for writing before a run spends any time."""
+"""Output folders: checked for writing before a run spends any time, and held by one process."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 def ensure_writable_folder(path: str | Path, what: str) -> Path:
@@ -32,3 +33,104 @@ def ensure_writable_folder(path: str | Path, what: str) -> Path:
             reason += f" ({err.filename})"
         raise OSError(f"cannot write the {what} {folder}: {reason}") from err
     return folder
+
+
+#: The lock file inside a run folder (see :class:`RunFolderLock`).
+LOCK_FILE = ".advmim.lock"
+
+
+class RunFolderInUseError(OSError):
+    """Another live process holds the run folder (see :class:`RunFolderLock`)."""
+
+
+class RunFolderLock:
+    """Hold a run folder for one process at a time.
+
+    An exclusive ``fcntl.flock`` on ``<folder>/.advmim.lock``, which holds the holder's PID
+    and command. The operating system drops the lock when the holder exits in any way (also
+    ``SIGKILL`` or a crash), so a dead process never leaves the folder blocked; the file itself
+    may stay behind and means nothing while no process holds its lock.
+
+    Args:
+        folder: The run folder (must exist).
+        command: What the holder runs, for the message another process sees (e.g.
+            ``"advmim fit"``).
+    """
+
+    def __init__(self, folder: str | Path, command: str = "advmim") -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self.command = command
+        self._handle: Any = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._handle is not None
+
+    def acquire(self) -> RunFolderLock:
+        """Take the lock at once or fail; returns ``self``.
+
+        Raises:
+            RunFolderInUseError: Naming the folder, the lock file and the holder's PID and
+                command, when another process (or another lock object of this process) holds it.
+            OSError: When the lock file cannot be opened.
+        """
+        import fcntl
+
+        if self._handle is not None:
+            return self
+        handle = open(self.path, "a+")  # kept open while the lock is held
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process whose PID is not written yet"
+            handle.close()
+            raise RunFolderInUseError(
+                f"the run folder {self.folder} is in use by {holder} (lock {self.path}); one "
+                "process at a time writes a run: wait for it to end, or choose another "
+                "--run_name"
+            ) from None
+        except BaseException:
+            handle.close()
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} ({self.command})\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        """Give the lock back (nothing happens when it is not held)."""
+        import fcntl
+
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            handle.seek(0)
+            handle.truncate()  # no stale PID for the next reader
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
+
+    def __enter__(self) -> RunFolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def launching_process() -> bool:
+    """Whether this process is the one the user started, not a DDP worker launched by it.
+
+    Lightning's DDP launcher starts the other ranks as copies of the command with
+    ``LOCAL_RANK`` (and ``NODE_RANK`` on other nodes) set; ``torchrun`` and SLURM set ``RANK``
+    / ``SLURM_PROCID``. Only global rank 0, or a process outside any launcher, returns True.
+    """
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key) is not None:
+            return int(os.environ[key]) == 0 and os.environ.get("NODE_RANK", "0") == "0"
+    return os.environ.get("NODE_RANK", "0") == "0"

@@ -16,7 +16,7 @@ import torch
 from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti
 from advmim_lightning.main import build_cli, main
 from advmim_lightning.networks import IMAGENET_SWIN_T
-from tiny import timm_swin_state, write_hf_cache
+from tiny import cli_error, timm_swin_state, write_hf_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -152,9 +152,10 @@ def test_acdc_layout_fit_test_predict(tmp_path):
     base = ["-c", ROOT / "configs/acdc/advmim.yaml", "-c", TINY, *common(tmp_path)]
     base += ["--data.root", root, "--data.labeled_cases", "2"]
     run("fit", *base, "--trainer.fast_dev_run", "1")
-    run("test", *base, "--trainer.fast_dev_run", "1")
+    untrained = ["--trainer.fast_dev_run", "1", "--allow_random_weights", "true"]
+    run("test", *base, *untrained)
     out = tmp_path / "pred"
-    run("predict", *base, "--trainer.fast_dev_run", "1", "--prediction_writer.output_dir", out)
+    run("predict", *base, *untrained, "--prediction_writer.output_dir", out)
     import h5py
 
     files = sorted(out.glob("*.h5"))
@@ -169,7 +170,8 @@ def test_nifti_layout_predictions_keep_the_input_affine(tmp_path):
     base += ["--data.root", root]
     run("fit", *base, "--trainer.fast_dev_run", "1")
     out = tmp_path / "pred"
-    run("predict", *base, "--trainer.fast_dev_run", "1", "--prediction_writer.output_dir", out)
+    untrained = ["--trainer.fast_dev_run", "1", "--allow_random_weights", "true"]
+    run("predict", *base, *untrained, "--prediction_writer.output_dir", out)
     written = sorted(out.glob("*.nii.gz"))
     assert written
     for path in written:
@@ -319,15 +321,6 @@ def test_demo_trains_tests_predicts_and_draws_the_overlay(tmp_path, capsys):
     assert "=== advmim demo finished ===" in printed
     assert str(run_dir / "checkpoints" / "last.ckpt") in printed
     assert "dice_mean=" in printed
-
-
-def cli_error(*words: str) -> str:
-    """Run the command line expecting a clean error; return its message."""
-    with pytest.raises(SystemExit) as exit_info:
-        run(*words)
-    message = str(exit_info.value.code)
-    assert message.startswith("advmim: error: ") and "ADVMIM_DEBUG=1" in message
-    return message
 
 
 def test_bad_input_through_the_cli_names_what_is_wrong(tmp_path):

@@ -153,6 +153,8 @@ def test_two_writers_of_the_same_case_at_once_leave_one_complete_file(tmp_path, 
     labels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 4
     prediction = {"case_id": "case0", "prediction": labels, "affine": None}
     first, second = PredictionWriter(str(tmp_path)), PredictionWriter(str(tmp_path))
+    for writer in (first, second):  # as each rank's setup does, before any rank writes
+        writer.plan(["case0"], "nifti")
     save, calls = nib.save, []
 
     def save_then_let_the_other_rank_write(image, filename):

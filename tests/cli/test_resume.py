@@ -137,7 +137,7 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
                 "--model.discriminator_base_channels", "4",
             ]
         )  # fmt: skip
-    used = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    used = yaml.safe_load((tmp_path / "run" / "test_config.yaml").read_text())["model"]
     assert used["eval_network"] == "ensemble"  # quickstart trains with "cnn"
     assert used["discriminator_base_channels"] == 8  # the checkpoint's (tiny.yaml), not 4
     assert "model.discriminator_base_channels=4 (checkpoint: 8)" in caplog.text
@@ -152,7 +152,7 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
             "--model.eval_network=transformer",
         ]
     )  # fmt: skip
-    used = yaml.safe_load((tmp_path / "bare" / "config.yaml").read_text())["model"]
+    used = yaml.safe_load((tmp_path / "bare" / "test_config.yaml").read_text())["model"]
     assert used["eval_network"] == "transformer" and used["max_iterations"] == 1
     assert "Key" not in caplog.text and "usage" not in caplog.text
 
