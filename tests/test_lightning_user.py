@@ -265,33 +265,33 @@ class HalfResolution(nn.Module):
         (
             OneOutput,
             TypeError,
-            "returned a tensor of shape (4, 4, 64, 64)",
-            "expected a pair (logits, masked_logits) of tensors of shape (4, 4, 64, 64)",
+            "returned a tensor of shape (2, 4, 64, 64)",
+            "expected a pair (logits, masked_logits) of tensors of shape (2, 4, 64, 64)",
         ),
         (
             WrongClasses,
             ValueError,
-            "returned a tuple of 2 (a tensor of shape (4, 3, 64, 64), a tensor of shape "
-            "(4, 3, 64, 64))",
-            "of tensors of shape (4, 4, 64, 64) (B x num_classes=4",
+            "returned a tuple of 2 (a tensor of shape (2, 3, 64, 64), a tensor of shape "
+            "(2, 3, 64, 64))",
+            "of tensors of shape (2, 4, 64, 64) (B x num_classes=4",
         ),
         (
             HalfResolution,
             ValueError,
-            "a tensor of shape (4, 4, 32, 32)",
-            "of tensors of shape (4, 4, 64, 64)",
+            "a tensor of shape (2, 4, 32, 32)",
+            "of tensors of shape (2, 4, 64, 64)",
         ),
     ],
 )
 def test_a_broken_segmenter_contract_is_named_on_the_first_batch(
     tmp_path, cnn, error, returned, expected
 ):
-    model = make_model(cnn=cnn())
+    model = make_model(cnn=cnn())  # AdvMIM: the first call is on the 2 labeled images
     with pytest.raises(error) as caught:
         make_trainer(tmp_path).fit(model, datamodule=make_data())
     message = str(caught.value)
     assert f"The cnn network ({cnn.__name__}) breaks the segmenter contract" in message
-    assert "x of shape (4, 1, 64, 64) and mask=" in message
+    assert "x of shape (2, 1, 64, 64) and mask=" in message
     assert returned in message and expected in message
     assert model.iteration == 0
 
