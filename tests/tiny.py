@@ -73,3 +73,14 @@ class StateSnapshots(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.states[f"after{batch_idx}"] = full_state(pl_module)
+
+
+def assert_same_training_state(got: dict, expected: dict) -> None:
+    """Weights, buffers and all SGD momenta of two checkpoints are bitwise equal."""
+    assert got["state_dict"].keys() == expected["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), key
+    for a, b in zip(expected["optimizer_states"], got["optimizer_states"], strict=True):
+        assert a["state"].keys() == b["state"].keys()
+        for index, state in a["state"].items():
+            assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])
