@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,3 +74,11 @@ def test_the_training_benchmark_needs_neither_monai_nor_wandb_nor_jsonargparse()
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ms/iter" in done.stdout
+
+
+@pytest.mark.slow
+def test_memory_scaling_benchmark_prints_its_table(capsys):
+    rows = load("memory_scaling").main(["--quick"])
+    assert [r["data"] for r in rows] == ["in RAM", "cache (cold)", "cache (warm)"]
+    assert all(r["main RSS"] > r["main anon"] > 0 and r["total PSS"] > 0 for r in rows)
+    assert "| cases | data | main RSS | main anon | total PSS |" in capsys.readouterr().out
