@@ -74,7 +74,12 @@ def test_two_torchrun_nodes_train_the_same_weights_as_one_node(one_node_run, tmp
         )
         for node in (0, 1)
     ]
-    outputs = [node.communicate(timeout=400)[0] for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=400)[0] for node in nodes]
+    finally:  # a node left waiting for a failed peer is stopped (torchrun stops its worker)
+        for node in nodes:
+            if node.poll() is None:
+                node.terminate()
     for node, output in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, output[-3000:]
     assert "GLOBAL_RANK: 1" in outputs[1]  # node 1 ran the second rank
