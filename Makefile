@@ -42,6 +42,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/memory_scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo_runs

@@ -95,3 +95,11 @@ def test_the_phantom_comparison_script_rehearses_end_to_end(tmp_path):
     for method in ("supervised", "ctct", "advmim"):
         assert f"| {method} | 1 | 1 |" in done.stdout
     assert (output / "compare.png").is_file() and (output / "summary.md").is_file()
+
+
+@pytest.mark.slow
+def test_memory_scaling_benchmark_prints_its_table(capsys):
+    rows = load("memory_scaling").main(["--quick"])
+    assert [r["data"] for r in rows] == ["in RAM", "cache (cold)", "cache (warm)"]
+    assert all(r["main RSS"] > r["main anon"] > 0 and r["total PSS"] > 0 for r in rows)
+    assert "| cases | data | main RSS | main anon | total PSS |" in capsys.readouterr().out

@@ -138,3 +138,14 @@ def cli_error(*words: object) -> str:
     message = str(exit_info.value.code)
     assert message.startswith("advmim: error: ") and "ADVMIM_DEBUG=1" in message, message
     return message
+
+
+def assert_same_training_state(got: dict, expected: dict) -> None:
+    """Weights, buffers and all SGD momenta of two checkpoints are bitwise equal."""
+    assert got["state_dict"].keys() == expected["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), key
+    for a, b in zip(expected["optimizer_states"], got["optimizer_states"], strict=True):
+        assert a["state"].keys() == b["state"].keys()
+        for index, state in a["state"].items():
+            assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])

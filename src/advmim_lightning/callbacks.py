@@ -405,6 +405,17 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         self._refresh_last(trainer)
 
+    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
+        """``last*.ckpt`` and the SLURM requeue checkpoints: ``--ckpt_path last`` takes the newest.
+
+        On SLURM, Lightning answers the preemption signal (``#SBATCH --signal=SIGUSR1@...``) by
+        saving ``hpc_ckpt_<n>.ckpt`` in the run folder and requeueing the job; counting those
+        files here makes a requeued ``--ckpt_path last`` resume from the newest state.
+        """
+        found = set(super()._find_last_checkpoints(trainer))
+        folder = Path(trainer.default_root_dir)
+        return found | {os.path.normpath(p) for p in folder.glob("hpc_ckpt_*.ckpt")}
+
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
             return

@@ -523,7 +523,8 @@ def find_run_checkpoint(
     """The checkpoint file a subcommand uses, or None to start from initial weights.
 
     - a path: that file (checked later, like every checkpoint);
-    - ``last``: ``<runs_dir>/<run_name>/checkpoints/last.ckpt``. When it is missing, ``fit``
+    - ``last``: ``<runs_dir>/<run_name>/checkpoints/last.ckpt``, or a newer SLURM requeue
+      checkpoint ``<run folder>/hpc_ckpt_<n>.ckpt``. When there is none, ``fit``
       starts the run from iteration 0 (with a warning) and an evaluation is refused;
     - ``best``: the ``checkpoints/best-*.ckpt`` file of the run with the highest stored
       ``val/dice_mean`` (the run keeps one; several appear when a run was restarted without
@@ -565,9 +566,11 @@ def find_run_checkpoint(
             "callback, and this config gives its own ModelCheckpoint: give the file's path"
         )
     if word == "last":
-        path = folder / "last.ckpt"
-        if path.exists():
-            return path
+        # On SLURM, Lightning answers the preemption signal by saving hpc_ckpt_<n>.ckpt in the
+        # run folder before requeueing: the newest of those and last.ckpt is the run's state.
+        found = [p for p in (folder / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime)
         if subcommand == "fit":
             log.warning(
                 "--ckpt_path last: %s has no checkpoints/last.ckpt yet; the run starts at "

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from advmim_lightning.main import main
+from tiny import assert_same_training_state
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(Path(__file__).with_name("tiny.yaml"))
@@ -45,17 +46,6 @@ def test_interrupted_and_resumed_run_matches_the_straight_run_bitwise(tmp_path):
     resumed = torch.load(fit(tmp_path, "resumed", "--ckpt_path", "last"), weights_only=True)
     assert resumed["advmim"]["iteration"] == straight["advmim"]["iteration"] == 5
     assert_same_training_state(resumed, straight)
-
-
-def assert_same_training_state(got: dict, expected: dict) -> None:
-    """Weights, buffers and all SGD momenta of two checkpoints are bitwise equal."""
-    assert got["state_dict"].keys() == expected["state_dict"].keys()
-    for key, value in expected["state_dict"].items():
-        assert torch.equal(got["state_dict"][key], value), key
-    for a, b in zip(expected["optimizer_states"], got["optimizer_states"], strict=True):
-        assert a["state"].keys() == b["state"].keys()
-        for index, state in a["state"].items():
-            assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])
 
 
 def test_truncated_or_foreign_checkpoints_are_refused_naming_the_file(tmp_path, capsys):

@@ -185,3 +185,19 @@ def test_phantom_errors(make_phantom_dm) -> None:
 def test_argument_checks(kwargs, message: str, make_phantom_dm) -> None:
     with pytest.raises(ValueError, match=message):
         make_phantom_dm(**kwargs)
+
+
+def test_resuming_training_on_another_world_size_is_refused_but_evaluation_is_not(
+    make_phantom_dm,
+) -> None:
+    saved = {"next_iteration": 3, "seed": 0, "world_size": 2}
+    for fn in ("validate", "test", "predict"):  # evaluation reads no training batches
+        dm = make_phantom_dm()
+        dm.trainer = SimpleNamespace(global_rank=0, world_size=1, state=SimpleNamespace(fn=fn))
+        dm.load_state_dict(saved)
+    dm = make_phantom_dm()
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, state=SimpleNamespace(fn="fit"))
+    with pytest.raises(ValueError, match=r"saved by a run with 2 process\(es\) and this run has 1"):
+        dm.load_state_dict(saved)
+    dm.load_state_dict({**saved, "world_size": 1})
+    assert dm.start_iteration == 3

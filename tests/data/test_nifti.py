@@ -111,12 +111,19 @@ def test_split_file_and_msd_labels(nifti_copy: Path, tmp_path: Path, nifti_dm) -
 
 
 def test_cache_dir_memory_maps(tiny_nifti: Path, tmp_path: Path, nifti_dm) -> None:
+    in_ram = nifti_dm(tiny_nifti)
+    in_ram.setup("test")
     first = nifti_dm(tiny_nifti, cache_dir=str(tmp_path / "cache"))
-    first.setup("test")
+    first.setup(None)
+    # the run that writes the cache already holds memory maps, not the decoded volumes
+    for volumes in (first.labeled_dataset.volumes, first.unlabeled_dataset.volumes):
+        assert all(isinstance(v.image, np.memmap) for v in volumes)
+    assert isinstance(first.labeled_dataset.volumes[0].label, np.memmap)
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
     second = nifti_dm(tiny_nifti, cache_dir=str(tmp_path / "cache"))
     second.setup("test")
     assert isinstance(second.test_dataset.volumes[0].image, np.memmap)
-    a, b = first.test_dataset[1], second.test_dataset[1]
+    a, b = in_ram.test_dataset[1], second.test_dataset[1]
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     assert a["spacing"] == b["spacing"] and a["slice_axis"] == b["slice_axis"]
 

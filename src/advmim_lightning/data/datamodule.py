@@ -31,12 +31,38 @@ from advmim_lightning.data.source import DataSource, LoadOptions
 from advmim_lightning.data.transforms import IMAGE_INTERPOLATIONS, NORMALIZATIONS, SliceAugmenter
 from advmim_lightning.data.validation import DataValidationError, check_disjoint
 
-__all__ = ["LAYOUTS", "AdvMIMDataModule"]
+__all__ = ["LAYOUTS", "AdvMIMDataModule", "check_resume_world_size"]
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("acdc", "nifti", "phantom")
 _STATE_VERSION = 1
+
+
+def check_resume_world_size(saved: int | None, current: int) -> None:
+    """Refuses to resume training with another number of processes than the saved run's.
+
+    Iteration ``it`` of rank ``r`` reads global sample positions ``(it * w + r) * B + j``, so
+    the positions a run has consumed depend on its world size ``w``: continuing a run saved
+    with ``w`` processes with another count would read some samples a second time (fewer
+    processes) or never read others (more processes).
+
+    Args:
+        saved: World size stored in the checkpoint (None for checkpoints that lack it).
+        current: World size of this run (``num_nodes x devices``).
+
+    Raises:
+        ValueError: If ``saved`` is known and differs from ``current``.
+    """
+    if saved is None or int(saved) == current:
+        return
+    raise ValueError(
+        f"the checkpoint was saved by a run with {saved} process(es) and this run has {current} "
+        f"(world size = trainer.num_nodes x trainer.devices): batches are keyed by iteration, "
+        f"rank and world size, so resuming would repeat or skip training samples; resume with "
+        f"{saved} processes (e.g. --trainer.num_nodes 1 --trainer.devices {saved}), or start a "
+        "new run without --ckpt_path."
+    )
 
 
 class _TrainingLoader(DataLoader):
@@ -610,15 +636,25 @@ class AdvMIMDataModule(pl.LightningDataModule):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores the next iteration; warns when settings that change the batches differ."""
+        """Restores the next iteration; warns when settings that change the batches differ.
+
+        Raises:
+            ValueError: When resuming training with another number of processes than the
+                checkpoint's run (see :func:`check_resume_world_size`).
+        """
         if not state_dict:
             return
+        fitting = getattr(getattr(self.trainer, "state", None), "fn", "fit") == "fit"
+        world = self._rank_world()[1]
+        if fitting:
+            check_resume_world_size(state_dict.get("world_size"), world)
         self.start_iteration = int(state_dict.get("next_iteration", 0))
+        if not fitting:  # evaluation reads no training batches
+            return
         current = {
             "seed": self.seed,
             "labeled_batch_size": self.labeled_batch_size,
             "unlabeled_batch_size": self.unlabeled_batch_size,
-            "world_size": self._rank_world()[1],
         }
         changed = {
             k: (state_dict[k], v)

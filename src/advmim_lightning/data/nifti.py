@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import zlib
 from pathlib import Path
@@ -327,18 +328,7 @@ class NiftiSource(DataSource):
         """Reads, checks, slices and normalises one case (through the cache when configured)."""
         cache = self._cache_paths(case, files, label_file if read_label else None)
         if cache is not None and cache[2].is_file():
-            meta = json.loads(cache[2].read_text())
-            return Volume(
-                case_id=case,
-                group_id=self.grouper(case),
-                image=np.load(cache[0], mmap_mode="r"),
-                label=np.load(cache[1], mmap_mode="r") if meta["has_label"] else None,
-                spacing=tuple(meta["spacing"]),  # type: ignore[arg-type]
-                spacing_known=True,
-                affine=np.asarray(meta["affine"], dtype=np.float64),
-                slice_axis=int(meta["slice_axis"]),
-                source=str(files[0]),
-            )
+            return self._read_cache(cache, case, files)
         arrays, spacing, affine = [], None, None
         for f in files:
             data, file_spacing, file_affine = read_nifti(f)
@@ -386,9 +376,25 @@ class NiftiSource(DataSource):
             slice_axis=axis,
             source=str(files[0]),
         )
-        if cache is not None:
+        if cache is not None:  # hand back the memory map: the decoded arrays are freed
             self._write_cache(cache, volume)
+            return self._read_cache(cache, case, files)
         return volume
+
+    def _read_cache(self, paths: tuple[Path, Path, Path], case: str, files: list[Path]) -> Volume:
+        """The cached volume, its arrays memory-mapped read-only (slices are read on use)."""
+        meta = json.loads(paths[2].read_text())
+        return Volume(
+            case_id=case,
+            group_id=self.grouper(case),
+            image=np.load(paths[0], mmap_mode="r"),
+            label=np.load(paths[1], mmap_mode="r") if meta["has_label"] else None,
+            spacing=tuple(meta["spacing"]),  # type: ignore[arg-type]
+            spacing_known=True,
+            affine=np.asarray(meta["affine"], dtype=np.float64),
+            slice_axis=int(meta["slice_axis"]),
+            source=str(files[0]),
+        )
 
     def _cache_paths(
         self, case: str, files: list[Path], label_file: Path | None
@@ -412,16 +418,23 @@ class NiftiSource(DataSource):
     @staticmethod
     def _write_cache(paths: tuple[Path, Path, Path], volume: Volume) -> None:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
-        np.save(paths[0], volume.image)
+        # Each file is written under a name of this process and renamed into place, so that
+        # DDP ranks filling the same cache at once never read another's half-written file.
+        arrays = [(paths[0], volume.image)]
         if volume.label is not None:
-            np.save(paths[1], volume.label)
+            arrays.append((paths[1], volume.label))
+        for path, array in arrays:
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with tmp.open("wb") as f:
+                np.save(f, array)
+            tmp.replace(path)
         meta = {
             "has_label": volume.label is not None,
             "spacing": list(volume.spacing),
             "affine": np.asarray(volume.affine).tolist(),
             "slice_axis": volume.slice_axis,
         }
-        tmp = paths[2].with_suffix(".tmp")
+        tmp = paths[2].with_name(f"{paths[2].name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(meta))
         tmp.replace(paths[2])  # written last: marks the entry complete
 
