@@ -24,6 +24,7 @@ from advmim_lightning.callbacks import PredictionWriter, RunCheckpoint, Validati
 from advmim_lightning.data import AdvMIMDataModule
 from advmim_lightning.module import AdvMIMModule
 from advmim_lightning.paths import ensure_writable_folder
+from advmim_lightning.quiet import quiet_known_noise
 
 #: Errors that describe bad input (data, paths, arguments, a diverged run): the command line
 #: prints their message and exits with status 1 instead of a traceback (``ADVMIM_DEBUG=1``
@@ -173,7 +174,7 @@ class AdvMIMCLI(LightningCLI):
         model = self.config[subcommand]["model"]
         ignored = []
         for key in sorted(stated):
-            if key not in before or key not in model or before[key] == model[key]:
+            if key not in before or key not in model or _same_setting(key, before[key], model[key]):
                 continue
             if key.split(".")[0] in RUNTIME_MODEL_SETTINGS:
                 model[key] = before[key]
@@ -207,6 +208,33 @@ class AdvMIMCLI(LightningCLI):
             elif word.startswith("--config="):
                 stated |= _model_keys_in_config(Path(word.split("=", 1)[1]))
         return stated
+
+
+def _same_setting(key: str, stated: Any, stored: Any) -> bool:
+    """Whether a stated model setting equals the checkpoint's value.
+
+    Class paths compare as the classes they name, so ``advmim_lightning.networks.UNet`` (the
+    re-export) equals ``advmim_lightning.networks.unet.UNet`` (where the class is defined, as
+    checkpoints store it); other values compare as they are.
+    """
+    if stated == stored:
+        return True
+    if key.split(".")[-1] == "class_path" and isinstance(stated, str) and isinstance(stored, str):
+        found, other = _loaded_class(stated), _loaded_class(stored)
+        return found is not None and found is other
+    return False
+
+
+def _loaded_class(class_path: str) -> type | None:
+    """The class a dotted path names, looked up in modules already imported (None otherwise).
+
+    Nothing is imported here: a path from a checkpoint must not run code before the
+    checkpoint's classes are checked, and the config's own classes are imported by then.
+    """
+    module_name, _, name = class_path.rpartition(".")
+    module = sys.modules.get(module_name)
+    found = getattr(module, name, None) if module is not None else None
+    return found if isinstance(found, type) else None
 
 
 def _model_keys_in_config(path: Path, section: str | None = "model") -> set[str]:
@@ -254,14 +282,17 @@ def _default_loggers(run_dir: Path, run_name: str, wandb_mode: str, project: str
         from lightning.pytorch.loggers import WandbLogger
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        loggers.append(
-            WandbLogger(
-                name=run_name,
-                project=project,
-                save_dir=str(run_dir),
-                offline=wandb_mode == "offline",
-            )
+        wandb_logger = WandbLogger(
+            name=run_name,
+            project=project,
+            save_dir=str(run_dir),
+            offline=wandb_mode == "offline",
         )
+        # Lightning passes anonymous=None to wandb.init, which wandb >= 0.19 answers with "The
+        # anonymous setting has no effect" on every run: leave the unset setting out instead.
+        if wandb_logger._wandb_init.get("anonymous", "") is None:
+            del wandb_logger._wandb_init["anonymous"]
+        loggers.append(wandb_logger)
     return loggers
 
 
@@ -276,6 +307,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AdvMIMCLI:
     Returns:
         The CLI; its ``trainer``, ``model`` and ``datamodule`` are useful in tests and notebooks.
     """
+    quiet_known_noise()
     return AdvMIMCLI(
         AdvMIMModule,
         AdvMIMDataModule,
