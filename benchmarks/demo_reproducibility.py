@@ -43,10 +43,11 @@ def _last(path: Path, column: str) -> float:
     return float(rows[-1][column]) if rows else float("nan")
 
 
-def run_once(config: str, threads: int, seed: int, runs_dir: Path, extra: list[str]) -> dict:
+def run_once(configs: list[str], threads: int, seed: int, runs_dir: Path, extra: list[str]) -> dict:
     """Fit and test one quickstart run; returns its row of the table."""
     name = f"t{threads}-s{seed}"
-    words = ["-c", config, "--runs_dir", str(runs_dir), "--run_name", name]
+    words = [w for c in configs for w in ("-c", c)]
+    words += ["--runs_dir", str(runs_dir), "--run_name", name]
     words += ["--wandb_mode", "disabled"]
     seeds = ["--seed_everything", str(seed), "--model.rng_seed", str(seed)]
     seeds += ["--data.seed", str(seed)]
@@ -87,19 +88,22 @@ def _spread(rows: list[dict], key: str, by: str) -> float:
     return max(spans) if spans else float("nan")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs/quickstart.yaml"))
+    parser.add_argument(
+        "--config", action="append", help="config file(s) (default: configs/quickstart.yaml)"
+    )
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--iterations", type=int, help="override model.max_iterations")
     parser.add_argument("--runs_dir", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
+    configs = args.config or [str(ROOT / "configs/quickstart.yaml")]
     extra = [] if args.iterations is None else ["--model.max_iterations", str(args.iterations)]
     with tempfile.TemporaryDirectory() as scratch:
         runs_dir = Path(args.runs_dir or scratch)
         rows = [
-            run_once(args.config, threads, seed, runs_dir, extra)
+            run_once(configs, threads, seed, runs_dir, extra)
             for seed in args.seeds
             for threads in args.threads
         ]
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     for by in ("threads", "seed"):
         spans = ", ".join(f"{k} {_spread(rows, k, by):.3f}" for k in keys)
         print(f"spread (max - min) over {by}: {spans}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,3 +74,19 @@ def test_the_training_benchmark_needs_neither_monai_nor_wandb_nor_jsonargparse()
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ms/iter" in done.stdout
+
+
+@pytest.mark.slow
+def test_demo_reproducibility_benchmark_fits_and_tests_per_thread_count(tmp_path, capsys):
+    short = tmp_path / "short.yaml"
+    short.write_text("trainer:\n  val_check_interval: 2\n")
+    configs = [ROOT / "configs" / "quickstart.yaml", ROOT / "tests" / "cli" / "tiny.yaml", short]
+    words = [w for c in configs for w in ("--config", str(c))]
+    rows = load("demo_reproducibility").main([*words, "--iterations", "2", "--threads", "1", "2"])
+    assert [(r["threads"], r["seed"]) for r in rows] == [(1, 0), (2, 0)]
+    for row in rows:
+        assert 0.0 <= row["test_dice"] <= 1.0 and 0.0 <= row["val_transformer"] <= 1.0
+        assert row["cpu_s"] > 0
+    printed = capsys.readouterr().out
+    assert "| threads | seed | val Dice CNN |" in printed
+    assert "spread (max - min) over threads: val_cnn " in printed
