@@ -130,13 +130,25 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from advmim_lightning.main import main as advmim
     from advmim_lightning.quiet import quiet_known_noise
 
     quiet_known_noise()
     # CPU kernels split their sums by thread, so the rounding (and, through the argmax
     # pseudo-labels, the result) depends on the thread count: the demo fixes it.
+    previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        _run(args, configs, parser)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(args: argparse.Namespace, configs: list[str], parser: argparse.ArgumentParser) -> None:
+    """The demo's steps, with the thread count already set."""
+    import torch
+
+    from advmim_lightning.main import main as advmim
+
     run_dir = Path(args.runs_dir) / args.run_name
     last = run_dir / "checkpoints" / "last.ckpt"
     overlay_path = Path(args.overlay) if args.overlay else run_dir / "overlay.png"

@@ -247,7 +247,9 @@ def test_demo_trains_tests_predicts_and_draws_the_overlay(tmp_path, capsys):
     overrides = tmp_path / "short.yaml"
     overrides.write_text("model:\n  max_iterations: 2\ntrainer:\n  val_check_interval: 2\n")
     runs = ["--runs_dir", str(tmp_path / "runs")]
-    demo([*configs, "--config", str(overrides), *runs])
+    threads_before = torch.get_num_threads()
+    demo([*configs, "--config", str(overrides), *runs, "--threads", str(threads_before + 1)])
+    assert torch.get_num_threads() == threads_before  # restored after the demo
     run_dir = tmp_path / "runs" / "quickstart"
 
     # image | ground truth | CNN | transformer, twice the slice size, titles above, legend below
@@ -267,6 +269,7 @@ def test_demo_trains_tests_predicts_and_draws_the_overlay(tmp_path, capsys):
     assert str(run_dir / "checkpoints" / "last.ckpt") in printed.out
     assert "final validation Dice: cnn " in printed.out and ", transformer " in printed.out
     assert "test (cnn), mean over cases: dice_mean=" in printed.out
+    assert f"CPU threads         : {threads_before + 1} (--threads)" in printed.out
     assert "LeafSpec" not in printed.err and "args parameter is intended" not in printed.err
 
     # the overlay alone, from the finished run, to another file (how docs/ gets its copy)
