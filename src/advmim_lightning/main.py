@@ -288,7 +288,7 @@ def _default_loggers(run_dir: Path, run_name: str, wandb_mode: str, project: str
             save_dir=str(run_dir),
             offline=wandb_mode == "offline",
         )
-        # Lightning passes anonymous=None to wandb.init, which wandb >= 0.19 answers with "The
+        # Lightning passes anonymous=None to wandb.init, which wandb (0.31 here) answers with "The
         # anonymous setting has no effect" on every run: leave the unset setting out instead.
         if wandb_logger._wandb_init.get("anonymous", "") is None:
             del wandb_logger._wandb_init["anonymous"]
