@@ -216,7 +216,7 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_
             AdvMIMModule.load_from_checkpoint(tmp_path / name)
     assert not marker.exists()
     # a network given as an instance is not rebuilt, so its stored spec is not imported
-    own_cnn = UNet(num_classes=4, channels=(4, 8, 8, 8, 8))
+    own_cnn = UNet(num_classes=4, channels=(4, 8, 8, 8, 8), upsampling="bilinear")  # quickstart
     restored = AdvMIMModule.load_from_checkpoint(tmp_path / "cnn.ckpt", cnn=own_cnn)
     assert restored.cnn is own_cnn and not marker.exists()
 
