@@ -103,3 +103,18 @@ def test_memory_scaling_benchmark_prints_its_table(capsys):
     assert [r["data"] for r in rows] == ["in RAM", "cache (cold)", "cache (warm)"]
     assert all(r["main RSS"] > r["main anon"] > 0 and r["total PSS"] > 0 for r in rows)
     assert "| cases | data | main RSS | main anon | total PSS |" in capsys.readouterr().out
+
+
+def test_demo_reproducibility_benchmark_fits_and_tests_per_thread_count(tmp_path, capsys):
+    short = tmp_path / "short.yaml"
+    short.write_text("trainer:\n  val_check_interval: 2\n")
+    configs = [ROOT / "configs" / "quickstart.yaml", ROOT / "tests" / "cli" / "tiny.yaml", short]
+    words = [w for c in configs for w in ("--config", str(c))]
+    rows = load("demo_reproducibility").main([*words, "--iterations", "2", "--threads", "1", "2"])
+    assert [(r["threads"], r["seed"]) for r in rows] == [(1, 0), (2, 0)]
+    for row in rows:
+        assert 0.0 <= row["test_dice"] <= 1.0 and 0.0 <= row["val_transformer"] <= 1.0
+        assert row["cpu_s"] > 0
+    printed = capsys.readouterr().out
+    assert "| threads | seed | val Dice CNN |" in printed
+    assert "spread (max - min) over threads: val_cnn " in printed

@@ -33,6 +33,7 @@ from advmim_lightning.callbacks import PredictionWriter, RunCheckpoint, Validati
 from advmim_lightning.data import AdvMIMDataModule
 from advmim_lightning.module import AdvMIMModule
 from advmim_lightning.paths import RunFolderLock, ensure_writable_folder, launching_process
+from advmim_lightning.quiet import quiet_known_noise
 
 #: Errors that describe bad input (data, paths, arguments, a diverged run): the command line
 #: prints their message and exits with status 1 instead of a traceback (``ADVMIM_DEBUG=1``
@@ -723,14 +724,17 @@ def _default_loggers(
         from lightning.pytorch.loggers import WandbLogger
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        loggers.append(
-            WandbLogger(
-                name=run_name,
-                project=project,
-                save_dir=str(run_dir),
-                offline=wandb_mode == "offline",
-            )
+        wandb_logger = WandbLogger(
+            name=run_name,
+            project=project,
+            save_dir=str(run_dir),
+            offline=wandb_mode == "offline",
         )
+        # Lightning passes anonymous=None to wandb.init, which wandb (0.31 here) answers with "The
+        # anonymous setting has no effect" on every run: leave the unset setting out instead.
+        if wandb_logger._wandb_init.get("anonymous", "") is None:
+            del wandb_logger._wandb_init["anonymous"]
+        loggers.append(wandb_logger)
     return loggers
 
 
@@ -745,6 +749,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AdvMIMCLI:
     Returns:
         The CLI; its ``trainer``, ``model`` and ``datamodule`` are useful in tests and notebooks.
     """
+    quiet_known_noise()
     return AdvMIMCLI(
         AdvMIMModule,
         AdvMIMDataModule,

@@ -147,6 +147,31 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
     assert "Key" not in caplog.text and "usage" not in caplog.text
 
 
+def test_a_class_path_spelled_another_way_for_the_same_class_does_not_warn(tmp_path, caplog):
+    # tiny.yaml names advmim_lightning.networks.UNet / .SwinUNet (the re-exports); checkpoints
+    # store where the classes are defined (advmim_lightning.networks.unet.UNet, ...).
+    from advmim_lightning.main import _same_setting
+
+    checkpoint = fit(tmp_path, "run", "--model.max_iterations", "1")
+    stored = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
+    assert stored["cnn"]["class_path"] == "advmim_lightning.networks.unet.UNet"
+    with caplog.at_level("WARNING", logger="advmim_lightning.main"):
+        main(
+            [
+                "test", "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY,
+                "--runs_dir", str(tmp_path), "--run_name", "run", "--wandb_mode", "disabled",
+                "--ckpt_path", str(checkpoint),
+            ]
+        )  # fmt: skip
+    assert "fixes the model's settings" not in caplog.text
+    # other classes, and paths naming nothing loaded, still differ
+    unet, swin = "advmim_lightning.networks.UNet", "advmim_lightning.networks.swin_unet.SwinUNet"
+    assert _same_setting("cnn.class_path", unet, "advmim_lightning.networks.unet.UNet")
+    assert not _same_setting("cnn.class_path", unet, swin)
+    assert not _same_setting("cnn.class_path", "not_loaded.UNet", "not_loaded.unet.UNet")
+    assert not _same_setting("cnn.init_args.upsampling", "bilinear", "transposed")
+
+
 def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_path, monkeypatch):
     import pytest
 
@@ -181,7 +206,7 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_
             AdvMIMModule.load_from_checkpoint(tmp_path / name)
     assert not marker.exists()
     # a network given as an instance is not rebuilt, so its stored spec is not imported
-    own_cnn = UNet(num_classes=4, channels=(4, 8, 8, 8, 8))
+    own_cnn = UNet(num_classes=4, channels=(4, 8, 8, 8, 8), upsampling="bilinear")  # quickstart
     restored = AdvMIMModule.load_from_checkpoint(tmp_path / "cnn.ckpt", cnn=own_cnn)
     assert restored.cnn is own_cnn and not marker.exists()
 

@@ -114,6 +114,21 @@ def test_config_rebuilds_the_network(swin_kwargs) -> None:
     assert SwinUNet(**swin_kwargs).config["img_size"] == 64
 
 
+def test_weight_init_pytorch_keeps_pytorchs_layer_init_and_is_in_the_config(swin_kwargs) -> None:
+    public = SwinUNet(**swin_kwargs)
+    torch_init = SwinUNet(**swin_kwargs, weight_init="pytorch")
+    # fc1 of the first block: 12 -> 48; PyTorch draws U(-1/sqrt(12), 1/sqrt(12)), std 0.167
+    public_fc1 = public.layers[0].blocks[0].mlp.fc1
+    torch_fc1 = torch_init.layers[0].blocks[0].mlp.fc1
+    assert float(public_fc1.weight.std()) == pytest.approx(0.02, rel=0.2)
+    assert float(torch_fc1.weight.std()) == pytest.approx(12**-0.5 / 3**0.5, rel=0.2)
+    assert not torch.all(torch_fc1.bias == 0) and torch.all(public_fc1.bias == 0)
+    assert public.config["weight_init"] == "trunc_normal"
+    assert type(torch_init)(**torch_init.config).config == torch_init.config
+    with pytest.raises(ValueError, match=r"weight_init must be one of .* got 'xavier'"):
+        SwinUNet(**swin_kwargs, weight_init="xavier")
+
+
 def test_size_rule_224_ok_256_rejected() -> None:
     # The check runs before any layer is built, so this costs nothing.
     with pytest.raises(ValueError) as info:

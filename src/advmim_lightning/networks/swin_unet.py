@@ -50,6 +50,7 @@ from advmim_lightning.networks.pretrained import load_pretrained_swin
 __all__ = ["SwinUNet"]
 
 _MASK_TOKENS = ("position", "shared")
+_WEIGHT_INITS = ("trunc_normal", "pytorch")
 
 
 class PatchExpand(nn.Module):
@@ -159,6 +160,14 @@ class SwinUNet(nn.Module):
         fused_attention: use ``scaled_dot_product_attention`` in the window attention (faster on
             GPUs, same result up to rounding); off by default, the explicit softmax of the public
             code.
+        weight_init: ``"trunc_normal"`` (default, the public code's: linear weights drawn with
+            std 0.02, zero biases, unit LayerNorms; there the ImageNet weights then replace most
+            of them) or ``"pytorch"`` (PyTorch's own layer initialisation: linear weights with
+            std ``1 / sqrt(3 * fan_in)``, up to 6 times larger at small widths). Trained from
+            scratch with SGD on small foreground structures, the ``"trunc_normal"`` network
+            stays on the all-background prediction for hundreds of iterations; ``"pytorch"``
+            leaves it within the first hundred (the quickstart uses it, see
+            ``configs/quickstart.yaml``). Weights loaded from ``pretrained`` replace either.
 
     Raises:
         ValueError: invalid argument values or sizes (the message says what is allowed).
@@ -188,6 +197,7 @@ class SwinUNet(nn.Module):
         pretrained: str | PathLike[str] | None = None,
         batched_streams: bool = False,
         fused_attention: bool = False,
+        weight_init: Literal["trunc_normal", "pytorch"] = "trunc_normal",
     ) -> None:
         super().__init__()
         height, width = _check_img_size(img_size)
@@ -232,6 +242,11 @@ class SwinUNet(nn.Module):
                 f"networks/swin_unet.py SwinUNet: mask_token must be one of {_MASK_TOKENS}, "
                 f"got {mask_token!r}."
             )
+        if weight_init not in _WEIGHT_INITS:
+            raise ValueError(
+                f"networks/swin_unet.py SwinUNet: weight_init must be one of {_WEIGHT_INITS}, "
+                f"got {weight_init!r}."
+            )
         num_stages = len(depths)
         multiple = patch_size * window_size * 2 ** (num_stages - 1)
         if height % multiple or width % multiple:
@@ -262,6 +277,7 @@ class SwinUNet(nn.Module):
         self.mask_token_type = mask_token
         self.batched_streams = bool(batched_streams)
         self.fused_attention = bool(fused_attention)
+        self.weight_init = weight_init
         self.repeat_to_rgb = in_channels == 1
         self.grid_size = (height // patch_size, width // patch_size)
         stage_grids = [(self.grid_size[0] >> i, self.grid_size[1] >> i) for i in range(num_stages)]
@@ -317,7 +333,8 @@ class SwinUNet(nn.Module):
         self.final_expand = PatchExpand(embed_dim, patch_size, embed_dim)
         self.head = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
 
-        self.apply(_init_weights)
+        if weight_init == "trunc_normal":
+            self.apply(_init_weights)
         num_tokens = self.grid_size[0] * self.grid_size[1] if mask_token == "position" else 1
         self.mask_token = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -350,6 +367,7 @@ class SwinUNet(nn.Module):
             "mask_token": self.mask_token_type,
             "batched_streams": self.batched_streams,
             "fused_attention": self.fused_attention,
+            "weight_init": self.weight_init,
         }
 
     def embed(self, x: Tensor) -> Tensor:
