@@ -105,6 +105,7 @@ def test_memory_scaling_benchmark_prints_its_table(capsys):
     assert "| cases | data | main RSS | main anon | total PSS |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_reproducibility_benchmark_fits_and_tests_per_thread_count(tmp_path, capsys):
     short = tmp_path / "short.yaml"
     short.write_text("trainer:\n  val_check_interval: 2\n")
