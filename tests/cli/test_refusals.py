@@ -112,11 +112,16 @@ def nifti(tmp_path) -> Path:
     return root
 
 
-def predict_nifti(tmp_path: Path, root: Path, *extra: object) -> None:
-    run(
+def predict_words(tmp_path: Path, root: Path, *extra: object) -> list[object]:
+    """``advmim predict`` of untrained networks on the NIfTI set ``root``, into run ``pred``."""
+    return [
         "predict",
         *on(tmp_path / "runs", "pred", "--data.root", root, *UNTRAINED, *extra, configs=NIFTI),
-    )
+    ]
+
+
+def predict_nifti(tmp_path: Path, root: Path, *extra: object) -> None:
+    run(*predict_words(tmp_path, root, *extra))
 
 
 def test_prediction_files_go_to_the_run_folder_one_per_case(tmp_path, nifti):
@@ -135,19 +140,7 @@ def test_existing_prediction_files_are_kept_unless_overwrite(tmp_path, nifti):
     predict_nifti(tmp_path, nifti, "--prediction_writer.output_dir", out)
     (out / "case%2B8.nii.gz").unlink()
     (out / "case_8.nii.gz").write_bytes(b"the user's own file")
-    message = cli_error(
-        "predict",
-        *on(
-            tmp_path / "runs",
-            "pred",
-            "--data.root",
-            nifti,
-            *UNTRAINED,
-            "--prediction_writer.output_dir",
-            out,
-            configs=NIFTI,
-        ),
-    )
+    message = cli_error(*predict_words(tmp_path, nifti, "--prediction_writer.output_dir", out))
     assert (
         f"prediction_writer.output_dir {out} already holds 1 of the 2 prediction files "
         "(case_8.nii.gz)" in message
@@ -175,36 +168,12 @@ def test_the_datasets_own_folders_are_refused_as_prediction_output(tmp_path, nif
     link.symlink_to(nifti / "labelsTs")
     for folder in ("labelsTs", "imagesTs", "labelsTr", ".", "new_folder_inside"):
         out = nifti / folder
-        message = cli_error(
-            "predict",
-            *on(
-                tmp_path / "runs",
-                "pred",
-                "--data.root",
-                nifti,
-                *UNTRAINED,
-                "--prediction_writer.output_dir",
-                out,
-                configs=NIFTI,
-            ),
-        )
+        message = cli_error(*predict_words(tmp_path, nifti, "--prediction_writer.output_dir", out))
         assert (
             f"prediction_writer.output_dir {out} lies in the dataset folder (data.root) "
             f"{nifti.resolve()}" in message
         )
-    message = cli_error(
-        "predict",
-        *on(
-            tmp_path / "runs",
-            "pred",
-            "--data.root",
-            nifti,
-            *UNTRAINED,
-            "--prediction_writer.output_dir",
-            link,
-            configs=NIFTI,
-        ),
-    )
+    message = cli_error(*predict_words(tmp_path, nifti, "--prediction_writer.output_dir", link))
     assert f"prediction_writer.output_dir {link} lies in the dataset folder" in message
     assert files_of(nifti) == before  # the ground truth is untouched, nothing was added
 
