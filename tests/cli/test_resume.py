@@ -150,7 +150,7 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
 def test_a_class_path_spelled_another_way_for_the_same_class_does_not_warn(tmp_path, caplog):
     # tiny.yaml names advmim_lightning.networks.UNet / .SwinUNet (the re-exports); checkpoints
     # store where the classes are defined (advmim_lightning.networks.unet.UNet, ...).
-    from advmim_lightning.main import _same_setting
+    from advmim_lightning.main import _plain
 
     checkpoint = fit(tmp_path, "run", "--model.max_iterations", "1")
     stored = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
@@ -166,10 +166,13 @@ def test_a_class_path_spelled_another_way_for_the_same_class_does_not_warn(tmp_p
     assert "fixes the model's settings" not in caplog.text
     # other classes, and paths naming nothing loaded, still differ
     unet, swin = "advmim_lightning.networks.UNet", "advmim_lightning.networks.swin_unet.SwinUNet"
-    assert _same_setting("cnn.class_path", unet, "advmim_lightning.networks.unet.UNet")
-    assert not _same_setting("cnn.class_path", unet, swin)
-    assert not _same_setting("cnn.class_path", "not_loaded.UNet", "not_loaded.unet.UNet")
-    assert not _same_setting("cnn.init_args.upsampling", "bilinear", "transposed")
+    def same(key: str, a: str, b: str) -> bool:
+        return _plain(a, key) == _plain(b, key)
+
+    assert same("cnn.class_path", unet, "advmim_lightning.networks.unet.UNet")
+    assert not same("cnn.class_path", unet, swin)
+    assert not same("cnn.class_path", "not_loaded.UNet", "not_loaded.unet.UNet")
+    assert not same("cnn.init_args.upsampling", "bilinear", "transposed")
 
 
 def test_a_checkpoint_naming_a_foreign_class_is_refused_before_importing_it(tmp_path, monkeypatch):
