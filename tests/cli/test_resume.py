@@ -166,6 +166,7 @@ def test_a_class_path_spelled_another_way_for_the_same_class_does_not_warn(tmp_p
     assert "fixes the model's settings" not in caplog.text
     # other classes, and paths naming nothing loaded, still differ
     unet, swin = "advmim_lightning.networks.UNet", "advmim_lightning.networks.swin_unet.SwinUNet"
+
     def same(key: str, a: str, b: str) -> bool:
         return _plain(a, key) == _plain(b, key)
 
