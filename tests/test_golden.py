@@ -1,0 +1,99 @@
+"""Golden numbers: 3 iterations per method on the tiny phantom, pinned bit for bit.
+
+A change that only moves code (the architecture work) must leave these unchanged. A change
+that is meant to move numbers regenerates them on purpose and says so in its commit:
+
+    ADVMIM_REGENERATE_GOLDEN=1 OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_golden.py
+
+``tests/golden/advmim.ckpt`` is the AdvMIM run's checkpoint as this build wrote it (kept when
+the values are regenerated): later builds must load, resume and test it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from advmim_lightning.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "cli" / "tiny.yaml")
+GOLDEN = ROOT / "tests" / "golden"
+VALUES = GOLDEN / "values.json"
+STORED_CHECKPOINT = GOLDEN / "advmim.ckpt"
+METHODS = ("supervised", "ctct", "advmim")
+REGENERATE = os.environ.get("ADVMIM_REGENERATE_GOLDEN", "0") not in ("", "0")
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every entry's name, dtype, shape and bytes, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else b"bf16")
+    return digest.hexdigest()
+
+
+def golden_run(tmp_path: Path, method: str) -> tuple[dict, Path]:
+    """Fit 3 iterations of ``method`` with fixed seeds, test it; the run's golden values."""
+    words = [
+        "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY,
+        "--runs_dir", str(tmp_path), "--run_name", method, "--wandb_mode", "disabled",
+        "--model.method", method, "--seed_everything", "7", "--model.rng_seed", "3",
+        "--data.seed", "11", "--trainer.limit_test_batches", "2",
+    ]  # fmt: skip
+    if method != "advmim":
+        words += ["--model.mask_block_size", "32"]  # the module's default: AdvMIM-only setting
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the rounding of CPU sums depends on the thread count
+    try:
+        main(["fit", *words, "--model.max_iterations", "3", "--trainer.limit_val_batches", "0"])
+        last = tmp_path / method / "checkpoints" / "last.ckpt"
+        main(["test", *words, "--ckpt_path", str(last)])
+    finally:
+        torch.set_num_threads(threads)
+    checkpoint = torch.load(last, weights_only=True)
+    with open(tmp_path / method / "test_metrics.csv", newline="") as handle:
+        mean = next(row for row in csv.DictReader(handle) if row["case_id"] == "mean")
+    values = {
+        "iteration": checkpoint["advmim"]["iteration"],
+        "state_dict_sha256": state_hash(checkpoint["state_dict"]),
+        "test_mean": {k: round(float(v), 6) for k, v in mean.items() if k != "case_id" and v},
+    }
+    return values, last
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_three_iterations_per_method_give_the_pinned_numbers(tmp_path, method):
+    values, checkpoint = golden_run(tmp_path, method)
+    assert values["iteration"] == 3
+    stored = json.loads(VALUES.read_text()) if VALUES.exists() else {}
+    if REGENERATE:
+        GOLDEN.mkdir(exist_ok=True)
+        stored[method] = values
+        VALUES.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+        if method == "advmim" and not STORED_CHECKPOINT.exists():
+            shutil.copyfile(checkpoint, STORED_CHECKPOINT)
+    assert method in stored, f"no golden values for {method}: regenerate ({__doc__.split()[0]})"
+    assert values == stored[method]
+
+
+def test_a_checkpoint_written_by_an_earlier_build_tests_and_resumes(tmp_path):
+    words = [
+        "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY, "--runs_dir", str(tmp_path),
+        "--run_name", "old", "--wandb_mode", "disabled", "--trainer.limit_val_batches", "0",
+        "--trainer.limit_test_batches", "1",
+    ]  # fmt: skip
+    main(["test", *words, "--ckpt_path", str(STORED_CHECKPOINT)])
+    assert (tmp_path / "old" / "test_metrics.csv").is_file()
+    main(["fit", *words, "--ckpt_path", str(STORED_CHECKPOINT), "--model.max_iterations", "4"])
+    resumed = torch.load(tmp_path / "old" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["advmim"]["iteration"] == 4
