@@ -495,15 +495,21 @@ def _plain(value: Any, key: str = "") -> Any:
     return value
 
 
-def _canonical_class_path(class_path: str) -> str:
+def _class_named(class_path: str) -> type | None:
+    """The class a dotted path names (importing its module), or None when it names none."""
     import importlib
 
     module_name, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), name)
+        found = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError):
-        return class_path
-    return f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else class_path
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _canonical_class_path(class_path: str) -> str:
+    cls = _class_named(class_path)
+    return class_path if cls is None else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _some(names: list[str], shown: int = 4) -> str:
@@ -660,17 +666,10 @@ def _checkpoints_of(run_dir: Path, runs_dir: Path) -> str:
 
 def _gives_own_checkpoint_callback(config: Any) -> bool:
     """Whether the trainer config lists its own ``ModelCheckpoint`` (or subclass)."""
-    import importlib
-
     callbacks = (config.get("trainer") or {}).get("callbacks") or []
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
-        class_path = str(getattr(callback, "class_path", None) or "")
-        module_name, _, name = class_path.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError, ValueError):
-            continue
-        if isinstance(cls, type) and issubclass(cls, ModelCheckpoint):
+        cls = _class_named(str(getattr(callback, "class_path", None) or ""))
+        if cls is not None and issubclass(cls, ModelCheckpoint):
             return True
     return False
 
