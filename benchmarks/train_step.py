@@ -22,10 +22,13 @@ classes) unless ``--small``. docs/method.md records the published code at 285 ms
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import json
 import platform
 import statistics
 import time
+from unittest import mock
 
 import lightning.pytorch as pl
 import torch
@@ -57,13 +60,32 @@ class RandomPairs(Dataset):
 
 
 class IterationTimer(pl.Callback):
-    """Milliseconds per training iteration (batch start to batch end)."""
+    """Per-iteration GPU time (CUDA events) and the wall clock over the timed iterations.
 
-    def __init__(self) -> None:
+    Nothing synchronises between the first and the last timed iteration (events are read at
+    the end), so the host may run ahead of the GPU as in real training. ``wall_ms`` is the mean
+    wall-clock time per timed iteration, Lightning's loop included, up to the GPU finishing
+    the last one: the rate a training run gets. ``times`` are per-iteration times (GPU time
+    between the batch's start and end events on CUDA; the wall clock on a CPU).
+    """
+
+    def __init__(self, warmup: int, iterations: int) -> None:
+        self.warmup, self.iterations = warmup, iterations
         self.times: list[float] = []
+        self.wall_ms = float("nan")
+        self._events: list[tuple] = []
         self._start: object = None
+        self._wall_start = 0.0
+
+    def _timed(self, batch_idx: int) -> bool:
+        return self.warmup <= batch_idx < self.warmup + self.iterations
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._timed(batch_idx):
+            return
+        if batch_idx == self.warmup:
+            _synchronize(pl_module.device)
+            self._wall_start = time.perf_counter()
         if pl_module.device.type == "cuda":
             self._start = torch.cuda.Event(enable_timing=True)
             self._start.record()
@@ -71,13 +93,83 @@ class IterationTimer(pl.Callback):
             self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._timed(batch_idx):
+            return
         if pl_module.device.type == "cuda":
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-            end.synchronize()
-            self.times.append(self._start.elapsed_time(end))
+            self._events.append((self._start, end))
         else:
             self.times.append((time.perf_counter() - self._start) * 1000.0)
+        if batch_idx == self.warmup + self.iterations - 1:
+            _synchronize(pl_module.device)
+            self.wall_ms = (time.perf_counter() - self._wall_start) * 1000.0 / self.iterations
+            if self._events:
+                self.times = [start.elapsed_time(end) for start, end in self._events]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ProfileWindow(pl.Callback):
+    """``torch.profiler`` over a few iterations after warm-up: kernels and GPU-busy fraction.
+
+    ``summary`` holds the CUDA kernels launched per iteration (kernels inside a replayed CUDA
+    graph count individually), the share of the window's wall time in which at least one
+    kernel ran, and the five kernels with the largest total time.
+    """
+
+    def __init__(self, start: int, iterations: int) -> None:
+        self.start, self.iterations = start, iterations
+        self.summary: dict = {}
+        self._profiler: torch.profiler.profile | None = None
+        self._wall = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.start:
+            _synchronize(pl_module.device)
+            self._profiler = torch.profiler.profile(
+                activities=[
+                    torch.profiler.ProfilerActivity.CPU,
+                    torch.profiler.ProfilerActivity.CUDA,
+                ]
+            )
+            self._profiler.__enter__()
+            self._wall = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._profiler is None or batch_idx != self.start + self.iterations - 1:
+            return
+        _synchronize(pl_module.device)
+        wall_us = (time.perf_counter() - self._wall) * 1e6
+        self._profiler.__exit__(None, None, None)
+        kernels = [
+            e
+            for e in self._profiler.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA
+            and not e.name.startswith(("Memcpy", "Memset"))
+        ]
+        spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+        busy, end = 0.0, float("-inf")
+        for lo, hi in spans:
+            if hi > end:
+                busy += hi - max(lo, end)
+                end = hi
+        totals: dict[str, float] = {}
+        for e in kernels:
+            totals[e.name] = totals.get(e.name, 0.0) + e.time_range.elapsed_us()
+        top = sorted(totals.items(), key=lambda kv: -kv[1])[:5]
+        self.summary = {
+            "kernels_per_iteration": len(kernels) / self.iterations,
+            "gpu_busy_fraction": busy / wall_us if wall_us else float("nan"),
+            "profiled_ms_per_iteration": wall_us / 1000.0 / self.iterations,
+            "top_kernels_ms_per_iteration": [
+                (name[:80], total / 1000.0 / self.iterations) for name, total in top
+            ],
+        }
+        self._profiler = None
 
 
 #: The published code's median 8 + 8 iteration on one H100 (docs/method.md), per precision.
@@ -102,6 +194,19 @@ OPTIONS: dict[str, dict[str, dict]] = {
 }
 OPTIONS["fast"] = {
     "module": {"channels_last": True, "optimizer_impl": "fused", "compile_networks": "default"},
+    "trainer": {"benchmark": True},
+    "transformer": {"fused_attention": True},
+}
+#: The whole iteration as one CUDA graph: alone, with the eager options of ``fast`` (no
+#: compilation) and with all of ``fast``.
+OPTIONS["cuda_graph"] = {"module": {"cuda_graph": True}}
+OPTIONS["fast_graph"] = {
+    "module": {"channels_last": True, "cuda_graph": True},
+    "trainer": {"benchmark": True},
+    "transformer": {"fused_attention": True},
+}
+OPTIONS["fast_compile_graph"] = {
+    "module": {**OPTIONS["fast"]["module"], "cuda_graph": True},
     "trainer": {"benchmark": True},
     "transformer": {"fused_attention": True},
 }
@@ -146,7 +251,9 @@ def measure(
     warmup: int,
     small: bool,
     option: str = "baseline",
+    profile: int = 0,
 ) -> dict:
+    """One row: ``warmup`` untimed iterations, then ``iterations`` timed (and profiled) ones."""
     # Each row starts clean: no compiled graphs, CUDA-graph pools or modules of earlier rows.
     gc.collect()
     torch._dynamo.reset()
@@ -154,7 +261,12 @@ def measure(
         torch.cuda.empty_cache()
     size, classes = (96, 4) if small else (224, 4)
     module = build_module(small, size, classes, option)
-    timer = IterationTimer()
+    timer = IterationTimer(warmup, iterations)
+    callbacks: list[pl.Callback] = [timer]
+    profiler = None
+    if profile:
+        profiler = ProfileWindow(start=warmup + iterations, iterations=profile)
+        callbacks.append(profiler)
     trainer = pl.Trainer(
         accelerator=device,
         devices=1,
@@ -164,28 +276,66 @@ def measure(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=callbacks,
         log_every_n_steps=50,
         # explicit, or a cudnn_benchmark row would leave it on for the rows after it
         **{"benchmark": False, **OPTIONS[option].get("trainer", {})},
     )
     loader = DataLoader(
-        RandomPairs(warmup + iterations, batch, size, classes), batch_size=None, shuffle=False
+        RandomPairs(warmup + iterations + profile, batch, size, classes),
+        batch_size=None,
+        shuffle=False,
+        pin_memory=device == "gpu",  # as the data module pins on a GPU: no host sync per copy
     )
     if device == "gpu":
         torch.cuda.reset_peak_memory_stats()
-    trainer.fit(module, train_dataloaders=loader)
-    times = timer.times[warmup:]
-    median = statistics.median(times)
+    started = time.perf_counter()
+    rehearsal = contextlib.nullcontext()
+    if device == "cpu" and module.hparams.get("cuda_graph"):
+        # A CPU cannot capture: run the graph's step function uncaptured, to rehearse the
+        # script before a GPU run (the numbers say nothing about the graph's speed).
+        rehearsal = mock.patch.object(AdvMIMModule, "_check_cuda_graph_trainer", lambda self: None)
+    with rehearsal:
+        trainer.fit(module, train_dataloaders=loader)
+    times = timer.times
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "gpu" else float("nan")
-    return {
+    row = {
         "option": option,
         "precision": precision,
         "batch": f"{batch}+{batch}",
-        "ms": median,
-        "images_s": 2 * batch / median * 1000.0,
+        "ms": timer.wall_ms,
+        "median_gpu_ms": statistics.median(times),
+        "images_s": 2 * batch / timer.wall_ms * 1000.0,
         "peak_gib": peak,
+        "row_seconds": time.perf_counter() - started,
     }
+    if profiler is not None:
+        row["profile"] = profiler.summary
+    return row
+
+
+def describe_machine(device: str) -> str:
+    if device == "gpu":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+HEADER = (
+    f"{'option':<20} {'precision':<12} {'batch':>7} {'ms/iter':>9} {'GPU ms':>8} "
+    f"{'images/s':>9} {'peak GiB':>9} {'vs public':>9}"
+)
+
+
+def format_row(row: dict, device: str, small: bool) -> str:
+    """A table line; ``vs public`` is the speed-up over the published code (default networks,
+    8 + 8, GPU only)."""
+    comparable = device == "gpu" and not small and row["batch"] == "8+8"
+    published = PUBLISHED_MS.get(row["precision"])
+    speedup = f"{published / row['ms']:>8.1f}x" if comparable and published else f"{'-':>9}"
+    return (
+        f"{row['option']:<20} {row['precision']:<12} {row['batch']:>7} {row['ms']:>9.1f} "
+        f"{row['median_gpu_ms']:>8.1f} {row['images_s']:>9.1f} {row['peak_gib']:>9.2f} {speedup}"
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -201,8 +351,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "on a GPU",
     )
     parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=6, help="untimed iterations first")
     parser.add_argument("--small", action="store_true", help="small networks at 96 x 96")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the timed iterations, profile N more (kernels per iteration, GPU-busy)",
+    )
+    parser.add_argument("--json", help="append each row as a JSON line to this file")
     args = parser.parse_args(argv)
     device = args.device
     if device == "auto":
@@ -210,40 +368,44 @@ def main(argv: list[str] | None = None) -> list[dict]:
     precisions = args.precision or ["32-true", "bf16-mixed"]
     batches = args.batch or ([8, 32] if device == "gpu" else [8])
     options = args.option or (list(OPTIONS) if device == "gpu" else ["baseline"])
-    if device == "gpu":
-        machine = torch.cuda.get_device_name()
-    else:
-        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = describe_machine(device)
+    if device == "cpu" and any(OPTIONS[o].get("module", {}).get("cuda_graph") for o in options):
+        print("note: cuda_graph rows on a CPU run the step function uncaptured (rehearsal)")
     print(f"AdvMIM training iteration ({'small' if args.small else 'default'} networks), {machine}")
     print(
         f"torch {torch.__version__}, lightning {pl.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}; median of {args.iterations} iterations after "
-        f"{args.warmup} warm-up"
+        f"{time.strftime('%Y-%m-%d')}; {args.iterations} iterations after {args.warmup} "
+        "warm-up: ms/iter = wall clock per iteration, GPU ms = median GPU time per iteration"
     )
-    print(
-        f"{'option':<20} {'precision':<12} {'batch':>7} {'ms/iter':>9} {'images/s':>9} "
-        f"{'peak GiB':>9} {'vs public':>9}"
-    )
+    print(HEADER)
     rows = []
     for option in options:
         for precision in precisions:
             for batch in batches:
                 row = measure(
-                    device, precision, batch, args.iterations, args.warmup, args.small, option
+                    device,
+                    precision,
+                    batch,
+                    args.iterations,
+                    args.warmup,
+                    args.small,
+                    option,
+                    args.profile,
+                )
+                row.update(
+                    machine=machine,
+                    torch=torch.__version__,
+                    lightning=pl.__version__,
+                    date=time.strftime("%Y-%m-%d"),
+                    networks="small" if args.small else "default",
                 )
                 rows.append(row)
-                # the published code (285 ms fp32, 329 ms bf16): default networks, 8 + 8, GPU
-                comparable = device == "gpu" and not args.small and batch == 8
-                published = PUBLISHED_MS.get(precision)
-                speedup = (
-                    f"{published / row['ms']:>8.1f}x" if comparable and published else f"{'-':>9}"
-                )
-                print(
-                    f"{row['option']:<20} {row['precision']:<12} {row['batch']:>7} "
-                    f"{row['ms']:>9.1f} {row['images_s']:>9.1f} {row['peak_gib']:>9.2f} "
-                    f"{speedup}",
-                    flush=True,
-                )
+                print(format_row(row, device, args.small), flush=True)
+                if row.get("profile"):
+                    print(f"  profile: {json.dumps(row['profile'])}", flush=True)
+                if args.json:
+                    with open(args.json, "a") as out:
+                        out.write(json.dumps(row) + "\n")
     return rows
 
 

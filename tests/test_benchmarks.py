@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ def load(name: str):
     return module
 
 
-def test_train_step_benchmark_times_real_iterations_on_cpu(capsys):
+def test_train_step_benchmark_times_real_iterations_on_cpu(capsys, tmp_path):
     rows = load("train_step").main(
         [
             "--small",
@@ -37,13 +39,83 @@ def test_train_step_benchmark_times_real_iterations_on_cpu(capsys):
             "baseline",
             "--option",
             "fused_sgd",
+            "--option",
+            "cuda_graph",
+            "--json",
+            str(tmp_path / "rows.jsonl"),
         ]
     )
-    assert [r["option"] for r in rows] == ["baseline", "fused_sgd"]
-    assert all(r["batch"] == "2+2" and r["ms"] > 0 for r in rows)
+    assert [r["option"] for r in rows] == ["baseline", "fused_sgd", "cuda_graph"]
+    assert all(r["batch"] == "2+2" and r["ms"] > 0 and r["median_gpu_ms"] > 0 for r in rows)
     out = capsys.readouterr().out
     assert "ms/iter" in out and "images/s" in out and "vs public" in out
     assert out.count("fused_sgd") == 1
+    assert "cuda_graph rows on a CPU run the step function uncaptured" in out
+    stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["option"] for r in stored] == ["baseline", "fused_sgd", "cuda_graph"]
+    assert stored[0]["networks"] == "small" and stored[0]["precision"] == "32-true"
+    # the CPU refusal of cuda_graph is back in place after the rehearsal row
+    from advmim_lightning import AdvMIMModule
+
+    assert AdvMIMModule._check_cuda_graph_trainer.__name__ == "_check_cuda_graph_trainer"
+
+
+def test_gpu_report_checks_each_target_and_lists_what_was_not_measured(tmp_path):
+    def row(option, precision, batch, ms, peak=3.0, **extra):
+        return {
+            "option": option, "precision": precision, "batch": batch, "ms": ms,
+            "median_gpu_ms": ms * 0.9, "images_s": 2 * int(batch.split("+")[0]) / ms * 1000,
+            "peak_gib": peak, "machine": "NVIDIA H100 80GB HBM3", "torch": "2.11.0",
+            "lightning": "2.6.6", "date": "2026-11-27", "networks": "default", **extra,
+        }  # fmt: skip
+
+    profile = {
+        "kernels_per_iteration": 4000,
+        "gpu_busy_fraction": 0.93,
+        "profiled_ms_per_iteration": 21.5,
+        "top_kernels_ms_per_iteration": [["sm90_gemm", 3.25]],
+    }
+    rows = [
+        row("baseline", "bf16-mixed", "8+8", 80.0, peak=6.0),
+        row("cuda_graph", "bf16-mixed", "8+8", 20.0, peak=4.5),
+        row("cuda_graph", "bf16-mixed", "32+32", 70.0),
+        row("baseline", "32-true", "8+8", 95.0),
+        row("cuda_graph", "bf16-mixed", "8+8", 21.0, profile=profile),
+        {"skipped": "compile", "why": "stopped at its 90 s limit"},
+    ]
+    rows_path = tmp_path / "rows.jsonl"
+    rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = "[cuda_graph vs eager, 20 iterations] relative update difference: graphed 1e-3\n"
+    log += "training DataLoader, default 2 workers (images/s in all): 1500\n2 passed in 9s\n"
+    report = load("gpu_report").report(*load("gpu_report").load(rows_path), log)
+    assert "| cuda_graph | bf16-mixed | 8+8 | 20.0 | 18.0 | 800 | 4.50 | 16.4x |" in report
+    assert "- bf16-mixed: best 20.0 ms (cuda_graph), target <= 25 ms: met" in report
+    assert "- 32-true: best 95.0 ms (baseline), target <= 60 ms: missed" in report
+    assert "peak memory, bf16, cuda_graph: 4.50 GiB, target <= 5: met" in report
+    assert "32 + 32 time / 8 + 8 time, bf16, cuda_graph: 3.50, target <= 4.5: met" in report
+    assert "gives 1500 images/s, the GPU consumes 800 (cuda_graph): 1.9x" in report
+    assert "| cuda_graph | 4000 | 93% | 21.5 | sm90_gemm 3.25 |" in report
+    assert "- [cuda_graph vs eager, 20 iterations]" in report and "- 2 passed in 9s" in report
+    assert "- compile: stopped at its 90 s limit" in report
+
+
+@pytest.mark.slow
+def test_the_gpu_run_script_rehearses_on_the_cpu(tmp_path):
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+        env={**os.environ, "REHEARSAL": "1", "BUDGET": "240", "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "gpu_report.md").read_text()
+    assert (
+        "| baseline | bf16-mixed | 2+2 |" in report and "| cuda_graph | 32-true | 2+2 |" in report
+    )
+    assert "2 passed" in report  # the GPU tests' CPU rehearsal
+    assert "skipped" in (tmp_path / "rows.jsonl").read_text()  # the budget ran out: recorded
 
 
 def test_data_pipeline_benchmark_runs_quick():

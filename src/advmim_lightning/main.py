@@ -55,6 +55,7 @@ RUNTIME_MODEL_SETTINGS = (
     "optimizer_impl",
     "channels_last",
     "compile_networks",
+    "cuda_graph",
 )
 #: The module's networks and the classes it builds when one is left at ``None``.
 DEFAULT_NETWORKS = {

@@ -21,7 +21,7 @@ import copy
 import csv
 import importlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from advmim_lightning.cuda_graph import GraphedIteration
 from advmim_lightning.losses import (
     confidence_weighted_cross_entropy,
     cross_entropy_loss,
@@ -205,6 +206,17 @@ class AdvMIMModule(pl.LightningModule):
             CUDA graphs to cut launch overhead) or ``"max-autotune"``. The first iterations
             compile (seconds to minutes). Same arithmetic up to rounding, but compiled dropout
             and drop-path draw other random masks than eager ones (same distribution).
+        cuda_graph: Capture the whole training iteration (both segmenters forward and
+            backward, every loss term, both discriminator passes, the clipping and the SGD
+            updates) as one CUDA graph after 3 eager warm-up iterations, and replay it once per
+            iteration (:mod:`advmim_lightning.cuda_graph`). Needs a CUDA device, a single
+            process and same-sized batches; the SGD update runs outside Lightning's optimiser
+            wrappers, so callbacks' ``on_before_optimizer_step`` / ``on_after_backward`` hooks
+            are not called per iteration (steps are still counted). Checkpoints, resume,
+            logging, non-finite checks and bf16 behave as without it; the arithmetic is the
+            same up to rounding (a foreach SGD update with a device learning rate). Combines
+            with ``compile_networks="default"``, not with the modes that capture graphs of
+            their own.
 
     Raises:
         ValueError: On an unknown method, an argument the chosen method does not use, or
@@ -251,6 +263,7 @@ class AdvMIMModule(pl.LightningModule):
         optimizer_impl: Literal["auto", "for_loop", "foreach", "fused"] = "auto",
         channels_last: bool = False,
         compile_networks: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         if method not in METHOD_DEFAULTS:
@@ -266,6 +279,12 @@ class AdvMIMModule(pl.LightningModule):
         if compile_networks is not None:
             _check_choice(
                 "compile_networks", compile_networks, ("default", "reduce-overhead", "max-autotune")
+            )
+        if cuda_graph and compile_networks in ("reduce-overhead", "max-autotune"):
+            raise ValueError(
+                f"cuda_graph=True captures the whole iteration in one CUDA graph; "
+                f"compile_networks={compile_networks!r} captures CUDA graphs of its own, and "
+                "graphs cannot nest. Use compile_networks='default' (or null) with cuda_graph."
             )
         if max_skipped_in_a_row < 1:
             raise ValueError(f"max_skipped_in_a_row must be >= 1, got {max_skipped_in_a_row}")
@@ -355,6 +374,8 @@ class AdvMIMModule(pl.LightningModule):
         self._mask_generator_iteration = -1
         self._monitor = NonFiniteMonitor()
         self._skipper: UpdateSkipper | None = None  # built at train start (needs optimisers)
+        #: The captured iteration of ``cuda_graph=True`` (built at train start).
+        self._graphed: GraphedIteration | None = None
 
         fg_names = self.class_names[1:]
         self.val_metrics = SegmentationMetrics(num_classes, fg_names, nsd_tolerance=nsd_tolerance)
@@ -471,6 +492,8 @@ class AdvMIMModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
+        if self.hparams.get("cuda_graph", False):
+            self._check_cuda_graph_trainer()
         precision = getattr(self.trainer, "precision_plugin", None)
         if getattr(precision, "scaler", None) is not None:
             raise ValueError(
@@ -493,6 +516,23 @@ class AdvMIMModule(pl.LightningModule):
                 "different parts (segmenters, then discriminators). Use "
                 f"strategy='{variant}_find_unused_parameters_true'"
                 + (" (configs/trainer/ddp.yaml does)." if variant == "ddp" else ".")
+            )
+
+    def _check_cuda_graph_trainer(self) -> None:
+        """Refuse ``cuda_graph=True`` where one captured iteration cannot serve the run."""
+        device = self.trainer.strategy.root_device
+        if device.type != "cuda":
+            raise ValueError(
+                f"model.cuda_graph=true captures the training iteration as a CUDA graph and "
+                f"needs a CUDA GPU, but this run trains on {device.type!r}. Set "
+                "model.cuda_graph=false (the default) or train on a GPU "
+                "(trainer.accelerator=gpu)."
+            )
+        if self.trainer.world_size > 1:
+            raise ValueError(
+                f"model.cuda_graph=true is not supported with {self.trainer.world_size} "
+                "processes: DDP's gradient all-reduce would have to be captured in the graph. "
+                "Set model.cuda_graph=false for multi-GPU runs."
             )
 
     def on_fit_start(self) -> None:
@@ -578,6 +618,9 @@ class AdvMIMModule(pl.LightningModule):
             )
         self._set_learning_rates(self._current_lr())
         self._watch_segmenter_contract("train")
+        self._graphed = None
+        if self.hparams.get("cuda_graph", False):
+            self._graphed = GraphedIteration(self, capture=self.device.type == "cuda")
         if self.iteration >= self.hparams.max_iterations:
             rank_zero_warn(
                 f"AdvMIMModule has already trained max_iterations={self.hparams.max_iterations} "
@@ -654,27 +697,38 @@ class AdvMIMModule(pl.LightningModule):
         optimizers = self.optimizers()
         clip = self.cfg["grad_clip_norm"]
         for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
             for group in opt.param_groups:
                 group["lr"] = lr
                 group["clip_norm"] = clip  # from the config, also after a resume
         skipper = self._skipper
         if skipper is not None:
             skipper.snapshot()  # before the forward pass: batch-norm statistics move in it
+        masks = self._draw_iteration_masks(x_l, x_u)
 
-        out = self._segmenter_losses(x_l, y, x_u, ct_weight)
-        total = torch.stack(list(out.weighted.values())).sum()
-        terms = out.terms
-        self.manual_backward(total)
-        if self.uses_masking:
-            # The discriminators see detached maps of this forward pass, so their backward may
-            # come before the segmenter steps: all four steps then follow one finite check.
-            disc_terms = self._discriminator_losses(out)
-            self.manual_backward(self.cfg["discriminator_weight"] * sum(disc_terms.values()))
-            terms.update(disc_terms)
-        finite = skipper.gradients_finite() if skipper is not None else None
-        for opt in optimizers:  # transformer, CNN, then the discriminators
-            opt.step()
+        if self._graphed is not None:
+            terms, total = self._graphed.run(x_l, y, x_u, masks, lr, ct_weight)
+            terms = {k: v.detach().clone() for k, v in terms.items()}  # the graph's are reused
+            total = total.detach().clone()
+            finite = skipper.gradients_finite() if skipper is not None else None
+            for opt in optimizers:  # the graph stepped them: count the steps as Lightning does
+                opt._on_before_step()
+                opt._on_after_step()
+        else:
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            out = self._segmenter_losses(x_l, y, x_u, ct_weight, masks)
+            total = torch.stack(list(out.weighted.values())).sum()
+            terms = out.terms
+            self.manual_backward(total)
+            if self.uses_masking:
+                # The discriminators see detached maps of this forward pass, so their backward
+                # may come before the segmenter steps: all four steps follow one finite check.
+                disc_terms = self._discriminator_losses(out)
+                self.manual_backward(self.cfg["discriminator_weight"] * sum(disc_terms.values()))
+                terms.update(disc_terms)
+            finite = skipper.gradients_finite() if skipper is not None else None
+            for opt in optimizers:  # transformer, CNN, then the discriminators
+                opt.step()
         case_ids = batch_case_ids(batch)
         if skipper is not None:
             skipper.restore_unless(finite, self.iteration, case_ids)
@@ -734,21 +788,28 @@ class AdvMIMModule(pl.LightningModule):
         ) % every == 0 or self.iteration + 1 == self.hparams.max_iterations
 
     def _segmenter_losses(
-        self, x_l: Tensor, y: Tensor, x_u: Tensor | None, ct_weight: float = 0.0
+        self,
+        x_l: Tensor,
+        y: Tensor,
+        x_u: Tensor | None,
+        ct_weight: float | Tensor = 0.0,
+        masks: Sequence[Tensor] | None = None,
     ) -> SegmenterOutputs:
         """Every segmenter loss term of one iteration.
 
         Args:
             x_l: ``B_l x C x H x W`` labeled images; ``y`` their ``B_l x H x W`` labels.
             x_u: ``B_u x C x H x W`` unlabeled images, or None (supervised).
-            ct_weight: Cross-teaching weight of this iteration.
+            ct_weight: Cross-teaching weight of this iteration (a number or a 0-d tensor).
+            masks: AdvMIM's masks as :meth:`_draw_iteration_masks` returns them; drawn here
+                when None.
 
         Returns:
             The unweighted terms by ``<term>_<network>``, the weighted parts of the total, and
             the softmax maps the discriminator step reuses (detached there).
         """
         n_l = x_l.shape[0]
-        logits, masked_logits = self._segmenter_forward(x_l, x_u)
+        logits, masked_logits = self._segmenter_forward(x_l, x_u, masks)
         probs = {name: out.float().softmax(1) for name, out in logits.items()}
 
         cfg = self.cfg
@@ -801,29 +862,51 @@ class AdvMIMModule(pl.LightningModule):
             weighted[f"adv_{name}"] = cfg["adversarial_weight"] * adv
         return SegmenterOutputs(terms, weighted, probs, masked_unlabeled_probs, n_l)
 
+    def _forward_batches(self, x_l: Tensor, x_u: Tensor | None) -> list[Tensor]:
+        """The batches each segmenter is called on, in order (see ``forward_batching``)."""
+        if x_u is None:
+            return [x_l]
+        if self.cfg.get("forward_batching") != "separate":
+            return [torch.cat([x_l, x_u])]
+        return [x_l, x_u]
+
+    def _draw_iteration_masks(self, x_l: Tensor, x_u: Tensor | None) -> list[Tensor]:
+        """AdvMIM's masks of this iteration, one per segmenter call, in call order.
+
+        Every forward batch (:meth:`_forward_batches`) gets one mask per segmenter
+        (transformer first); empty for the baselines. The masks come from the iteration's own
+        generator (:meth:`mask_generator`), which nothing else draws from.
+        """
+        if not self.uses_masking:
+            return []
+        return [
+            self.draw_mask(x.shape[0])
+            for x in self._forward_batches(x_l, x_u)
+            for _ in self.segmenters
+        ]
+
     def _segmenter_forward(
-        self, x_l: Tensor, x_u: Tensor | None
+        self, x_l: Tensor, x_u: Tensor | None, masks: Sequence[Tensor] | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Each segmenter's logits on ``[x_l; x_u]`` (and masked-domain logits for AdvMIM).
 
         With ``forward_batching="separate"`` the calls follow the public AdvMIM code's order:
-        every network on the labeled batch, then every network on the unlabeled batch. Each
-        call draws its own masks.
+        every network on the labeled batch, then every network on the unlabeled batch, each
+        call with its own mask (``masks``, drawn here when None).
 
         Returns:
             ``(logits, masked_logits)`` by network name, each ``(B_l + B_u) x K x H x W``;
             ``masked_logits`` is empty without masking.
         """
-        if x_u is None or self.cfg.get("forward_batching") != "separate":
-            batches = [x_l if x_u is None else torch.cat([x_l, x_u])]
-        else:
-            batches = [x_l, x_u]
+        if masks is None:
+            masks = self._draw_iteration_masks(x_l, x_u)
+        next_mask = iter(masks)
         parts: dict[str, list[Tensor]] = {name: [] for name in NETWORK_NAMES}
         masked_parts: dict[str, list[Tensor]] = {name: [] for name in NETWORK_NAMES}
-        for x in batches:
+        for x in self._forward_batches(x_l, x_u):
             for name, net in self.segmenters.items():
                 if self.uses_masking:
-                    out, masked = net(x, mask=self.draw_mask(x.shape[0]))
+                    out, masked = net(x, mask=next(next_mask))
                     masked_parts[name].append(masked)
                 else:
                     out = net(x)
