@@ -129,16 +129,23 @@ def test_the_graphed_run_equals_the_eager_run_within_bf16_rounding_after_20_iter
     assert graphed is not None and (REHEARSAL or graphed.graph is not None)
     floor = update_difference(runs["eager again"][0], runs["eager"][0], start)
     gap = update_difference(runs["graphed"][0], runs["eager"][0], start)
-    eager_loss, graphed_loss = runs["eager"][1], runs["graphed"][1]
-    loss_gap = max(abs(g - e) / abs(e) for g, e in zip(graphed_loss, eager_loss, strict=True))
+    loss_floor = largest_relative_difference(runs["eager again"][1], runs["eager"][1])
+    loss_gap = largest_relative_difference(runs["graphed"][1], runs["eager"][1])
     print(
         f"\n[cuda_graph vs eager, 20 iterations] relative update difference: graphed {gap:.2e}, "
-        f"eager run twice {floor:.2e}; largest relative loss difference {loss_gap:.2e}; "
-        f"final loss eager {eager_loss[-1]:.5f}, graphed {graphed_loss[-1]:.5f}"
+        f"eager run twice {floor:.2e}; largest relative loss difference: graphed "
+        f"{loss_gap:.2e}, eager run twice {loss_floor:.2e}; final loss eager "
+        f"{runs['eager'][1][-1]:.5f}, graphed {runs['graphed'][1][-1]:.5f}"
     )
-    # bf16 keeps 8 significant bits (relative rounding 2**-8 = 3.9e-3)
+    # Without deterministic algorithms two eager GPU runs already differ (atomics, cuDNN's
+    # backward): the graph must stay within a few times that noise, or within bf16 rounding
+    # (8 significant bits) where the eager runs agree.
     assert gap <= max(0.02, 3 * floor)
-    assert loss_gap <= 0.02
+    assert loss_gap <= max(0.02, 3 * loss_floor)
+
+
+def largest_relative_difference(losses: list[float], reference: list[float]) -> float:
+    return max(abs(a - b) / abs(b) for a, b in zip(losses, reference, strict=True))
 
 
 def test_an_interrupted_graphed_run_resumes_as_exactly_as_an_eager_one(tmp_path: Path):
