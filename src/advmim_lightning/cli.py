@@ -224,9 +224,8 @@ class AdvMIMCLI(SubcommandParserHook):
         The model settings stated for this run are first put back over the checkpoint's
         (:meth:`_keep_stated_settings`). The launching process takes
         :class:`~advmim_lightning.paths.RunFolderLock` (DDP workers it starts do not); it is
-        released when the command ends, however it ends.
-        Networks left at ``None`` are then stated as their default classes
-        (:meth:`_spell_out_default_networks`).
+        released when the command ends, however it ends. Networks left at ``None`` are then
+        stated as their default classes (:meth:`_spell_out_default_networks`).
         """
         self._keep_stated_settings()
         if self.subcommand and launching_process():
@@ -259,12 +258,11 @@ class AdvMIMCLI(SubcommandParserHook):
         LightningCLI then replaces the model settings by those stored in the checkpoint, so
         the weights fit the networks (after :meth:`parse_arguments`, before
         :meth:`before_instantiate_classes`), and :meth:`_keep_stated_settings` follows. The
-        settings in :data:`RUNTIME_MODEL_SETTINGS`
-        (evaluation and run length) are put back where the config files or the command line
-        state them. A resumed ``fit`` refuses a stated setting of
-        :data:`STRUCTURAL_SETTINGS` that differs from the checkpoint's (the run would change
-        its method or networks half-way); any other stated setting that differs is reported
-        in a warning, never dropped in silence.
+        settings in :data:`RUNTIME_MODEL_SETTINGS` (evaluation and run length) are put back
+        where the config files or the command line state them. A resumed ``fit`` refuses a
+        stated setting of :data:`STRUCTURAL_SETTINGS` that differs from the checkpoint's (the
+        run would change its method or networks half-way); any other stated setting that
+        differs is reported in a warning, never dropped in silence.
 
         Raises:
             ValueError: Naming the checkpoint or the run folder and what is wrong.
