@@ -1,8 +1,8 @@
-"""Every ```python block of the README's "Python API" section runs.
+"""Every ```python block of the README's "Python API" section and of docs/python-api.md runs.
 
-The blocks run in order, in one namespace named ``__main__`` (as in a script), inside a
-temporary working directory holding a copy of ``configs/`` (the doc's examples run from the
-repository root), and what the text says they print is checked.
+The blocks run in order (the README's first), in one namespace named ``__main__`` (as in a
+script), inside a temporary working directory holding a copy of ``configs/`` (the doc's
+examples run from the repository root), and what the text says they print is checked.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "README.md"
+README = ROOT / "README.md"
+API_DOC = ROOT / "docs" / "python-api.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
 
@@ -36,17 +37,21 @@ def test_block_extraction_finds_only_python_blocks():
 
 
 def test_every_python_block_of_the_doc_runs(tmp_path, monkeypatch, capsys):
-    blocks = python_blocks(python_api_section(DOC.read_text()))
-    assert len(blocks) == 5
+    sources = [
+        (README, python_blocks(python_api_section(README.read_text()))),
+        (API_DOC, python_blocks(API_DOC.read_text())),
+    ]
+    blocks = [(doc, index, block) for doc, found in sources for index, block in enumerate(found)]
+    assert [len(found) for _, found in sources] == [1, 4]
     shutil.copytree(ROOT / "configs", tmp_path / "configs")  # the doc runs from the repo root
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     namespace: dict = {"__name__": "__main__"}
-    for index, source in enumerate(blocks):
+    for doc, index, source in blocks:
         try:
-            exec(compile(source, f"{DOC.name}[python block {index}]", "exec"), namespace)
+            exec(compile(source, f"{doc.name}[python block {index}]", "exec"), namespace)
         except Exception as err:  # name the block in the failure
-            pytest.fail(f"python block {index} of {DOC} failed: {type(err).__name__}: {err}")
+            pytest.fail(f"python block {index} of {doc} failed: {type(err).__name__}: {err}")
     out = capsys.readouterr().out
     assert "val/dice_mean" in out  # block 0 validated
     assert "UNet SwinUNet (96, 96)\nruns/quickstart\n" in out  # block 1 read the config

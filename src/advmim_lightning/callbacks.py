@@ -12,7 +12,9 @@ from weakref import proxy
 
 import lightning.pytorch as pl
 import numpy as np
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from advmim_lightning.lightning_private import _CheckpointFileHooks
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +371,7 @@ class ValidationPanels(pl.Callback):
                 )
 
 
-class RunCheckpoint(ModelCheckpoint):
+class RunCheckpoint(_CheckpointFileHooks):
     """``ModelCheckpoint`` that keeps ``last.ckpt`` current and writes every file atomically.
 
     Lightning 2.6 refreshes ``last.ckpt`` only when a top-k checkpoint was written at the same
@@ -421,14 +423,14 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         self._refresh_last(trainer)
 
-    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
+    def last_checkpoint_files(self, trainer: pl.Trainer) -> set[str]:
         """``last*.ckpt`` and the SLURM requeue checkpoints: ``--ckpt_path last`` takes the newest.
 
         On SLURM, Lightning answers the preemption signal (``#SBATCH --signal=SIGUSR1@...``) by
         saving ``hpc_ckpt_<n>.ckpt`` in the run folder and requeueing the job; counting those
         files here makes a requeued ``--ckpt_path last`` resume from the newest state.
         """
-        found = set(super()._find_last_checkpoints(trainer))
+        found = super().last_checkpoint_files(trainer)
         folder = Path(trainer.default_root_dir)
         return found | {os.path.normpath(p) for p in folder.glob("hpc_ckpt_*.ckpt")}
 
@@ -436,20 +438,17 @@ class RunCheckpoint(ModelCheckpoint):
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
             return
         step = trainer.global_step
-        if trainer.state.fn != "fit" or step in (
-            self._last_global_step_saved,
-            self._last_refreshed_step,
-        ):
+        if trainer.state.fn != "fit" or step in (self.last_step_saved, self._last_refreshed_step):
             return
-        saved_step = self._last_global_step_saved
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        saved_step = self.last_step_saved
+        self.save_last_checkpoint_now(trainer)
         # Refreshing last.ckpt alone must not count as "saved at this step": ModelCheckpoint
         # would then skip the top-k (best) checkpoint of a validation at the same step, and
         # with --checkpoint_every dividing val_check_interval no best-*.ckpt would ever appear.
-        self._last_global_step_saved = saved_step
+        self.last_step_saved = saved_step
         self._last_refreshed_step = step
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+    def write_checkpoint_file(self, trainer: pl.Trainer, filepath: str) -> None:
         # Non-finite losses are checked on logging iterations; check the iterations since the
         # last one now, so a run that went NaN raises instead of overwriting last.ckpt.
         check_nonfinite_now = getattr(trainer.lightning_module, "check_nonfinite_now", None)
@@ -460,8 +459,7 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
         trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
+        self.record_saved_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))

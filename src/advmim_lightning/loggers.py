@@ -1,27 +1,27 @@
-"""A CSV logger that keeps a run's earlier rows.
+"""The run folder's loggers: a CSV logger that keeps earlier rows, and offline wandb.
 
 Lightning's ``CSVLogger`` deletes ``metrics.csv`` whenever a new logger opens a folder that
 already has one, so ``advmim test`` after ``advmim fit`` (or a resume with ``--ckpt_path
 last``) would wipe the training curves of the run. :class:`RunCSVLogger` appends instead: it
 reads the existing header and adds rows (and columns) to the same file. An evaluation writes its
 hyper-parameters to its own file (``test_hparams.yaml``, ...), so the fit's ``hparams.yaml``
-stays as the training run left it.
+stays as the training run left it. :func:`default_loggers` are the loggers a run gets when its
+config names none.
 """
 
 from __future__ import annotations
 
-import csv
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-
-class _AppendingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
-                self.metrics_keys = list(next(csv.reader(handle), []))
+from advmim_lightning.lightning_private import (
+    AppendingExperimentWriter,
+    csv_logger_experiment,
+    drop_unset_wandb_anonymous,
+)
 
 
 class RunCSVLogger(CSVLogger):
@@ -39,8 +39,32 @@ class RunCSVLogger(CSVLogger):
 
     @property
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-            self._experiment.NAME_HPARAMS_FILE = self.hparams_file
-        return self._experiment
+        return csv_logger_experiment(self, self._make_writer)
+
+    def _make_writer(self) -> ExperimentWriter:
+        writer = AppendingExperimentWriter(log_dir=self.log_dir)
+        writer.NAME_HPARAMS_FILE = self.hparams_file
+        return writer
+
+
+def default_loggers(
+    run_dir: Path, run_name: str, wandb_mode: str, project: str, hparams_file: str = "hparams.yaml"
+) -> list:
+    """A run's loggers: :class:`RunCSVLogger` (``metrics.csv``) and, unless ``wandb_mode`` is
+    ``disabled``, a ``WandbLogger`` (``offline`` or ``online``), both in ``run_dir``."""
+    loggers: list = [
+        RunCSVLogger(save_dir=str(run_dir), name="", version="", hparams_file=hparams_file)
+    ]
+    if wandb_mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        wandb_logger = WandbLogger(
+            name=run_name,
+            project=project,
+            save_dir=str(run_dir),
+            offline=wandb_mode == "offline",
+        )
+        drop_unset_wandb_anonymous(wandb_logger)
+        loggers.append(wandb_logger)
+    return loggers

@@ -380,10 +380,11 @@ class SegmentationMetrics(Metric):
         Raises:
             RuntimeError: if no case was scored.
         """
+        from advmim_lightning.lightning_private import metric_sync_flags
+
+        should_sync, should_unsync = metric_sync_flags(self)
         with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn,
-            should_sync=self._to_sync,
-            should_unsync=self._should_unsync,
+            dist_sync_fn=self.dist_sync_fn, should_sync=should_sync, should_unsync=should_unsync
         ):
             indices, values = self._deduplicated()
             return indices.clone(), values.clone()

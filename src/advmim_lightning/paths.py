@@ -1,4 +1,9 @@
-"""Output folders: checked for writing before a run spends any time, and held by one process."""
+"""Output folders: checked for writing before a run spends any time, and held by one process.
+
+A run folder ``<runs_dir>/<run_name>/`` holds the resolved config, ``checkpoints/``,
+``metrics.csv`` and the loggers' files; an evaluation names its own files after the subcommand
+(:func:`run_file_name`).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,11 @@ def ensure_writable_folder(path: str | Path, what: str) -> Path:
             reason += f" ({err.filename})"
         raise OSError(f"cannot write the {what} {folder}: {reason}") from err
     return folder
+
+
+def run_file_name(subcommand: str, name: str) -> str:
+    """``name`` for ``fit``, ``<subcommand>_<name>`` for an evaluation (``test_config.yaml``)."""
+    return name if subcommand == "fit" else f"{subcommand}_{name}"
 
 
 #: The lock file inside a run folder (see :class:`RunFolderLock`).

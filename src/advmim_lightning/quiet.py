@@ -9,7 +9,7 @@ warning (the library's own and any new one from Lightning, torch or wandb) still
   raises inside Lightning 2.6's own pytree helper (nothing the user can change).
 
 wandb's "The anonymous setting has no effect" warning is avoided at its source instead (see
-``advmim_lightning.main._default_loggers``).
+``advmim_lightning.loggers.default_loggers``).
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
     import yaml
 
     checkpoint = fit(tmp_path, "run", "--model.max_iterations", "1")
-    with caplog.at_level("WARNING", logger="advmim_lightning.main"):
+    with caplog.at_level("WARNING", logger="advmim_lightning.cli"):
         main(
             [
                 "test", "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY,
@@ -155,7 +155,7 @@ def test_a_class_path_spelled_another_way_for_the_same_class_does_not_warn(tmp_p
     checkpoint = fit(tmp_path, "run", "--model.max_iterations", "1")
     stored = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
     assert stored["cnn"]["class_path"] == "advmim_lightning.networks.unet.UNet"
-    with caplog.at_level("WARNING", logger="advmim_lightning.main"):
+    with caplog.at_level("WARNING", logger="advmim_lightning.cli"):
         main(
             [
                 "test", "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY,
