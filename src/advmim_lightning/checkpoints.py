@@ -1,0 +1,286 @@
+"""Checkpoint files: reading them safely, the class-path trust rule, rebuilding networks.
+
+Files name classes (network specs, LightningCLI's ``class_path`` entries), and importing a
+class runs its module's code. One rule, :func:`is_trusted_class`, decides every such name:
+
+- **Named** (a checkpoint read by :func:`read_checkpoint` or ``AdvMIMModule.load_from_checkpoint``,
+  whose hyper-parameters Lightning or LightningCLI would import): classes under
+  :func:`trusted_class_prefixes` (``advmim_lightning``, ``torch.nn`` and the packages of
+  ``$ADVMIM_TRUSTED_CLASSES``).
+- **Rebuilt** (this library imports and instantiates the class itself: a network spec stored
+  in a checkpoint's hyper-parameters, an ``advmim export`` file): classes in
+  ``advmim_lightning`` only. A network of your own is passed as an instance instead.
+
+The state-dict hooks at the end store ``AdvMIMModule.iteration`` with the weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+#: The only ``_instantiator`` accepted: the one LightningCLI stores with the hyper-parameters.
+LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+#: Environment variable extending :func:`trusted_class_prefixes` (comma-separated packages).
+TRUSTED_CLASSES_ENV = "ADVMIM_TRUSTED_CLASSES"
+
+#: The package whose classes this library rebuilds itself from stored specs.
+REBUILT_PREFIX = "advmim_lightning."
+
+#: The networks a checkpoint stores a spec of (hyper-parameter names).
+NETWORK_KEYS = ("cnn", "transformer")
+
+#: Checkpoint entries Lightning reads hyper-parameters from (current and older names).
+_HPARAM_KEYS = ("hyper_parameters", "hparams", "module_arguments", "datamodule_hyper_parameters")
+_CLASS_KEYS = ("class_path", "_class_path", "_instantiator")
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def trusted_class_prefixes() -> tuple[str, ...]:
+    """Module prefixes whose classes a checkpoint may name.
+
+    ``advmim_lightning.`` and ``torch.nn.``, plus the packages listed in
+    ``$ADVMIM_TRUSTED_CLASSES`` (``mypkg`` is read as ``mypkg.``).
+    """
+    extra = [p.strip() for p in os.environ.get(TRUSTED_CLASSES_ENV, "").split(",") if p.strip()]
+    return (REBUILT_PREFIX, "torch.nn.", *(p if p.endswith(".") else p + "." for p in extra))
+
+
+def is_trusted_class(class_path: str, rebuild: bool = False) -> bool:
+    """Whether a class path read from a file may be imported (the one trust rule).
+
+    Args:
+        class_path: ``package.module.Class``.
+        rebuild: ``True`` where this library imports and instantiates the class itself
+            (network specs, exports): only ``advmim_lightning`` classes. ``False`` where the
+            file only names it: the classes under :func:`trusted_class_prefixes`.
+    """
+    if rebuild:
+        return class_path.startswith(REBUILT_PREFIX)
+    return class_path.startswith(trusted_class_prefixes())
+
+
+def rebuild(class_path: str, init_args: Mapping[str, Any]) -> Any:
+    """``Class(**init_args)`` for a class path :func:`is_trusted_class` allows rebuilding.
+
+    Callers check first and refuse with a message of their own; this refuses anyway.
+
+    Raises:
+        ValueError: For a class outside ``advmim_lightning``.
+    """
+    if not is_trusted_class(class_path, rebuild=True):
+        raise ValueError(f"refusing to rebuild {class_path!r}: only advmim_lightning classes are")
+    module_name, _, cls_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**dict(init_args))
+
+
+def read_checkpoint(path: str | Path, check_classes: bool = True) -> dict[str, Any]:
+    """Load a Lightning checkpoint of ``AdvMIMModule`` safely (``weights_only=True``).
+
+    Args:
+        path: The checkpoint file.
+        check_classes: Also apply :func:`refuse_untrusted_classes`.
+
+    Raises:
+        FileNotFoundError: When ``path`` does not exist.
+        ValueError: When the file is not a readable checkpoint of this library, or names a
+            class from an untrusted module.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): not a readable checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated / foreign files
+        first_line = next(iter(str(err).splitlines()), "") or "no message"
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated, foreign or carrying pickled "
+            f"objects that are refused): {type(err).__name__}: {first_line}"
+        ) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a Lightning checkpoint: it has no 'state_dict'")
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "cnn" not in hparams:
+        raise ValueError(f"{path} is not an AdvMIMModule checkpoint: no network specs inside")
+    if check_classes:
+        refuse_untrusted_classes(checkpoint, path)
+    return checkpoint
+
+
+def refuse_untrusted_classes(
+    checkpoint: dict[str, Any], path: str | Path, overridden: Iterable[str] = ()
+) -> None:
+    """Refuse a checkpoint that names classes from untrusted modules.
+
+    Lightning and LightningCLI import what the stored hyper-parameters name (``class_path``
+    entries, dotted keys such as ``cnn.class_path``, a network given as a plain ``"pkg.Class"``
+    string, and the ``_instantiator``), and importing runs a module's code. Every entry of the
+    checkpoint except the tensors is searched: only classes under :func:`trusted_class_prefixes`
+    pass, and only Lightning's own instantiator.
+
+    Args:
+        checkpoint: The loaded checkpoint dict.
+        path: Its file, for the message.
+        overridden: Top-level hyper-parameters the caller replaces (e.g. ``cnn`` given as an
+            instance to ``load_from_checkpoint``); their stored specs are never imported.
+
+    Raises:
+        ValueError: Naming the file, the class and where it is stored.
+    """
+    skip = set(overridden)
+    searched = {
+        key: (
+            {k: v for k, v in value.items() if k not in skip}
+            if key in _HPARAM_KEYS and isinstance(value, dict)
+            else value
+        )
+        for key, value in checkpoint.items()
+        if key not in ("state_dict", "optimizer_states")
+    }
+    for where, class_path in _class_paths(searched):
+        if where.rpartition(".")[2] == "_instantiator":
+            trusted_here = class_path == LIGHTNING_INSTANTIATOR
+        else:
+            trusted_here = is_trusted_class(class_path)
+        if not trusted_here:
+            raise ValueError(
+                f"{path} names the class {class_path!r} at {where}; classes outside "
+                f"{', '.join(trusted_class_prefixes())} are not imported from a checkpoint "
+                "(importing runs code). If you trust this file and the class is yours, allow "
+                f"its package: {TRUSTED_CLASSES_ENV}=<package> (comma-separated)."
+            )
+
+
+def require_own_networks(
+    checkpoint: Mapping[str, Any], path: str | Path, given: Mapping[str, Any]
+) -> None:
+    """Ask for the instance of a stored network from outside the library that is not given."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    for name in NETWORK_KEYS:
+        spec = hparams.get(name)
+        if name in given or not isinstance(spec, Mapping):
+            continue
+        class_path = str(spec.get("class_path", ""))
+        if class_path and not is_trusted_class(class_path, rebuild=True):
+            raise ValueError(
+                f"{path} names the class {class_path!r} as its {name} network, from outside "
+                "advmim_lightning; networks are never rebuilt from a checkpoint: pass the "
+                "instance, built as for training (the weights come from the checkpoint): "
+                f"AdvMIMModule.load_from_checkpoint({str(path)!r}, {name}=MyNet(...)). "
+                "(ADVMIM_TRUSTED_CLASSES does not rebuild networks; it only lets a checkpoint "
+                "you trust name other classes of your packages.)"
+            )
+
+
+def build_network(
+    net: nn.Module | Mapping[str, Any] | None, default: type[nn.Module], **kwargs: Any
+) -> nn.Module:
+    """The network an ``AdvMIMModule`` argument stands for.
+
+    Args:
+        net: An instance (used as it is), a stored ``{"class_path", "init_args"}`` spec
+            (rebuilt for ``advmim_lightning`` classes only), or None (``default(**kwargs)``).
+        default: The class built when ``net`` is None.
+
+    Raises:
+        ValueError: For a spec of a class outside ``advmim_lightning`` or without init_args.
+        TypeError: For anything else.
+    """
+    if net is None:
+        return default(**kwargs)
+    if isinstance(net, nn.Module):
+        return net
+    if isinstance(net, Mapping) and "class_path" in net:
+        class_path = str(net["class_path"])
+        if not is_trusted_class(class_path, rebuild=True):
+            raise ValueError(
+                f"refusing to import network class {class_path!r} from a stored spec: only "
+                "classes in advmim_lightning are rebuilt automatically. Pass the network "
+                "instance yourself (e.g. load_from_checkpoint(path, cnn=MyNet(...)))."
+            )
+        if net.get("init_args") is None:
+            raise ValueError(f"the stored spec of {class_path!r} has no init_args to rebuild it")
+        return rebuild(class_path, net["init_args"])
+    raise TypeError(f"expected an nn.Module, a class_path spec or None, got {type(net).__name__}")
+
+
+def network_spec(net: nn.Module) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` of a network (``init_args``: its ``config``, or None)."""
+    cls = type(net)
+    config = getattr(net, "config", None)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": config}
+
+
+def save_iteration(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
+) -> None:
+    """State-dict post-hook: store ``module.iteration`` as ``<prefix>iteration`` (int64)."""
+    state_dict[prefix + "iteration"] = torch.tensor(module.iteration, dtype=torch.int64)
+
+
+def load_iteration(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Load pre-hook: take ``<prefix>iteration`` back out (older state dicts have none)."""
+    value = state_dict.pop(prefix + "iteration", None)
+    if value is not None:
+        module.iteration = int(value)
+        module._mask_generator_iteration = -1
+
+
+def _names_a_module(value: str) -> bool:
+    """Whether ``value`` is ``pkg.name...`` with ``pkg`` importable (found, not imported)."""
+    if not _DOTTED_NAME.fullmatch(value):
+        return False
+    try:
+        return importlib.util.find_spec(value.partition(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _class_paths(tree: Any, where: str = "", class_typed: bool = False) -> list[tuple[str, str]]:
+    """Every value that names a class to import, with where it is.
+
+    Values of class-path keys anywhere, and dotted ``pkg.Name`` strings where jsonargparse
+    reads a string as a class: a network field of the hyper-parameters and constructor
+    arguments (``init_args``, ``dict_kwargs``).
+    """
+    found = []
+    if isinstance(tree, dict):
+        depth = where.count(".") + 1 if where else 0
+        for key, value in tree.items():
+            here = f"{where}.{key}" if where else str(key)
+            name = str(key).rpartition(".")[2]
+            if name in _CLASS_KEYS and value is not None:
+                found.append((here, str(value)))
+                continue
+            network_field = depth == 1 and where in _HPARAM_KEYS and name in NETWORK_KEYS
+            typed = class_typed or network_field or name in ("init_args", "dict_kwargs")
+            found += _class_paths(value, here, typed)
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            found += _class_paths(value, f"{where}[{index}]", class_typed)
+    elif class_typed and isinstance(tree, str) and _names_a_module(tree):
+        found.append((where, tree))
+    return found
