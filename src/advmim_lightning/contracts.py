@@ -2,8 +2,9 @@
 
 - :func:`check_network`: a segmenter's class count, input channels and image size against the
   module's (at construction).
-- :class:`ContractCheck`: a one-shot forward hook comparing a segmenter's first output with
-  the segmenter contract (README, "Swapping a network: the segmenter contract").
+- :func:`watch_segmenter_contract`, :class:`ContractCheck`: a one-shot forward hook comparing
+  a segmenter's first output with the segmenter contract (README, "Swapping a network: the
+  segmenter contract").
 - :func:`check_training_batch`: a training batch is the paired dict.
 - :func:`check_fit_trainer`, :func:`check_cuda_graph_trainer`: the trainer can run the
   module's fit (precision, DDP; ``cuda_graph``).
@@ -82,6 +83,25 @@ def describe_output(value: Any) -> str:
         more = ", ..." if len(value) > 4 else ""
         return f"a {type(value).__name__} of {len(value)} ({parts}{more})"
     return f"a {type(value).__name__}"
+
+
+def watch_segmenter_contract(module: AdvMIMModule, mode: str) -> None:
+    """Check each segmenter's next output against the contract, once per ``mode``.
+
+    A forward hook (removed after its first call) looks at what the network returns on the
+    first batch of training (``"train"``: ``net(x, mask=m)`` for AdvMIM) or evaluation
+    (``"eval"``: ``net(x)``): no extra forward pass, nothing on the device. Skipped for
+    networks compiled with ``compile_networks`` (a hook would be compiled into the graph).
+    """
+    if mode in module._contract_checked or getattr(module, "_networks_compiled", False):
+        return
+    for handle in module._contract_hooks.values():
+        handle.remove()
+    module._contract_hooks = {}
+    for name, net in module.segmenters.items():
+        module._contract_hooks[name] = net.register_forward_hook(
+            ContractCheck(module, name, mode), with_kwargs=True
+        )
 
 
 class ContractCheck:

@@ -1,9 +1,19 @@
 """``AdvMIMModule``: the AdvMIM training algorithm and the CTCT / supervised baselines.
 
-This module only *wires* the parts: networks come from :mod:`advmim_lightning.networks`, loss
-terms from :mod:`advmim_lightning.losses`, schedules from :mod:`advmim_lightning.schedules` and
-3D metrics from :mod:`advmim_lightning.metrics`. ``docs/method.md`` describes the method, its
-defaults and where they come from.
+This module only *wires* the parts into Lightning's hooks: the optimiser steps, logging and
+the evaluation steps. The method's defaults and argument checks are in
+:mod:`advmim_lightning.method.config`, its loss terms in :mod:`~advmim_lightning.method.objective`,
+slice-wise inference in :mod:`~advmim_lightning.method.inference`; networks come from
+:mod:`advmim_lightning.networks`, loss functions from :mod:`advmim_lightning.losses`, schedules
+from :mod:`advmim_lightning.schedules`, 3D metrics from :mod:`advmim_lightning.metrics`, the
+checkpoint trust rule from :mod:`advmim_lightning.checkpoints`, the checks of networks, batches
+and trainers from :mod:`advmim_lightning.contracts`, the optimisers from
+:mod:`advmim_lightning.optim` (``docs/architecture.md`` lists every file). ``docs/method.md``
+describes the method, its defaults and where they come from.
+
+The file is longer than the library's other modules (about 900 lines) because
+``AdvMIMModule`` is one class: its docstring is the reference of all 39 arguments (about 110
+lines, which LightningCLI shows as ``--help``) and it holds every Lightning hook of the run.
 
 One training *iteration* is one paired batch (labeled + unlabeled) and, for AdvMIM, four
 optimiser steps (two segmenters, then two discriminators); CTCT and the supervised baseline take
@@ -28,32 +38,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from advmim_lightning.checkpoints import (
-    build_network,
-    load_iteration,
-    network_spec,
-    read_checkpoint,
-    refuse_untrusted_classes,
-    require_own_networks,
-    save_iteration,
-)
-from advmim_lightning.contracts import (
-    ContractCheck,
-    check_cuda_graph_trainer,
-    check_fit_trainer,
-    check_network,
-    check_training_batch,
-)
+from advmim_lightning import checkpoints, contracts, optim
 from advmim_lightning.cuda_graph import GraphedIteration
-from advmim_lightning.method import inference, objective
-from advmim_lightning.method.config import (
-    METHOD_DEFAULTS,
-    NETWORK_NAMES,
-    Method,
-    check_arguments,
-    resolve_class_names,
-    resolve_settings,
-)
+from advmim_lightning.method import config, inference, objective
+from advmim_lightning.method.config import METHOD_DEFAULTS, NETWORK_NAMES, Method
 from advmim_lightning.method.objective import SegmenterOutputs
 from advmim_lightning.method.randomness import mix_seed
 from advmim_lightning.metrics import SegmentationMetrics
@@ -65,7 +53,6 @@ from advmim_lightning.networks import (
     random_init_warning,
 )
 from advmim_lightning.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
-from advmim_lightning.optim import SGD_IMPLEMENTATIONS, build_optimizers, clip_gradients
 from advmim_lightning.schedules import ctct_consistency_weight, poly_lr
 
 __all__ = ["METHOD_DEFAULTS", "NETWORK_NAMES", "AdvMIMModule", "Method", "SegmenterOutputs"]
@@ -231,7 +218,7 @@ class AdvMIMModule(pl.LightningModule):
         cuda_graph: bool = False,
     ) -> None:
         super().__init__()
-        image_size = check_arguments(
+        image_size = config.check_arguments(
             method=method,
             loss_variant=loss_variant,
             forward_batching=forward_batching,
@@ -261,16 +248,18 @@ class AdvMIMModule(pl.LightningModule):
             "discriminator_weight": discriminator_weight,
             "forward_batching": forward_batching,
         }
-        resolved = resolve_settings(method, given)
+        resolved = config.resolve_settings(method, given)
 
         self.method: Method = method
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
-        self.class_names = resolve_class_names(class_names, num_classes)
+        self.class_names = config.resolve_class_names(class_names, num_classes)
         self.eval_network = eval_network
-        self.cnn = build_network(cnn, UNet, in_channels=in_channels, num_classes=num_classes)
-        self.transformer = build_network(
+        self.cnn = checkpoints.build_network(
+            cnn, UNet, in_channels=in_channels, num_classes=num_classes
+        )
+        self.transformer = checkpoints.build_network(
             transformer,
             SwinUNet,
             in_channels=in_channels,
@@ -278,7 +267,7 @@ class AdvMIMModule(pl.LightningModule):
             img_size=image_size,
         )
         for name in NETWORK_NAMES:
-            check_network(name, getattr(self, name), num_classes, in_channels, image_size)
+            contracts.check_network(name, getattr(self, name), num_classes, in_channels, image_size)
         self.uses_unlabeled = method != "supervised"
         self.uses_masking = method == "advmim"
         if not self.uses_masking:
@@ -295,8 +284,8 @@ class AdvMIMModule(pl.LightningModule):
             self.hparams.pop(unused_by_method)
         self.hparams["image_size"] = list(image_size)
         self.hparams["class_names"] = self.class_names
-        self.hparams["cnn"] = network_spec(self.cnn)
-        self.hparams["transformer"] = network_spec(self.transformer)
+        self.hparams["cnn"] = checkpoints.network_spec(self.cnn)
+        self.hparams["transformer"] = checkpoints.network_spec(self.transformer)
         # Loggers record ``hparams_initial``: make it what trains (resolved method defaults, the
         # networks' specs), not the arguments as given (None). ``image_size`` keeps the value
         # given (as the data module's, which Lightning merges with it and compares by type).
@@ -310,8 +299,8 @@ class AdvMIMModule(pl.LightningModule):
         self.iteration = 0
         #: Whether the weights came from an AdvMIMModule checkpoint (set by on_load_checkpoint).
         self.restored_from_checkpoint = False
-        self.register_state_dict_post_hook(save_iteration)
-        self.register_load_state_dict_pre_hook(load_iteration)
+        self.register_state_dict_post_hook(checkpoints.save_iteration)
+        self.register_load_state_dict_pre_hook(checkpoints.load_iteration)
         self._mask_generator: torch.Generator | None = None
         self._mask_generator_iteration = -1
         self._monitor = NonFiniteMonitor()
@@ -365,7 +354,7 @@ class AdvMIMModule(pl.LightningModule):
         Returns:
             The optimisers, in :attr:`trained_part_names` order, and their scheduler configs.
         """
-        return build_optimizers(
+        return optim.build_optimizers(
             self.trained_parts,
             self.trained_part_names,
             lr=self.cfg["lr"],
@@ -409,18 +398,18 @@ class AdvMIMModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this inside ``optimizer.step()``.
-        clip_gradients(optimizer)
+        optim.clip_gradients(optimizer)
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
         if self.hparams.get("cuda_graph", False):
             self._check_cuda_graph_trainer()
-        check_fit_trainer(self.trainer, self.uses_masking)
+        contracts.check_fit_trainer(self.trainer, self.uses_masking)
 
     def _check_cuda_graph_trainer(self) -> None:
         """Refuse ``cuda_graph=True`` where one captured iteration cannot serve the run."""
-        check_cuda_graph_trainer(self.trainer)
+        contracts.check_cuda_graph_trainer(self.trainer)
 
     def on_fit_start(self) -> None:
         """Warn once (rank 0) when a fresh fit starts a Swin-T sized Swin-UNet from random weights.
@@ -493,7 +482,7 @@ class AdvMIMModule(pl.LightningModule):
         # with frozen batch-norm statistics.
         self.train()
         # A resumed optimiser brings the saved implementation flags: apply the current ones.
-        flags = SGD_IMPLEMENTATIONS[self.hparams.optimizer_impl]
+        flags = optim.SGD_IMPLEMENTATIONS[self.hparams.optimizer_impl]
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
                 group.update(flags)
@@ -504,7 +493,7 @@ class AdvMIMModule(pl.LightningModule):
                 self.trained_parts, self.trainer.optimizers, self.hparams.max_skipped_in_a_row
             )
         self._set_learning_rates(self._current_lr())
-        self._watch_segmenter_contract("train")
+        contracts.watch_segmenter_contract(self, "train")
         self._graphed = None
         if self.hparams.get("cuda_graph", False):
             self._graphed = GraphedIteration(self, capture=self.device.type == "cuda")
@@ -520,31 +509,13 @@ class AdvMIMModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     def on_validation_start(self) -> None:
-        self._watch_segmenter_contract("eval")
+        contracts.watch_segmenter_contract(self, "eval")
 
     def on_test_start(self) -> None:
-        self._watch_segmenter_contract("eval")
+        contracts.watch_segmenter_contract(self, "eval")
 
     def on_predict_start(self) -> None:
-        self._watch_segmenter_contract("eval")
-
-    def _watch_segmenter_contract(self, mode: str) -> None:
-        """Check each segmenter's next output against the contract, once per ``mode``.
-
-        A forward hook (removed after its first call) looks at what the network returns on the
-        first batch of training (``"train"``: ``net(x, mask=m)`` for AdvMIM) or evaluation
-        (``"eval"``: ``net(x)``): no extra forward pass, nothing on the device. Skipped for
-        networks compiled with ``compile_networks`` (a hook would be compiled into the graph).
-        """
-        if mode in self._contract_checked or getattr(self, "_networks_compiled", False):
-            return
-        for handle in self._contract_hooks.values():
-            handle.remove()
-        self._contract_hooks = {}
-        for name, net in self.segmenters.items():
-            self._contract_hooks[name] = net.register_forward_hook(
-                ContractCheck(self, name, mode), with_kwargs=True
-            )
+        contracts.watch_segmenter_contract(self, "eval")
 
     def _set_learning_rates(self, lr: float) -> None:
         """Set every optimiser's rate (before the batch hooks, where lr monitors read it)."""
@@ -567,7 +538,7 @@ class AdvMIMModule(pl.LightningModule):
         Loss values stay on the device; they are handed to the loggers only on logging steps
         (``trainer.log_every_n_steps``), so the step itself never waits for the GPU.
         """
-        check_training_batch(batch)
+        contracts.check_training_batch(batch)
         labeled = batch["labeled"]
         x_l, y = self._layout(labeled["image"]), labeled["label"]
         x_u = None
@@ -692,8 +663,7 @@ class AdvMIMModule(pl.LightningModule):
                 when None.
 
         Returns:
-            The unweighted terms by ``<term>_<network>``, the weighted parts of the total, and
-            the softmax maps the discriminator step reuses (detached there).
+            :func:`advmim_lightning.method.objective.segmenter_losses`' outputs.
         """
         logits, masked_logits = self._segmenter_forward(x_l, x_u, masks)
         return objective.segmenter_losses(
@@ -764,13 +734,9 @@ class AdvMIMModule(pl.LightningModule):
     def predict_volume(self, image: Tensor) -> dict[str, Tensor]:
         """Label volumes of a whole case, predicted slice by slice as SSL4MIS evaluates.
 
-        Each slice is resized to ``image_size``, segmented, the argmax taken at network
-        resolution and resized back to the slice size. Both resizes use
-        ``scipy.ndimage.zoom(order=0)``'s index mapping (:func:`advmim_lightning.resize.
-        zoom_nearest`, index gathers on the volume's device); ``eval_interpolation="bilinear"``
-        resizes the image bilinearly instead (``align_corners=True``, as the training option),
-        the prediction still goes back with the zoom mapping
-        (:func:`advmim_lightning.method.inference.predict_volume`).
+        Slices go to ``image_size`` and the predictions back to the slice size as
+        :func:`advmim_lightning.method.inference.predict_volume` describes
+        (``eval_interpolation``, ``eval_slice_batch``).
 
         Args:
             image: ``C x D x H x W`` float volume (slices along ``D``).
@@ -887,9 +853,9 @@ class AdvMIMModule(pl.LightningModule):
         to Lightning unchecked.
         """
         if isinstance(checkpoint_path, (str, Path)):
-            checkpoint = read_checkpoint(checkpoint_path, check_classes=False)
-            require_own_networks(checkpoint, checkpoint_path, given=kwargs)
-            refuse_untrusted_classes(checkpoint, checkpoint_path, overridden=kwargs)
+            checkpoint = checkpoints.read_checkpoint(checkpoint_path, check_classes=False)
+            checkpoints.require_own_networks(checkpoint, checkpoint_path, given=kwargs)
+            checkpoints.refuse_untrusted_classes(checkpoint, checkpoint_path, overridden=kwargs)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def to_torchscript(  # type: ignore[override]
