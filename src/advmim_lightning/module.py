@@ -670,6 +670,7 @@ class AdvMIMModule(pl.LightningModule):
             logits,
             masked_logits,
             y,
+            x_l.shape[0],
             unlabeled=x_u is not None,
             settings=self.cfg,
             ct_weight=ct_weight,

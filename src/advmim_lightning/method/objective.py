@@ -105,6 +105,7 @@ def segmenter_losses(
     logits: Mapping[str, Tensor],
     masked_logits: Mapping[str, Tensor],
     y: Tensor,
+    n_labeled: int,
     *,
     unlabeled: bool,
     settings: Mapping[str, float],
@@ -118,6 +119,7 @@ def segmenter_losses(
         logits: Each network's ``(B_l + B_u) x K x H x W`` logits, labeled images first.
         masked_logits: Each network's masked-domain logits, same shape (AdvMIM; else empty).
         y: ``B_l x H x W`` labels of the labeled images.
+        n_labeled: ``B_l``, where the unlabeled images start in the logits.
         unlabeled: Whether the logits include unlabeled images (``B_u > 0``; not supervised).
         settings: The resolved weights (``sup_weight``, ``masked_sup_weight``,
             ``masked_pseudo_weight``, ``adversarial_weight``).
@@ -129,7 +131,7 @@ def segmenter_losses(
         The unweighted terms by ``<term>_<network>``, the weighted parts of the total, and the
         softmax maps the discriminator step reuses (detached there).
     """
-    n_l = y.shape[0]
+    n_l = n_labeled
     probs = {name: out.float().softmax(1) for name, out in logits.items()}
 
     terms: dict[str, Tensor] = {}
