@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
 from torch import Tensor, nn
 
 from advmim_lightning.method.config import pair
 
 if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
     from advmim_lightning.module import AdvMIMModule
 
 
