@@ -1,382 +1,286 @@
-"""Which checkpoint a command uses, and whether it fits the run (the resume policy).
+"""Checkpoint files: reading them safely, the class-path trust rule, rebuilding networks.
 
-:func:`find_run_checkpoint` turns ``--ckpt_path`` (a file, ``last``, ``best`` or nothing) into
-the file a subcommand loads, or refuses with a message naming the run folder and the runs that
-have checkpoints. :func:`checkpoint_conflict` compares a checkpoint's stored settings and
-state-dict shapes with the model built for the run, so a checkpoint that cannot be loaded is
-refused before anything runs. The settings a checkpoint may and may not override are listed
-here (:data:`RUNTIME_MODEL_SETTINGS`, :data:`STRUCTURAL_SETTINGS`).
+Files name classes (network specs, LightningCLI's ``class_path`` entries), and importing a
+class runs its module's code. One rule, :func:`is_trusted_class`, decides every such name:
+
+- **Named** (a checkpoint read by :func:`read_checkpoint` or ``AdvMIMModule.load_from_checkpoint``,
+  whose hyper-parameters Lightning or LightningCLI would import): classes under
+  :func:`trusted_class_prefixes` (``advmim_lightning``, ``torch.nn`` and the packages of
+  ``$ADVMIM_TRUSTED_CLASSES``).
+- **Rebuilt** (this library imports and instantiates the class itself: a network spec stored
+  in a checkpoint's hyper-parameters, an ``advmim export`` file): classes in
+  ``advmim_lightning`` only. A network of your own is passed as an instance instead.
+
+The state-dict hooks at the end store ``AdvMIMModule.iteration`` with the weights.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+import importlib
+import importlib.util
+import os
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+import torch
+from torch import nn
 
-log = logging.getLogger(__name__)
+#: The only ``_instantiator`` accepted: the one LightningCLI stores with the hyper-parameters.
+LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
-#: Model settings that ``validate``/``test``/``predict``/a resumed ``fit`` may change from the
-#: training run when given with ``--ckpt_path`` (all others come from the checkpoint).
-RUNTIME_MODEL_SETTINGS = (
-    "eval_network",
-    "eval_interpolation",
-    "eval_slice_batch",
-    "nsd_tolerance",
-    "max_iterations",
-    "nonfinite_check",
-    "max_skipped_in_a_row",
-    "optimizer_impl",
-    "channels_last",
-    "compile_networks",
-    "cuda_graph",
-)
+#: Environment variable extending :func:`trusted_class_prefixes` (comma-separated packages).
+TRUSTED_CLASSES_ENV = "ADVMIM_TRUSTED_CLASSES"
 
-#: Subcommands that evaluate trained weights (they need a checkpoint).
-EVALUATION_COMMANDS = ("validate", "test", "predict")
+#: The package whose classes this library rebuilds itself from stored specs.
+REBUILT_PREFIX = "advmim_lightning."
 
-#: Settings a checkpoint's weights depend on: ``(hyper-parameter, how the user sets it)``.
-#: A checkpoint whose value differs from the run's is refused (:func:`checkpoint_conflict`).
-STRUCTURAL_SETTINGS = (
-    ("method", "model.method"),
-    ("num_classes", "data.num_classes"),
-    ("in_channels", "the data's image channels (data.in_channels)"),
-    ("image_size", "data.image_size"),
-    ("discriminator_base_channels", "model.discriminator_base_channels"),
-    ("cnn", "model.cnn"),
-    ("transformer", "model.transformer"),
-)
+#: The networks a checkpoint stores a spec of (hyper-parameter names).
+NETWORK_KEYS = ("cnn", "transformer")
+
+#: Checkpoint entries Lightning reads hyper-parameters from (current and older names).
+_HPARAM_KEYS = ("hyper_parameters", "hparams", "module_arguments", "datamodule_hyper_parameters")
+_CLASS_KEYS = ("class_path", "_class_path", "_instantiator")
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    """What the checks need of a checkpoint, without holding its tensors.
+def trusted_class_prefixes() -> tuple[str, ...]:
+    """Module prefixes whose classes a checkpoint may name.
 
-    Attributes:
-        path: The file.
-        hparams: Its stored ``hyper_parameters``.
-        shapes: Shape of every ``state_dict`` entry.
+    ``advmim_lightning.`` and ``torch.nn.``, plus the packages listed in
+    ``$ADVMIM_TRUSTED_CLASSES`` (``mypkg`` is read as ``mypkg.``).
     """
-
-    path: Path
-    hparams: dict[str, Any]
-    shapes: dict[str, tuple[int, ...]]
-
-    @classmethod
-    def of(cls, path: str | Path, checkpoint: dict[str, Any]) -> StoredCheckpoint:
-        """Keep the hyper-parameters and state-dict shapes of a loaded checkpoint."""
-        shapes = {
-            str(k): tuple(getattr(v, "shape", ())) for k, v in checkpoint["state_dict"].items()
-        }
-        return cls(Path(path), dict(checkpoint.get("hyper_parameters") or {}), shapes)
+    extra = [p.strip() for p in os.environ.get(TRUSTED_CLASSES_ENV, "").split(",") if p.strip()]
+    return (REBUILT_PREFIX, "torch.nn.", *(p if p.endswith(".") else p + "." for p in extra))
 
 
-def checkpoint_conflict(checkpoint: StoredCheckpoint, model: Any) -> str | None:
-    """Why ``checkpoint``'s weights cannot be loaded into ``model``, or None when they can.
-
-    The settings of :data:`STRUCTURAL_SETTINGS` are compared first, so the message names the
-    setting in conflict and its two values; then every state-dict entry and shape.
+def is_trusted_class(class_path: str, rebuild: bool = False) -> bool:
+    """Whether a class path read from a file may be imported (the one trust rule).
 
     Args:
-        checkpoint: The checkpoint's hyper-parameters and shapes.
-        model: The ``AdvMIMModule`` built for this run.
-
-    Returns:
-        One line naming the checkpoint, the setting (or state-dict entry) and both values.
+        class_path: ``package.module.Class``.
+        rebuild: ``True`` where this library imports and instantiates the class itself
+            (network specs, exports): only ``advmim_lightning`` classes. ``False`` where the
+            file only names it: the classes under :func:`trusted_class_prefixes`.
     """
-    head = f"checkpoint {checkpoint.path} does not fit this run"
-    current = dict(getattr(model, "hparams", {}))
-    for key, setting in STRUCTURAL_SETTINGS:
-        if key not in checkpoint.hparams or key not in current:
-            continue
-        difference = _first_difference(checkpoint.hparams[key], current[key], setting)
-        if difference is not None:
-            where, stored, here = difference
-            return f"{head}: {where} is {stored!r} in the checkpoint but {here!r} here"
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for key in sorted(shapes.keys() & checkpoint.shapes.keys()):
-        if shapes[key] != checkpoint.shapes[key]:
-            return (
-                f"{head}: state-dict entry {key} has shape {list(checkpoint.shapes[key])} in "
-                f"the checkpoint but {list(shapes[key])} in the model built here"
-            )
-    only_stored = sorted(checkpoint.shapes.keys() - shapes.keys())
-    only_here = sorted(shapes.keys() - checkpoint.shapes.keys())
-    if only_stored or only_here:
-        return (
-            f"{head}: state-dict entries only in the checkpoint: {_some(only_stored)}; only in "
-            f"the model built here: {_some(only_here)}"
-        )
-    return None
+    if rebuild:
+        return class_path.startswith(REBUILT_PREFIX)
+    return class_path.startswith(trusted_class_prefixes())
 
 
-def _first_difference(stored: Any, here: Any, where: str) -> tuple[str, Any, Any] | None:
-    """The first place where two hyper-parameter values differ: ``(where, stored, here)``.
+def rebuild(class_path: str, init_args: Mapping[str, Any]) -> Any:
+    """``Class(**init_args)`` for a class path :func:`is_trusted_class` allows rebuilding.
 
-    A network's ``pretrained`` source is not compared: the checkpoint's weights replace the
-    initial ones (and the command line does not read that source when a checkpoint is given).
-    """
-    if where.endswith(".pretrained"):
-        return None
-    stored, here = _plain(stored), _plain(here)
-    if isinstance(stored, dict) and isinstance(here, dict):
-        for key in [*stored, *(k for k in here if k not in stored)]:
-            difference = _first_difference(stored.get(key), here.get(key), f"{where}.{key}")
-            if difference is not None:
-                return difference
-        return None
-    return None if stored == here else (where, stored, here)
-
-
-def _plain(value: Any, key: str = "") -> Any:
-    """``value`` made comparable: tuples as lists, namespaces as dicts, class paths canonical.
-
-    A ``class_path`` is written as the class's own module and name, so the same class named
-    through a package (``advmim_lightning.networks.UNet``) or its module
-    (``advmim_lightning.networks.unet.UNet``) compares equal.
-    """
-    if hasattr(value, "as_dict"):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {str(k): _plain(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if key.rpartition(".")[2] == "class_path" and isinstance(value, str):
-        return _canonical_class_path(value)
-    return value
-
-
-def _class_named(class_path: str) -> type | None:
-    """The class a dotted path names (importing its module), or None when it names none."""
-    import importlib
-
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return found if isinstance(found, type) else None
-
-
-def _canonical_class_path(class_path: str) -> str:
-    cls = _class_named(class_path)
-    return class_path if cls is None else f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _some(names: list[str], shown: int = 4) -> str:
-    if not names:
-        return "none"
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
-def find_run_checkpoint(
-    subcommand: str,
-    ckpt_path: str | Path | None,
-    runs_dir: Path,
-    run_name: str,
-    allow_random_weights: bool = False,
-    own_checkpoint_callback: bool = False,
-) -> Path | None:
-    """The checkpoint file a subcommand uses, or None to start from initial weights.
-
-    - a path: that file (checked later, like every checkpoint);
-    - ``last``: ``<runs_dir>/<run_name>/checkpoints/last.ckpt``, or a newer SLURM requeue
-      checkpoint ``<run folder>/hpc_ckpt_<n>.ckpt``. When there is none, ``fit``
-      starts the run from iteration 0 (with a warning) and an evaluation is refused;
-    - ``best``: the ``checkpoints/best-*.ckpt`` file of the run with the highest stored
-      ``val/dice_mean`` (the run keeps one; several appear when a run was restarted without
-      resuming), the latest step on a tie;
-    - none: ``fit`` starts from initial weights; ``validate``/``test``/``predict`` are refused
-      unless ``allow_random_weights``.
+    Callers check first and refuse with a message of their own; this refuses anyway.
 
     Raises:
-        ValueError: Naming the run folder looked in and the runs that have checkpoints, when
-            the requested checkpoint is not there; on Lightning's ``hpc``/``registry`` values.
+        ValueError: For a class outside ``advmim_lightning``.
     """
-    run_dir = runs_dir / run_name
-    folder = run_dir / "checkpoints"
-    if ckpt_path is None:
-        if subcommand not in EVALUATION_COMMANDS:
-            return None
-        if allow_random_weights:
-            log.warning(
-                "advmim %s runs with untrained (randomly initialised) networks: no "
-                "--ckpt_path and --allow_random_weights true",
-                subcommand,
-            )
-            return None
-        raise ValueError(
-            f"advmim {subcommand} needs trained weights and has no --ckpt_path: give last, "
-            f"best or a checkpoint file ({_checkpoints_of(run_dir, runs_dir)}), or "
-            "--allow_random_weights true to run untrained networks on purpose"
-        )
-    word = str(ckpt_path)
-    if word in ("hpc", "registry") or word.startswith("registry:"):
-        raise ValueError(
-            f"--ckpt_path {word} is not supported by advmim: give last, best or a checkpoint file"
-        )
-    if word not in ("last", "best"):
-        return Path(word)
-    if own_checkpoint_callback:
-        raise ValueError(
-            f"--ckpt_path {word} finds the checkpoints of the run's default checkpoint "
-            "callback, and this config gives its own ModelCheckpoint: give the file's path"
-        )
-    if word == "last":
-        # On SLURM, Lightning answers the preemption signal by saving hpc_ckpt_<n>.ckpt in the
-        # run folder before requeueing: the newest of those and last.ckpt is the run's state.
-        found = [p for p in (folder / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
-        if found:
-            return max(found, key=lambda p: p.stat().st_mtime)
-        if subcommand == "fit":
-            log.warning(
-                "--ckpt_path last: %s has no checkpoints/last.ckpt yet; the run starts at "
-                "iteration 0",
-                run_dir,
-            )
-            return None
-        raise ValueError(
-            f"--ckpt_path last: no checkpoints/last.ckpt in the run; "
-            f"{_checkpoints_of(run_dir, runs_dir)}"
-        )
-    candidates = sorted(folder.glob("best-*.ckpt")) if folder.is_dir() else []
-    if not candidates:
-        raise ValueError(
-            "--ckpt_path best: no checkpoints/best-*.ckpt in the run (one is saved at each "
-            f"validation that improves val/dice_mean); {_checkpoints_of(run_dir, runs_dir)}"
-        )
-    if len(candidates) == 1:
-        return candidates[0]
-    from advmim_lightning.export import read_checkpoint
+    if not is_trusted_class(class_path, rebuild=True):
+        raise ValueError(f"refusing to rebuild {class_path!r}: only advmim_lightning classes are")
+    module_name, _, cls_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**dict(init_args))
 
-    ranked = []
-    for candidate in candidates:
-        try:
-            checkpoint = read_checkpoint(candidate)
-        except (FileNotFoundError, ValueError) as err:
-            raise ValueError(f"--ckpt_path best: {err}") from err
-        score = _stored_score(checkpoint)
-        if score is None:
+
+def read_checkpoint(path: str | Path, check_classes: bool = True) -> dict[str, Any]:
+    """Load a Lightning checkpoint of ``AdvMIMModule`` safely (``weights_only=True``).
+
+    Args:
+        path: The checkpoint file.
+        check_classes: Also apply :func:`refuse_untrusted_classes`.
+
+    Raises:
+        FileNotFoundError: When ``path`` does not exist.
+        ValueError: When the file is not a readable checkpoint of this library, or names a
+            class from an untrusted module.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): not a readable checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated / foreign files
+        first_line = next(iter(str(err).splitlines()), "") or "no message"
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated, foreign or carrying pickled "
+            f"objects that are refused): {type(err).__name__}: {first_line}"
+        ) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a Lightning checkpoint: it has no 'state_dict'")
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "cnn" not in hparams:
+        raise ValueError(f"{path} is not an AdvMIMModule checkpoint: no network specs inside")
+    if check_classes:
+        refuse_untrusted_classes(checkpoint, path)
+    return checkpoint
+
+
+def refuse_untrusted_classes(
+    checkpoint: dict[str, Any], path: str | Path, overridden: Iterable[str] = ()
+) -> None:
+    """Refuse a checkpoint that names classes from untrusted modules.
+
+    Lightning and LightningCLI import what the stored hyper-parameters name (``class_path``
+    entries, dotted keys such as ``cnn.class_path``, a network given as a plain ``"pkg.Class"``
+    string, and the ``_instantiator``), and importing runs a module's code. Every entry of the
+    checkpoint except the tensors is searched: only classes under :func:`trusted_class_prefixes`
+    pass, and only Lightning's own instantiator.
+
+    Args:
+        checkpoint: The loaded checkpoint dict.
+        path: Its file, for the message.
+        overridden: Top-level hyper-parameters the caller replaces (e.g. ``cnn`` given as an
+            instance to ``load_from_checkpoint``); their stored specs are never imported.
+
+    Raises:
+        ValueError: Naming the file, the class and where it is stored.
+    """
+    skip = set(overridden)
+    searched = {
+        key: (
+            {k: v for k, v in value.items() if k not in skip}
+            if key in _HPARAM_KEYS and isinstance(value, dict)
+            else value
+        )
+        for key, value in checkpoint.items()
+        if key not in ("state_dict", "optimizer_states")
+    }
+    for where, class_path in _class_paths(searched):
+        if where.rpartition(".")[2] == "_instantiator":
+            trusted_here = class_path == LIGHTNING_INSTANTIATOR
+        else:
+            trusted_here = is_trusted_class(class_path)
+        if not trusted_here:
             raise ValueError(
-                f"--ckpt_path best: {candidate} stores no val/dice_mean score, so the best of "
-                f"{len(candidates)} best-*.ckpt files cannot be chosen; give the file's path"
+                f"{path} names the class {class_path!r} at {where}; classes outside "
+                f"{', '.join(trusted_class_prefixes())} are not imported from a checkpoint "
+                "(importing runs code). If you trust this file and the class is yours, allow "
+                f"its package: {TRUSTED_CLASSES_ENV}=<package> (comma-separated)."
             )
-        ranked.append((score, int(checkpoint.get("global_step", 0)), candidate))
-    score, _, best = max(ranked)
-    log.info("--ckpt_path best: %s (val/dice_mean %.4f, of %d)", best, score, len(ranked))
-    return best
 
 
-def _refuse_a_second_run_in(run_dir: Path) -> None:
-    """Refuse a fit from initial weights into a run folder that holds checkpoints.
+def require_own_networks(
+    checkpoint: Mapping[str, Any], path: str | Path, given: Mapping[str, Any]
+) -> None:
+    """Ask for the instance of a stored network from outside the library that is not given."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    for name in NETWORK_KEYS:
+        spec = hparams.get(name)
+        if name in given or not isinstance(spec, Mapping):
+            continue
+        class_path = str(spec.get("class_path", ""))
+        if class_path and not is_trusted_class(class_path, rebuild=True):
+            raise ValueError(
+                f"{path} names the class {class_path!r} as its {name} network, from outside "
+                "advmim_lightning; networks are never rebuilt from a checkpoint: pass the "
+                "instance, built as for training (the weights come from the checkpoint): "
+                f"AdvMIMModule.load_from_checkpoint({str(path)!r}, {name}=MyNet(...)). "
+                "(ADVMIM_TRUSTED_CLASSES does not rebuild networks; it only lets a checkpoint "
+                "you trust name other classes of your packages.)"
+            )
 
-    It would append a second training curve to ``metrics.csv``, replace ``config.yaml`` and
-    leave the old ``last.ckpt`` beside the new run's ``last-v1.ckpt``, so that ``--ckpt_path
-    last`` would then pick the old run's weights.
+
+def build_network(
+    net: nn.Module | Mapping[str, Any] | None, default: type[nn.Module], **kwargs: Any
+) -> nn.Module:
+    """The network an ``AdvMIMModule`` argument stands for.
+
+    Args:
+        net: An instance (used as it is), a stored ``{"class_path", "init_args"}`` spec
+            (rebuilt for ``advmim_lightning`` classes only), or None (``default(**kwargs)``).
+        default: The class built when ``net`` is None.
 
     Raises:
-        ValueError: Naming the folder, its checkpoints and the ways out.
+        ValueError: For a spec of a class outside ``advmim_lightning`` or without init_args.
+        TypeError: For anything else.
     """
-    folder = run_dir / "checkpoints"
-    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
-    if found:
-        raise ValueError(
-            f"the run folder {run_dir} already holds a run (checkpoints/"
-            f"{', checkpoints/'.join(found)}); a new fit would mix two runs in one record: "
-            "resume it with --ckpt_path last, or choose another --run_name (or delete the "
-            "folder to train it again)"
-        )
+    if net is None:
+        return default(**kwargs)
+    if isinstance(net, nn.Module):
+        return net
+    if isinstance(net, Mapping) and "class_path" in net:
+        class_path = str(net["class_path"])
+        if not is_trusted_class(class_path, rebuild=True):
+            raise ValueError(
+                f"refusing to import network class {class_path!r} from a stored spec: only "
+                "classes in advmim_lightning are rebuilt automatically. Pass the network "
+                "instance yourself (e.g. load_from_checkpoint(path, cnn=MyNet(...)))."
+            )
+        if net.get("init_args") is None:
+            raise ValueError(f"the stored spec of {class_path!r} has no init_args to rebuild it")
+        return rebuild(class_path, net["init_args"])
+    raise TypeError(f"expected an nn.Module, a class_path spec or None, got {type(net).__name__}")
 
 
-def _stored_score(checkpoint: dict[str, Any]) -> float | None:
-    """The ``val/dice_mean`` a checkpoint callback recorded when it saved this file."""
-    for state in (checkpoint.get("callbacks") or {}).values():
-        if isinstance(state, dict) and state.get("monitor") == "val/dice_mean":
-            score = state.get("current_score")
-            return None if score is None else float(score)
-    return None
+def network_spec(net: nn.Module) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` of a network (``init_args``: its ``config``, or None)."""
+    cls = type(net)
+    config = getattr(net, "config", None)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": config}
 
 
-def _checkpoints_of(run_dir: Path, runs_dir: Path) -> str:
-    """What ``run_dir`` holds, or which runs of ``runs_dir`` have checkpoints, for messages."""
-    folder = run_dir / "checkpoints"
-    here = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
-    if here:
-        return f"the run folder {run_dir} holds checkpoints/{', checkpoints/'.join(here)}"
-    looked = f"the run folder {run_dir} has no checkpoint"
-    if not runs_dir.is_dir():
-        return f"{looked}, and the runs folder {runs_dir} does not exist"
-    runs = sorted(
-        p.name for p in runs_dir.iterdir() if p.is_dir() and any(p.glob("checkpoints/*.ckpt"))
-    )
-    if not runs:
-        return f"{looked}, nor has any other run in {runs_dir}"
-    return f"{looked}; runs with checkpoints in {runs_dir}: {_some(runs, 10)}"
+def save_iteration(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
+) -> None:
+    """State-dict post-hook: store ``module.iteration`` as ``<prefix>iteration`` (int64)."""
+    state_dict[prefix + "iteration"] = torch.tensor(module.iteration, dtype=torch.int64)
 
 
-def stated_model_settings(given_args: list[Any]) -> set[str]:
-    """``model.*`` keys the config files or the command line state (not defaults).
-
-    Read from the words themselves (``--model.x``, ``--model.x=v`` and the ``model:``
-    sections of ``-c`` files), not by a second parse, which would fail on links whose
-    source is left at its default.
-    """
-    words = [str(w) for w in given_args]
-    stated: set[str] = set()
-    for index, word in enumerate(words):
-        if word.startswith("--model."):
-            stated.add(word[len("--model.") :].split("=", 1)[0])
-        elif word in ("-c", "--config") and index + 1 < len(words):
-            stated |= _model_keys_in_config(Path(words[index + 1]))
-        elif word == "--model" and index + 1 < len(words):
-            stated |= _model_keys_in_config(Path(words[index + 1]), section=None)
-        elif word.startswith("--config="):
-            stated |= _model_keys_in_config(Path(word.split("=", 1)[1]))
-    return stated
+def load_iteration(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Load pre-hook: take ``<prefix>iteration`` back out (older state dicts have none)."""
+    value = state_dict.pop(prefix + "iteration", None)
+    if value is not None:
+        module.iteration = int(value)
+        module._mask_generator_iteration = -1
 
 
-def _gives_own_checkpoint_callback(config: Any) -> bool:
-    """Whether the trainer config lists its own ``ModelCheckpoint`` (or subclass)."""
-    callbacks = (config.get("trainer") or {}).get("callbacks") or []
-    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
-        cls = _class_named(str(getattr(callback, "class_path", None) or ""))
-        if cls is not None and issubclass(cls, ModelCheckpoint):
-            return True
-    return False
-
-
-def _model_keys_in_config(path: Path, section: str | None = "model") -> set[str]:
-    """Dotted keys of the ``model:`` section of a YAML config (empty when unreadable).
-
-    Also finds it under a subcommand (``fit: model: ...``); ``section=None`` reads a file
-    given to ``--model`` itself.
-    """
-    import yaml
-
+def _names_a_module(value: str) -> bool:
+    """Whether ``value`` is ``pkg.name...`` with ``pkg`` importable (found, not imported)."""
+    if not _DOTTED_NAME.fullmatch(value):
+        return False
     try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except (OSError, ValueError, yaml.YAMLError):
-        return set()
-    if not isinstance(config, dict):
-        return set()
-    if section is None:
-        return set(_dotted_keys(config))
-    sections = [config, *(config[k] for k in ("fit", "validate", "test", "predict") if k in config)]
-    keys: set[str] = set()
-    for part in sections:
-        model = part.get("model") if isinstance(part, dict) else None
-        if isinstance(model, dict):
-            keys |= set(_dotted_keys(model))
-    return keys
+        return importlib.util.find_spec(value.partition(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
 
 
-def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        keys += _dotted_keys(value, f"{dotted}.") if isinstance(value, dict) else [dotted]
-    return keys
+def _class_paths(tree: Any, where: str = "", class_typed: bool = False) -> list[tuple[str, str]]:
+    """Every value that names a class to import, with where it is.
+
+    Values of class-path keys anywhere, and dotted ``pkg.Name`` strings where jsonargparse
+    reads a string as a class: a network field of the hyper-parameters and constructor
+    arguments (``init_args``, ``dict_kwargs``).
+    """
+    found = []
+    if isinstance(tree, dict):
+        depth = where.count(".") + 1 if where else 0
+        for key, value in tree.items():
+            here = f"{where}.{key}" if where else str(key)
+            name = str(key).rpartition(".")[2]
+            if name in _CLASS_KEYS and value is not None:
+                found.append((here, str(value)))
+                continue
+            network_field = depth == 1 and where in _HPARAM_KEYS and name in NETWORK_KEYS
+            typed = class_typed or network_field or name in ("init_args", "dict_kwargs")
+            found += _class_paths(value, here, typed)
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            found += _class_paths(value, f"{where}[{index}]", class_typed)
+    elif class_typed and isinstance(tree, str) and _names_a_module(tree):
+        found.append((where, tree))
+    return found

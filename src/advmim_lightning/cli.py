@@ -4,7 +4,7 @@ It links the data's sizes to the model and its networks, gives every run a folde
 ``<runs_dir>/<run_name>/`` with its loggers and checkpoints (``--ckpt_path last`` resumes the
 named run), holds that folder for one process at a time (:class:`~advmim_lightning.paths.
 RunFolderLock`), and resolves and checks the checkpoint a subcommand uses before anything runs
-(:mod:`advmim_lightning.checkpoints`). ``validate``/``test``/``predict`` refuse to run without a
+(:mod:`advmim_lightning.resume`). ``validate``/``test``/``predict`` refuse to run without a
 checkpoint unless ``--allow_random_weights true``. An evaluation writes its own
 ``<subcommand>_config.yaml``, never the fit's ``config.yaml``.
 """
@@ -23,7 +23,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 
 from advmim_lightning.callbacks import PredictionWriter, RunCheckpoint, ValidationPanels
-from advmim_lightning.checkpoints import (
+from advmim_lightning.data import AdvMIMDataModule
+from advmim_lightning.lightning_private import SubcommandParserHook
+from advmim_lightning.module import AdvMIMModule
+from advmim_lightning.paths import (
+    RunFolderLock,
+    ensure_writable_folder,
+    launching_process,
+    run_file_name,
+)
+from advmim_lightning.quiet import quiet_known_noise
+from advmim_lightning.resume import (
     EVALUATION_COMMANDS,
     RUNTIME_MODEL_SETTINGS,
     STRUCTURAL_SETTINGS,
@@ -35,16 +45,6 @@ from advmim_lightning.checkpoints import (
     find_run_checkpoint,
     stated_model_settings,
 )
-from advmim_lightning.data import AdvMIMDataModule
-from advmim_lightning.lightning_private import SubcommandParserHook
-from advmim_lightning.module import AdvMIMModule
-from advmim_lightning.paths import (
-    RunFolderLock,
-    ensure_writable_folder,
-    launching_process,
-    run_file_name,
-)
-from advmim_lightning.quiet import quiet_known_noise
 
 #: The module's networks and the classes it builds when one is left at ``None``.
 DEFAULT_NETWORKS = {

@@ -13,8 +13,8 @@ cases). Then it writes ``compare.csv``, ``summary.md`` and ``compare.png`` into 
 (see :mod:`advmim_lightning.compare_report`).
 
 **Per-method settings.** The settings whose default depends on the method
-(:data:`~advmim_lightning.module.METHOD_DEFAULTS`: ``lr``, ``grad_clip_norm``, the loss weights)
-come from each method's defaults: a value a config *file* states for them (written for the
+(:data:`~advmim_lightning.method.config.METHOD_DEFAULTS`: ``lr``, ``grad_clip_norm``, the loss
+weights) come from each method's defaults: a value a config *file* states for them (written for the
 config's own method) is dropped with a note; a ``--model.key value`` given to ``compare``
 itself applies to every method that uses it. A setting a method does not use (the mask block
 size for CTCT, the adversarial weight for the supervised baseline) is left out of that
@@ -50,7 +50,7 @@ from advmim_lightning.compare_report import (
     write_csv,
     write_plot,
 )
-from advmim_lightning.module import METHOD_DEFAULTS
+from advmim_lightning.method.config import METHOD_DEFAULTS
 from advmim_lightning.paths import ensure_writable_folder
 
 __all__ = ["ComparisonRows", "run_comparison"]

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from advmim_lightning.optim import clip_gradients
+
 if TYPE_CHECKING:
     from advmim_lightning.module import AdvMIMModule
 
@@ -228,10 +230,7 @@ class GraphedIteration:
             (module.cfg["discriminator_weight"] * sum(disc_terms.values())).backward()
             terms.update(disc_terms)
         for optimizer in self.optimizers:  # transformer, CNN, then the discriminators
-            clip = optimizer.param_groups[0].get("clip_norm")
-            if clip:
-                params = [p for group in optimizer.param_groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(params, clip)
+            clip_gradients(optimizer)
             sgd_update(optimizer, static["lr"])
         return terms, total
 

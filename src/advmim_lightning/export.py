@@ -8,171 +8,48 @@ The exported file is a ``torch.save`` of plain data (loadable with ``weights_onl
      "class_names": [...]}
 
 :func:`load_segmenter` rebuilds the network from it (only for classes inside
-``advmim_lightning``; nothing named in the file is imported from elsewhere). With
-``--torch_export`` a ``torch.export`` program (``.pt2``) of the inference forward is written
-too, for tools that run a graph without this library.
+``advmim_lightning``, the rule of :mod:`advmim_lightning.checkpoints`; nothing named in the
+file is imported from elsewhere). With ``--torch_export`` a ``torch.export`` program (``.pt2``)
+of the inference forward is written too, for tools that run a graph without this library.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import os
-import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+# The checkpoint reading and trust rule live in advmim_lightning.checkpoints; these names stay
+# importable from here, where they were first.
+from advmim_lightning.checkpoints import (
+    LIGHTNING_INSTANTIATOR,
+    TRUSTED_CLASSES_ENV,
+    is_trusted_class,
+    read_checkpoint,
+    rebuild,
+    refuse_untrusted_classes,
+    trusted_class_prefixes,
+)
 from advmim_lightning.paths import ensure_writable_folder
+
+__all__ = [
+    "FORMAT",
+    "LIGHTNING_INSTANTIATOR",
+    "TRUSTED_CLASSES_ENV",
+    "VERSION",
+    "export_segmenter",
+    "load_segmenter",
+    "main",
+    "read_checkpoint",
+    "refuse_untrusted_classes",
+    "trusted_class_prefixes",
+]
 
 FORMAT = "advmim-segmenter"
 VERSION = 1
-
-
-def read_checkpoint(path: str | Path, check_classes: bool = True) -> dict[str, Any]:
-    """Load a Lightning checkpoint of ``AdvMIMModule`` safely (``weights_only=True``).
-
-    Args:
-        path: The checkpoint file.
-        check_classes: Also apply :func:`refuse_untrusted_classes`.
-
-    Raises:
-        FileNotFoundError: When ``path`` does not exist.
-        ValueError: When the file is not a readable checkpoint of this library, or names a
-            class from an untrusted module.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint {path} is empty (0 bytes): not a readable checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated / foreign files
-        first_line = next(iter(str(err).splitlines()), "") or "no message"
-        raise ValueError(
-            f"{path} is not a readable checkpoint (truncated, foreign or carrying pickled "
-            f"objects that are refused): {type(err).__name__}: {first_line}"
-        ) from err
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ValueError(f"{path} is not a Lightning checkpoint: it has no 'state_dict'")
-    hparams = checkpoint.get("hyper_parameters")
-    if not isinstance(hparams, dict) or "cnn" not in hparams:
-        raise ValueError(f"{path} is not an AdvMIMModule checkpoint: no network specs inside")
-    if check_classes:
-        refuse_untrusted_classes(checkpoint, path)
-    return checkpoint
-
-
-def refuse_untrusted_classes(
-    checkpoint: dict[str, Any], path: str | Path, overridden: Iterable[str] = ()
-) -> None:
-    """Refuse a checkpoint that names classes from untrusted modules.
-
-    Lightning and LightningCLI import what the stored hyper-parameters name (``class_path``
-    entries, dotted keys such as ``cnn.class_path``, a network given as a plain ``"pkg.Class"``
-    string, and the ``_instantiator``), and importing runs a module's code. Every entry of the
-    checkpoint except the tensors is searched: only classes under :func:`trusted_class_prefixes`
-    pass, and only Lightning's own instantiator.
-
-    Args:
-        checkpoint: The loaded checkpoint dict.
-        path: Its file, for the message.
-        overridden: Top-level hyper-parameters the caller replaces (e.g. ``cnn`` given as an
-            instance to ``load_from_checkpoint``); their stored specs are never imported.
-
-    Raises:
-        ValueError: Naming the file, the class and where it is stored.
-    """
-    trusted = trusted_class_prefixes()
-    skip = set(overridden)
-    searched = {
-        key: (
-            {k: v for k, v in value.items() if k not in skip}
-            if key in _HPARAM_KEYS and isinstance(value, dict)
-            else value
-        )
-        for key, value in checkpoint.items()
-        if key not in ("state_dict", "optimizer_states")
-    }
-    for where, class_path in _class_paths(searched):
-        if where.rpartition(".")[2] == "_instantiator":
-            trusted_here = class_path == LIGHTNING_INSTANTIATOR
-        else:
-            trusted_here = class_path.startswith(trusted)
-        if not trusted_here:
-            raise ValueError(
-                f"{path} names the class {class_path!r} at {where}; classes outside "
-                f"{', '.join(trusted)} are not imported from a checkpoint (importing runs "
-                "code). If you trust this file and the class is yours, allow its package: "
-                f"{TRUSTED_CLASSES_ENV}=<package> (comma-separated)."
-            )
-
-
-#: The only ``_instantiator`` accepted: the one LightningCLI stores with the hyper-parameters.
-LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
-
-#: Environment variable extending :func:`trusted_class_prefixes` (comma-separated packages).
-TRUSTED_CLASSES_ENV = "ADVMIM_TRUSTED_CLASSES"
-
-#: Checkpoint entries Lightning reads hyper-parameters from (current and older names).
-_HPARAM_KEYS = ("hyper_parameters", "hparams", "module_arguments", "datamodule_hyper_parameters")
-_CLASS_KEYS = ("class_path", "_class_path", "_instantiator")
-_NETWORK_KEYS = ("cnn", "transformer")
-_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
-
-
-def trusted_class_prefixes() -> tuple[str, ...]:
-    """Module prefixes whose classes a checkpoint may name.
-
-    ``advmim_lightning.`` and ``torch.nn.``, plus the packages listed in
-    ``$ADVMIM_TRUSTED_CLASSES`` (``mypkg`` is read as ``mypkg.``).
-    """
-    extra = [p.strip() for p in os.environ.get(TRUSTED_CLASSES_ENV, "").split(",") if p.strip()]
-    return ("advmim_lightning.", "torch.nn.", *(p if p.endswith(".") else p + "." for p in extra))
-
-
-def _names_a_module(value: str) -> bool:
-    """Whether ``value`` is ``pkg.name...`` with ``pkg`` importable (found, not imported)."""
-    if not _DOTTED_NAME.fullmatch(value):
-        return False
-    try:
-        return importlib.util.find_spec(value.partition(".")[0]) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _class_paths(tree: Any, where: str = "", class_typed: bool = False) -> list[tuple[str, str]]:
-    """Every value that names a class to import, with where it is.
-
-    Values of class-path keys anywhere, and dotted ``pkg.Name`` strings where jsonargparse
-    reads a string as a class: a network field of the hyper-parameters and constructor
-    arguments (``init_args``, ``dict_kwargs``).
-    """
-    found = []
-    if isinstance(tree, dict):
-        depth = where.count(".") + 1 if where else 0
-        for key, value in tree.items():
-            here = f"{where}.{key}" if where else str(key)
-            name = str(key).rpartition(".")[2]
-            if name in _CLASS_KEYS and value is not None:
-                found.append((here, str(value)))
-                continue
-            network_field = depth == 1 and where in _HPARAM_KEYS and name in _NETWORK_KEYS
-            typed = class_typed or network_field or name in ("init_args", "dict_kwargs")
-            found += _class_paths(value, here, typed)
-    elif isinstance(tree, (list, tuple)):
-        for index, value in enumerate(tree):
-            found += _class_paths(value, f"{where}[{index}]", class_typed)
-    elif class_typed and isinstance(tree, str) and _names_a_module(tree):
-        found.append((where, tree))
-    return found
 
 
 def export_segmenter(
@@ -264,11 +141,9 @@ def load_segmenter(path: str | Path) -> nn.Module:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an advmim segmenter export (format {FORMAT!r})")
     class_path = str(payload["class_path"])
-    if not class_path.startswith("advmim_lightning."):
+    if not is_trusted_class(class_path, rebuild=True):
         raise ValueError(f"{path} names {class_path!r}; only advmim_lightning classes are rebuilt")
-    module_name, _, cls_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    net = cls(**payload["init_args"])
+    net = rebuild(class_path, payload["init_args"])
     net.load_state_dict(payload["state_dict"])
     return net.eval()
 

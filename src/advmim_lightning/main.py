@@ -8,7 +8,7 @@ are printed as one line (:data:`USER_ERRORS`).
 
 The names tests and notebooks import from here (``build_cli``, ``find_run_checkpoint``, ...)
 are re-exported from where they live: :mod:`advmim_lightning.cli` (the LightningCLI),
-:mod:`advmim_lightning.checkpoints` (which checkpoint a command uses and whether it fits) and
+:mod:`advmim_lightning.resume` (which checkpoint a command uses and whether it fits) and
 :mod:`advmim_lightning.loggers` (the run folder's loggers).
 """
 
@@ -20,7 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from advmim_lightning.checkpoints import (
+from advmim_lightning.cli import (
+    DEFAULT_NETWORKS,
+    AdvMIMCLI,
+    build_cli,
+)
+from advmim_lightning.paths import run_file_name
+from advmim_lightning.resume import (
     EVALUATION_COMMANDS,
     RUNTIME_MODEL_SETTINGS,
     STRUCTURAL_SETTINGS,
@@ -30,12 +36,6 @@ from advmim_lightning.checkpoints import (
     checkpoint_conflict,
     find_run_checkpoint,
 )
-from advmim_lightning.cli import (
-    DEFAULT_NETWORKS,
-    AdvMIMCLI,
-    build_cli,
-)
-from advmim_lightning.paths import run_file_name
 
 __all__ = [
     "DEFAULT_NETWORKS",

@@ -1,9 +1,19 @@
 """``AdvMIMModule``: the AdvMIM training algorithm and the CTCT / supervised baselines.
 
-This module only *wires* the parts: networks come from :mod:`advmim_lightning.networks`, loss
-terms from :mod:`advmim_lightning.losses`, schedules from :mod:`advmim_lightning.schedules` and
-3D metrics from :mod:`advmim_lightning.metrics`. ``docs/method.md`` describes the method, its
-defaults and where they come from.
+This module only *wires* the parts into Lightning's hooks: the optimiser steps, logging and
+the evaluation steps. The method's defaults and argument checks are in
+:mod:`advmim_lightning.method.config`, its loss terms in :mod:`~advmim_lightning.method.objective`,
+slice-wise inference in :mod:`~advmim_lightning.method.inference`; networks come from
+:mod:`advmim_lightning.networks`, loss functions from :mod:`advmim_lightning.losses`, schedules
+from :mod:`advmim_lightning.schedules`, 3D metrics from :mod:`advmim_lightning.metrics`, the
+checkpoint trust rule from :mod:`advmim_lightning.checkpoints`, the checks of networks, batches
+and trainers from :mod:`advmim_lightning.contracts`, the optimisers from
+:mod:`advmim_lightning.optim` (``docs/architecture.md`` lists every file). ``docs/method.md``
+describes the method, its defaults and where they come from.
+
+The file is longer than the library's other modules (about 900 lines) because
+``AdvMIMModule`` is one class: its docstring is the reference of all 39 arguments (about 110
+lines, which LightningCLI shows as ``--help``) and it holds every Lightning hook of the run.
 
 One training *iteration* is one paired batch (labeled + unlabeled) and, for AdvMIM, four
 optimiser steps (two segmenters, then two discriminators); CTCT and the supervised baseline take
@@ -17,31 +27,23 @@ are done. Setting ``trainer.max_steps`` is not needed; if you set it, use
 
 from __future__ import annotations
 
-import copy
-import csv
-import importlib
 import logging
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from advmim_lightning import checkpoints, contracts, lightning_private, optim
 from advmim_lightning.cuda_graph import GraphedIteration
-from advmim_lightning.losses import (
-    confidence_weighted_cross_entropy,
-    cross_entropy_loss,
-    dice_loss,
-    lsgan_loss,
-    weighted_dice_loss,
-)
-from advmim_lightning.metrics import METRIC_NAMES, SegmentationMetrics
+from advmim_lightning.method import config, inference, objective
+from advmim_lightning.method.config import METHOD_DEFAULTS, NETWORK_NAMES, Method
+from advmim_lightning.method.objective import SegmenterOutputs
+from advmim_lightning.method.randomness import mix_seed
+from advmim_lightning.metrics import SegmentationMetrics
 from advmim_lightning.networks import (
     Discriminator,
     SwinUNet,
@@ -50,62 +52,11 @@ from advmim_lightning.networks import (
     random_init_warning,
 )
 from advmim_lightning.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
-from advmim_lightning.resize import zoom_nearest
 from advmim_lightning.schedules import ctct_consistency_weight, poly_lr
 
+__all__ = ["METHOD_DEFAULTS", "NETWORK_NAMES", "AdvMIMModule", "Method", "SegmenterOutputs"]
+
 log = logging.getLogger(__name__)
-
-Method = Literal["advmim", "ctct", "supervised"]
-NETWORK_NAMES = ("transformer", "cnn")
-
-#: The published defaults of each method (docs/method.md). ``None`` arguments resolve to these.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "advmim": {
-        "lr": 0.05,
-        "grad_clip_norm": 5.0,
-        "sup_weight": 1.0,
-        "cross_teaching_weight": 0.1,
-        "cross_teaching_rampup": False,
-        "masked_sup_weight": 1.0,
-        "masked_pseudo_weight": 1.0,
-        "adversarial_weight": 0.001,
-        "discriminator_weight": 0.1,
-        "forward_batching": "separate",
-    },
-    "ctct": {
-        "lr": 0.01,
-        "grad_clip_norm": 0.0,
-        "sup_weight": 0.5,
-        "cross_teaching_weight": 0.1,
-        "cross_teaching_rampup": True,
-        "forward_batching": "joint",
-    },
-    "supervised": {
-        "lr": 0.01,
-        "grad_clip_norm": 0.0,
-        "sup_weight": 0.5,
-    },
-}
-
-
-@dataclass
-class SegmenterOutputs:
-    """What the segmenter pass of one iteration leaves for logging and the discriminators.
-
-    Attributes:
-        terms: Unweighted loss terms by ``<term>_<network>`` (scalars).
-        weighted: The weighted parts whose sum is backpropagated.
-        probs: Softmax of each network's original-domain prediction on ``[x_l; x_u]``.
-        masked_unlabeled_probs: Softmax of each network's masked-domain prediction on ``x_u``
-            (AdvMIM only).
-        n_labeled: ``B_l``, where the unlabeled part of ``probs`` starts.
-    """
-
-    terms: dict[str, Tensor]
-    weighted: dict[str, Tensor]
-    probs: dict[str, Tensor]
-    masked_unlabeled_probs: dict[str, Tensor]
-    n_labeled: int
 
 
 class AdvMIMModule(pl.LightningModule):
@@ -266,39 +217,24 @@ class AdvMIMModule(pl.LightningModule):
         cuda_graph: bool = False,
     ) -> None:
         super().__init__()
-        if method not in METHOD_DEFAULTS:
-            raise ValueError(f"method={method!r} is not one of {sorted(METHOD_DEFAULTS)}")
-        _check_choice("loss_variant", loss_variant, ("public_code", "paper"))
-        if forward_batching is not None:
-            _check_choice("forward_batching", forward_batching, ("separate", "joint"))
-        _check_choice("discriminator_real", discriminator_real, ("labeled", "unlabeled"))
-        _check_choice("eval_network", eval_network, ("transformer", "cnn", "ensemble"))
-        _check_choice("eval_interpolation", eval_interpolation, ("nearest", "bilinear"))
-        _check_choice("nonfinite_check", nonfinite_check, ("raise", "skip", "off"))
-        _check_choice("optimizer_impl", optimizer_impl, ("auto", "for_loop", "foreach", "fused"))
-        if compile_networks is not None:
-            _check_choice(
-                "compile_networks", compile_networks, ("default", "reduce-overhead", "max-autotune")
-            )
-        if cuda_graph and compile_networks in ("reduce-overhead", "max-autotune"):
-            raise ValueError(
-                f"cuda_graph=True captures the whole iteration in one CUDA graph; "
-                f"compile_networks={compile_networks!r} captures CUDA graphs of its own, and "
-                "graphs cannot nest. Use compile_networks='default' (or null) with cuda_graph."
-            )
-        if max_skipped_in_a_row < 1:
-            raise ValueError(f"max_skipped_in_a_row must be >= 1, got {max_skipped_in_a_row}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background + 1), got {num_classes}")
-        image_size = _pair(image_size, "image_size")
-        if max_iterations < 1:
-            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-        if method == "advmim" and any(s % mask_block_size for s in image_size):
-            raise ValueError(
-                f"image_size={image_size} must be divisible by mask_block_size={mask_block_size}"
-            )
+        image_size = config.check_arguments(
+            method=method,
+            loss_variant=loss_variant,
+            forward_batching=forward_batching,
+            discriminator_real=discriminator_real,
+            eval_network=eval_network,
+            eval_interpolation=eval_interpolation,
+            nonfinite_check=nonfinite_check,
+            optimizer_impl=optimizer_impl,
+            compile_networks=compile_networks,
+            cuda_graph=cuda_graph,
+            max_skipped_in_a_row=max_skipped_in_a_row,
+            num_classes=num_classes,
+            image_size=image_size,
+            max_iterations=max_iterations,
+            mask_ratio=mask_ratio,
+            mask_block_size=mask_block_size,
+        )
         given = {
             "lr": lr,
             "grad_clip_norm": grad_clip_norm,
@@ -311,24 +247,18 @@ class AdvMIMModule(pl.LightningModule):
             "discriminator_weight": discriminator_weight,
             "forward_batching": forward_batching,
         }
-        defaults = METHOD_DEFAULTS[method]
-        unused = [k for k, v in given.items() if v is not None and k not in defaults]
-        if unused:
-            raise ValueError(
-                f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by "
-                f"method={method!r}; remove {'it' if len(unused) == 1 else 'them'} or choose a "
-                "method that uses it"
-            )
-        resolved = {k: (defaults[k] if given[k] is None else given[k]) for k in defaults}
+        resolved = config.resolve_settings(method, given)
 
         self.method: Method = method
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
-        self.class_names = _class_names(class_names, num_classes)
+        self.class_names = config.resolve_class_names(class_names, num_classes)
         self.eval_network = eval_network
-        self.cnn = _build_network(cnn, UNet, in_channels=in_channels, num_classes=num_classes)
-        self.transformer = _build_network(
+        self.cnn = checkpoints.build_network(
+            cnn, UNet, in_channels=in_channels, num_classes=num_classes
+        )
+        self.transformer = checkpoints.build_network(
             transformer,
             SwinUNet,
             in_channels=in_channels,
@@ -336,7 +266,7 @@ class AdvMIMModule(pl.LightningModule):
             img_size=image_size,
         )
         for name in NETWORK_NAMES:
-            _check_network(name, getattr(self, name), num_classes, in_channels, image_size)
+            contracts.check_network(name, getattr(self, name), num_classes, in_channels, image_size)
         self.uses_unlabeled = method != "supervised"
         self.uses_masking = method == "advmim"
         if not self.uses_masking:
@@ -353,14 +283,13 @@ class AdvMIMModule(pl.LightningModule):
             self.hparams.pop(unused_by_method)
         self.hparams["image_size"] = list(image_size)
         self.hparams["class_names"] = self.class_names
-        self.hparams["cnn"] = _network_spec(self.cnn)
-        self.hparams["transformer"] = _network_spec(self.transformer)
+        self.hparams["cnn"] = checkpoints.network_spec(self.cnn)
+        self.hparams["transformer"] = checkpoints.network_spec(self.transformer)
         # Loggers record ``hparams_initial``: make it what trains (resolved method defaults, the
         # networks' specs), not the arguments as given (None). ``image_size`` keeps the value
         # given (as the data module's, which Lightning merges with it and compares by type).
-        given_size = self._hparams_initial.get("image_size", image_size)
-        self._hparams_initial = copy.deepcopy(self._hparams)
-        self._hparams_initial["image_size"] = given_size
+        given_size = self.hparams_initial.get("image_size", image_size)
+        lightning_private.set_hparams_initial(self, {**self.hparams, "image_size": given_size})
 
         #: Completed training iterations (paired batches); saved in checkpoints and in the
         #: state dict (key ``iteration``), so it travels wherever the weights do (e.g. back
@@ -368,8 +297,8 @@ class AdvMIMModule(pl.LightningModule):
         self.iteration = 0
         #: Whether the weights came from an AdvMIMModule checkpoint (set by on_load_checkpoint).
         self.restored_from_checkpoint = False
-        self.register_state_dict_post_hook(_save_iteration)
-        self.register_load_state_dict_pre_hook(_load_iteration)
+        self.register_state_dict_post_hook(checkpoints.save_iteration)
+        self.register_load_state_dict_pre_hook(checkpoints.load_iteration)
         self._mask_generator: torch.Generator | None = None
         self._mask_generator_iteration = -1
         self._monitor = NonFiniteMonitor()
@@ -423,30 +352,15 @@ class AdvMIMModule(pl.LightningModule):
         Returns:
             The optimisers, in :attr:`trained_part_names` order, and their scheduler configs.
         """
-        parts = self.trained_parts
-        clips = [self.cfg["grad_clip_norm"]] * len(parts)
-        flags = _SGD_IMPLEMENTATIONS[self.hparams.optimizer_impl]
-        optimizers = [
-            torch.optim.SGD(
-                [{"params": [q for q in part.parameters() if q.requires_grad], "clip_norm": clip}],
-                lr=self.cfg["lr"],
-                momentum=self.hparams.momentum,
-                weight_decay=self.hparams.weight_decay,
-                **flags,
-            )
-            for part, clip in zip(parts, clips, strict=True)
-        ]
-        # Each optimiser gets a named scheduler that never changes its rate (factor 1): the
-        # name is what Lightning's LearningRateMonitor logs (lr-cnn, ..., not lr-SGD-3).
-        schedulers = [
-            {
-                "scheduler": torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0),
-                "name": f"lr-{name}",
-                "interval": "step",
-            }
-            for opt, name in zip(optimizers, self.trained_part_names, strict=True)
-        ]
-        return optimizers, schedulers
+        return optim.build_optimizers(
+            self.trained_parts,
+            self.trained_part_names,
+            lr=self.cfg["lr"],
+            momentum=self.hparams.momentum,
+            weight_decay=self.hparams.weight_decay,
+            clip_norm=self.cfg["grad_clip_norm"],
+            impl=self.hparams.optimizer_impl,
+        )
 
     @property
     def trained_part_names(self) -> list[str]:
@@ -474,66 +388,26 @@ class AdvMIMModule(pl.LightningModule):
             for part in self.trained_parts:
                 part.to(memory_format=torch.channels_last)
         mode = self.hparams.compile_networks
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        fitting = lightning_private.has_trainer(self) and self.trainer.state.fn == "fit"
         if mode is not None and fitting and not getattr(self, "_networks_compiled", False):
             for part in self.trained_parts:
                 part.compile(mode=mode)
             self._networks_compiled = True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Lightning calls this inside ``optimizer.step()``. Gradients are never loss-scaled
-        # (16-mixed is refused), so the norm is clipped directly: Lightning's own
-        # ``clip_gradients`` refuses fused optimisers under mixed precision.
-        clip = optimizer.param_groups[0].get("clip_norm", 0.0)
-        if clip:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        # Lightning calls this inside ``optimizer.step()``.
+        optim.clip_gradients(optimizer)
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
         if self.hparams.get("cuda_graph", False):
             self._check_cuda_graph_trainer()
-        precision = getattr(self.trainer, "precision_plugin", None)
-        if getattr(precision, "scaler", None) is not None:
-            raise ValueError(
-                "precision='16-mixed' is not supported: Lightning updates the loss scale after "
-                "each of the several optimisers stepped from one backward pass, which unscales "
-                "the later ones with the wrong factor. Use precision='bf16-mixed' (or 32)."
-            )
-        strategy = self.trainer.strategy
-        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
-        if (
-            self.uses_masking
-            and ddp_kwargs is not None
-            and not ddp_kwargs.get("find_unused_parameters", False)
-        ):
-            start = getattr(strategy, "_start_method", "popen")
-            variant = "ddp" if start == "popen" else f"ddp_{start}"
-            raise ValueError(
-                f"method='advmim' under {type(strategy).__name__} ({variant!r}) needs "
-                "find_unused_parameters=True: each iteration runs two backward passes over "
-                "different parts (segmenters, then discriminators). Use "
-                f"strategy='{variant}_find_unused_parameters_true'"
-                + (" (configs/trainer/ddp.yaml does)." if variant == "ddp" else ".")
-            )
+        contracts.check_fit_trainer(self.trainer, self.uses_masking)
 
     def _check_cuda_graph_trainer(self) -> None:
         """Refuse ``cuda_graph=True`` where one captured iteration cannot serve the run."""
-        device = self.trainer.strategy.root_device
-        if device.type != "cuda":
-            raise ValueError(
-                f"model.cuda_graph=true captures the training iteration as a CUDA graph and "
-                f"needs a CUDA GPU, but this run trains on {device.type!r}. Set "
-                "model.cuda_graph=false (the default) or train on a GPU "
-                "(trainer.accelerator=gpu)."
-            )
-        if self.trainer.world_size > 1:
-            raise ValueError(
-                f"model.cuda_graph=true is not supported with {self.trainer.world_size} "
-                "processes: DDP's gradient all-reduce would have to be captured in the graph. "
-                "Set model.cuda_graph=false for multi-GPU runs."
-            )
+        contracts.check_cuda_graph_trainer(self.trainer)
 
     def on_fit_start(self) -> None:
         """Warn once (rank 0) when a fresh fit starts a Swin-T sized Swin-UNet from random weights.
@@ -584,7 +458,7 @@ class AdvMIMModule(pl.LightningModule):
             self._mask_generator_iteration = -1
         if self._mask_generator_iteration != self.iteration:
             self._mask_generator.manual_seed(
-                _mix_seed(self.hparams.rng_seed, self.global_rank, self.iteration)
+                mix_seed(self.hparams.rng_seed, self.global_rank, self.iteration)
             )
             self._mask_generator_iteration = self.iteration
         return self._mask_generator
@@ -606,7 +480,7 @@ class AdvMIMModule(pl.LightningModule):
         # with frozen batch-norm statistics.
         self.train()
         # A resumed optimiser brings the saved implementation flags: apply the current ones.
-        flags = _SGD_IMPLEMENTATIONS[self.hparams.optimizer_impl]
+        flags = optim.SGD_IMPLEMENTATIONS[self.hparams.optimizer_impl]
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
                 group.update(flags)
@@ -617,7 +491,7 @@ class AdvMIMModule(pl.LightningModule):
                 self.trained_parts, self.trainer.optimizers, self.hparams.max_skipped_in_a_row
             )
         self._set_learning_rates(self._current_lr())
-        self._watch_segmenter_contract("train")
+        contracts.watch_segmenter_contract(self, "train")
         self._graphed = None
         if self.hparams.get("cuda_graph", False):
             self._graphed = GraphedIteration(self, capture=self.device.type == "cuda")
@@ -633,31 +507,13 @@ class AdvMIMModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     def on_validation_start(self) -> None:
-        self._watch_segmenter_contract("eval")
+        contracts.watch_segmenter_contract(self, "eval")
 
     def on_test_start(self) -> None:
-        self._watch_segmenter_contract("eval")
+        contracts.watch_segmenter_contract(self, "eval")
 
     def on_predict_start(self) -> None:
-        self._watch_segmenter_contract("eval")
-
-    def _watch_segmenter_contract(self, mode: str) -> None:
-        """Check each segmenter's next output against the contract, once per ``mode``.
-
-        A forward hook (removed after its first call) looks at what the network returns on the
-        first batch of training (``"train"``: ``net(x, mask=m)`` for AdvMIM) or evaluation
-        (``"eval"``: ``net(x)``): no extra forward pass, nothing on the device. Skipped for
-        networks compiled with ``compile_networks`` (a hook would be compiled into the graph).
-        """
-        if mode in self._contract_checked or getattr(self, "_networks_compiled", False):
-            return
-        for handle in self._contract_hooks.values():
-            handle.remove()
-        self._contract_hooks = {}
-        for name, net in self.segmenters.items():
-            self._contract_hooks[name] = net.register_forward_hook(
-                _ContractCheck(self, name, mode), with_kwargs=True
-            )
+        contracts.watch_segmenter_contract(self, "eval")
 
     def _set_learning_rates(self, lr: float) -> None:
         """Set every optimiser's rate (before the batch hooks, where lr monitors read it)."""
@@ -671,7 +527,7 @@ class AdvMIMModule(pl.LightningModule):
             return -1
         # Dropout and drop-path draw from torch's global generators: key them by iteration
         # too (a host-side re-seed, no device sync), so a resume needs no RNG state.
-        torch.manual_seed(_mix_seed(self.hparams.rng_seed, self.global_rank, self.iteration, 1))
+        torch.manual_seed(mix_seed(self.hparams.rng_seed, self.global_rank, self.iteration, 1))
         return None
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
@@ -680,7 +536,7 @@ class AdvMIMModule(pl.LightningModule):
         Loss values stay on the device; they are handed to the loggers only on logging steps
         (``trainer.log_every_n_steps``), so the step itself never waits for the GPU.
         """
-        _check_training_batch(batch)
+        contracts.check_training_batch(batch)
         labeled = batch["labeled"]
         x_l, y = self._layout(labeled["image"]), labeled["label"]
         x_u = None
@@ -711,8 +567,7 @@ class AdvMIMModule(pl.LightningModule):
             total = total.detach().clone()
             finite = skipper.gradients_finite() if skipper is not None else None
             for opt in optimizers:  # the graph stepped them: count the steps as Lightning does
-                opt._on_before_step()
-                opt._on_after_step()
+                lightning_private.count_optimizer_step(opt)
         else:
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
@@ -764,7 +619,7 @@ class AdvMIMModule(pl.LightningModule):
             FloatingPointError: As described for ``nonfinite_check``.
         """
         if self.hparams.nonfinite_check == "raise":
-            strategy = self.trainer.strategy if self._trainer is not None else None
+            strategy = self.trainer.strategy if lightning_private.has_trainer(self) else None
             reduce = None
             if strategy is not None and self.trainer.world_size > 1:
 
@@ -805,70 +660,24 @@ class AdvMIMModule(pl.LightningModule):
                 when None.
 
         Returns:
-            The unweighted terms by ``<term>_<network>``, the weighted parts of the total, and
-            the softmax maps the discriminator step reuses (detached there).
+            :func:`advmim_lightning.method.objective.segmenter_losses`' outputs.
         """
-        n_l = x_l.shape[0]
         logits, masked_logits = self._segmenter_forward(x_l, x_u, masks)
-        probs = {name: out.float().softmax(1) for name, out in logits.items()}
-
-        cfg = self.cfg
-        variant = self.hparams.loss_variant
-        terms: dict[str, Tensor] = {}
-        weighted: dict[str, Tensor] = {}
-        masked_unlabeled_probs: dict[str, Tensor] = {}
-        for name, other in (("transformer", "cnn"), ("cnn", "transformer")):
-            ce = cross_entropy_loss(logits[name][:n_l], y)
-            dice = dice_loss(probs[name][:n_l], y)
-            terms[f"sup_ce_{name}"], terms[f"sup_dice_{name}"] = ce, dice
-            weighted[f"sup_{name}"] = cfg["sup_weight"] * (ce + dice)
-            if x_u is None:
-                continue
-
-            # Pseudo-labels and confidences of the *other* network, never differentiated.
-            with torch.no_grad():
-                confidence, pseudo = probs[other][n_l:].detach().max(1)
-            ct = dice_loss(probs[name][n_l:], pseudo)
-            terms[f"cross_teaching_{name}"] = ct
-            weighted[f"cross_teaching_{name}"] = ct_weight * ct
-            if not self.uses_masking:
-                continue
-
-            m_logits = masked_logits[name].float()
-            m_ce = cross_entropy_loss(m_logits[:n_l], y)
-            terms[f"masked_sup_ce_{name}"] = m_ce
-            masked_sup = m_ce
-            m_probs = m_logits.softmax(1)
-            if variant == "paper" or name == "cnn":
-                m_dice = dice_loss(m_probs[:n_l], y)
-                terms[f"masked_sup_dice_{name}"] = m_dice
-                masked_sup = masked_sup + m_dice
-            weighted[f"masked_sup_{name}"] = cfg["masked_sup_weight"] * masked_sup
-
-            pl_ce = confidence_weighted_cross_entropy(m_logits[n_l:], pseudo, confidence)
-            terms[f"masked_pseudo_ce_{name}"] = pl_ce
-            masked_pseudo = pl_ce
-            if variant == "paper":
-                pl_dice = weighted_dice_loss(m_probs[n_l:], pseudo, confidence)
-                terms[f"masked_pseudo_dice_{name}"] = pl_dice
-                masked_pseudo = masked_pseudo + pl_dice
-            weighted[f"masked_pseudo_{name}"] = cfg["masked_pseudo_weight"] * masked_pseudo
-
-            masked_unlabeled_probs[name] = m_probs[n_l:]
-            disc = self._discriminator(name)
-            with _frozen(disc):
-                adv = lsgan_loss(disc(m_probs[n_l:]), target_is_real=True)
-            terms[f"adv_{name}"] = adv
-            weighted[f"adv_{name}"] = cfg["adversarial_weight"] * adv
-        return SegmenterOutputs(terms, weighted, probs, masked_unlabeled_probs, n_l)
+        return objective.segmenter_losses(
+            logits,
+            masked_logits,
+            y,
+            x_l.shape[0],
+            unlabeled=x_u is not None,
+            settings=self.cfg,
+            ct_weight=ct_weight,
+            loss_variant=self.hparams.loss_variant,
+            discriminators=self.discriminators if self.uses_masking else None,
+        )
 
     def _forward_batches(self, x_l: Tensor, x_u: Tensor | None) -> list[Tensor]:
         """The batches each segmenter is called on, in order (see ``forward_batching``)."""
-        if x_u is None:
-            return [x_l]
-        if self.cfg.get("forward_batching") != "separate":
-            return [torch.cat([x_l, x_u])]
-        return [x_l, x_u]
+        return objective.forward_batches(x_l, x_u, self.cfg.get("forward_batching"))
 
     def _draw_iteration_masks(self, x_l: Tensor, x_u: Tensor | None) -> list[Tensor]:
         """AdvMIM's masks of this iteration, one per segmenter call, in call order.
@@ -900,57 +709,32 @@ class AdvMIMModule(pl.LightningModule):
         """
         if masks is None:
             masks = self._draw_iteration_masks(x_l, x_u)
-        next_mask = iter(masks)
-        parts: dict[str, list[Tensor]] = {name: [] for name in NETWORK_NAMES}
-        masked_parts: dict[str, list[Tensor]] = {name: [] for name in NETWORK_NAMES}
-        for x in self._forward_batches(x_l, x_u):
-            for name, net in self.segmenters.items():
-                if self.uses_masking:
-                    out, masked = net(x, mask=next(next_mask))
-                    masked_parts[name].append(masked)
-                else:
-                    out = net(x)
-                parts[name].append(out)
-        logits = {name: _joined(p) for name, p in parts.items()}
-        masked_logits = {name: _joined(p) for name, p in masked_parts.items() if p}
-        return logits, masked_logits
+        batches = self._forward_batches(x_l, x_u)
+        return objective.segmenter_forward(self.segmenters, batches, masks, self.uses_masking)
 
-    def _discriminator(self, network: str) -> nn.Module:
-        return self.disc_transformer if network == "transformer" else self.disc_cnn
+    @property
+    def discriminators(self) -> dict[str, nn.Module]:
+        """AdvMIM's discriminators by the name of the segmenter they judge."""
+        return {"transformer": self.disc_transformer, "cnn": self.disc_cnn}
 
     def _discriminator_losses(self, out: SegmenterOutputs) -> dict[str, Tensor]:
         """LSGAN discriminator terms on detached maps ("real" per ``discriminator_real``)."""
-        n_l, probs, masked_unlabeled_probs = out.n_labeled, out.probs, out.masked_unlabeled_probs
-        terms = {}
-        for name in NETWORK_NAMES:
-            disc = self._discriminator(name)
-            real_probs = (
-                probs[name][:n_l]
-                if self.hparams.discriminator_real == "labeled"
-                else (probs[name][n_l:])
-            )
-            real = lsgan_loss(disc(real_probs.detach()), target_is_real=True)
-            fake = lsgan_loss(disc(masked_unlabeled_probs[name].detach()), target_is_real=False)
-            terms[f"disc_{name}"] = real + fake
-        return terms
+        return objective.discriminator_losses(
+            out, self.discriminators, self.hparams.discriminator_real
+        )
 
     # ------------------------------------------------------------------ evaluation
     def _probabilities(self, x: Tensor) -> dict[str, Tensor]:
         """Softmax of each network (and their mean, ``"ensemble"``) for ``B x C x H x W``."""
-        probs = {name: net(x).float().softmax(1) for name, net in self.segmenters.items()}
-        probs["ensemble"] = 0.5 * (probs["transformer"] + probs["cnn"])
-        return probs
+        return inference.probabilities(self.segmenters, x)
 
     @torch.no_grad()
     def predict_volume(self, image: Tensor) -> dict[str, Tensor]:
         """Label volumes of a whole case, predicted slice by slice as SSL4MIS evaluates.
 
-        Each slice is resized to ``image_size``, segmented, the argmax taken at network
-        resolution and resized back to the slice size. Both resizes use
-        ``scipy.ndimage.zoom(order=0)``'s index mapping (:func:`advmim_lightning.resize.
-        zoom_nearest`, index gathers on the volume's device); ``eval_interpolation="bilinear"``
-        resizes the image bilinearly instead (``align_corners=True``, as the training option),
-        the prediction still goes back with the zoom mapping.
+        Slices go to ``image_size`` and the predictions back to the slice size as
+        :func:`advmim_lightning.method.inference.predict_volume` describes
+        (``eval_interpolation``, ``eval_slice_batch``).
 
         Args:
             image: ``C x D x H x W`` float volume (slices along ``D``).
@@ -958,31 +742,19 @@ class AdvMIMModule(pl.LightningModule):
         Returns:
             ``{"transformer", "cnn", "ensemble"}`` -> ``D x H x W`` int64 label volumes.
         """
-        if image.ndim != 4:
-            raise ValueError(f"expected a C x D x H x W volume, got shape {tuple(image.shape)}")
-        slices = image.movedim(1, 0)  # D x C x H x W
-        size = (int(slices.shape[-2]), int(slices.shape[-1]))
-        resize = size != tuple(self.image_size)
-        bilinear = self.hparams.eval_interpolation == "bilinear"
-        out: dict[str, list[Tensor]] = {name: [] for name in (*NETWORK_NAMES, "ensemble")}
-        for start in range(0, slices.shape[0], self.hparams.eval_slice_batch):
-            chunk = slices[start : start + self.hparams.eval_slice_batch]
-            if resize and bilinear:
-                chunk = F.interpolate(
-                    chunk, size=self.image_size, mode="bilinear", align_corners=True
-                )
-            elif resize:
-                chunk = zoom_nearest(chunk, self.image_size)
-            for name, prob in self._probabilities(chunk).items():
-                labels = prob.argmax(1)  # B x h x w int64
-                out[name].append(zoom_nearest(labels, size) if resize else labels)
-        return {name: torch.cat(parts) for name, parts in out.items()}
+        return inference.predict_volume(
+            self.segmenters,
+            image,
+            self.image_size,
+            self.hparams.eval_slice_batch,
+            self.hparams.eval_interpolation,
+        )
 
     def validation_step(self, item: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
         """Score one case; returns the label volumes by network (for panel logging)."""
         predictions = self.predict_volume(item["image"])
         label = item["label"]
-        index, spacing = _case_index_and_spacing(item)
+        index, spacing = inference.case_index_and_spacing(item)
         self.val_metrics.update(predictions[self.eval_network], label, index, spacing)
         for name, metric in self.val_dice_per_network.items():
             metric.update(predictions[name], label, index, spacing)
@@ -1000,7 +772,7 @@ class AdvMIMModule(pl.LightningModule):
 
     def test_step(self, item: Mapping[str, Any], batch_idx: int) -> None:
         predictions = self.predict_volume(item["image"])
-        index, spacing = _case_index_and_spacing(item)
+        index, spacing = inference.case_index_and_spacing(item)
         self._test_case_ids[index] = str(item["case_id"])
         self.test_metrics.update(predictions[self.eval_network], item["label"], index, spacing)
 
@@ -1029,26 +801,19 @@ class AdvMIMModule(pl.LightningModule):
         Returns:
             The path written: ``<out_dir>/test_metrics.csv``.
         """
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "test_metrics.csv"
-        names = self.class_names[1:]
-        columns = [f"{m}_{c}" for m in METRIC_NAMES for c in names]
-        columns += [f"{m}_mean" for m in METRIC_NAMES]
         dataset_ids = self._dataset_case_ids()
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["case_id", *columns])
-            for index, values in zip(indices.tolist(), table, strict=True):
-                case_id = self._test_case_ids.get(index) or dataset_ids.get(index, str(index))
-                row = [float(v) for v in values.flatten()]
-                row += [float(values[i].mean()) for i in range(len(METRIC_NAMES))]
-                writer.writerow([case_id, *(f"{v:.6g}" for v in row)])
-            mean_row = [float(summary[f"{m}_{c}"]) for m in METRIC_NAMES for c in names]
-            mean_row += [float(summary[f"{m}_mean"]) for m in METRIC_NAMES]
-            writer.writerow(["mean", *(f"{v:.6g}" for v in mean_row)])
-        return path
+        test_ids = {index: case_id for index, case_id in self._test_case_ids.items() if case_id}
+        return inference.write_test_csv(
+            out_dir / "test_metrics.csv",
+            indices,
+            table,
+            summary,
+            self.class_names[1:],
+            {**dataset_ids, **test_ids},
+        )
 
     def _dataset_case_ids(self) -> dict[int, str]:
+        """The test dataset's case ids by index, where the trainer's data module offers them."""
         datamodule = getattr(self.trainer, "datamodule", None)
         dataset = getattr(datamodule, "test_dataset", None)
         case_ids = getattr(dataset, "case_ids", None)
@@ -1085,12 +850,10 @@ class AdvMIMModule(pl.LightningModule):
         Only local paths (``str`` or ``Path``) are checked; a file object or a remote URL goes
         to Lightning unchecked.
         """
-        from advmim_lightning.export import read_checkpoint, refuse_untrusted_classes
-
         if isinstance(checkpoint_path, (str, Path)):
-            checkpoint = read_checkpoint(checkpoint_path, check_classes=False)
-            _require_own_networks(checkpoint, checkpoint_path, given=kwargs)
-            refuse_untrusted_classes(checkpoint, checkpoint_path, overridden=kwargs)
+            checkpoint = checkpoints.read_checkpoint(checkpoint_path, check_classes=False)
+            checkpoints.require_own_networks(checkpoint, checkpoint_path, given=kwargs)
+            checkpoints.refuse_untrusted_classes(checkpoint, checkpoint_path, overridden=kwargs)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def to_torchscript(  # type: ignore[override]
@@ -1130,249 +893,3 @@ class AdvMIMModule(pl.LightningModule):
         self.iteration = int(checkpoint.get("advmim", {}).get("iteration", 0))
         self.restored_from_checkpoint = True
         self._mask_generator_iteration = -1
-
-
-# ---------------------------------------------------------------------- helpers
-#: ``torch.optim.SGD`` implementation flags per ``optimizer_impl``.
-_SGD_IMPLEMENTATIONS: dict[str, dict[str, bool | None]] = {
-    "auto": {"foreach": None, "fused": None},
-    "for_loop": {"foreach": False, "fused": None},
-    "foreach": {"foreach": True, "fused": None},
-    "fused": {"foreach": None, "fused": True},
-}
-
-
-def _save_iteration(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
-) -> None:
-    """State-dict post-hook: store ``module.iteration`` as ``<prefix>iteration`` (int64)."""
-    state_dict[prefix + "iteration"] = torch.tensor(module.iteration, dtype=torch.int64)
-
-
-def _load_iteration(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    local_metadata: dict[str, Any],
-    strict: bool,
-    missing_keys: list[str],
-    unexpected_keys: list[str],
-    error_msgs: list[str],
-) -> None:
-    """Load pre-hook: take ``<prefix>iteration`` back out (older state dicts have none)."""
-    value = state_dict.pop(prefix + "iteration", None)
-    if value is not None:
-        module.iteration = int(value)
-        module._mask_generator_iteration = -1
-
-
-def _mix_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys (splitmix64-style mixing, stable across runs)."""
-    state = 0x9E3779B97F4A7C15
-    for key in keys:
-        state = (state ^ (key & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return state >> 1
-
-
-def _case_index_and_spacing(item: Mapping[str, Any]) -> tuple[int, Any]:
-    """An evaluation item's case index, and its spacing (None when unknown: voxel units)."""
-    spacing = item["spacing"] if item.get("spacing_known", True) else None
-    return int(item["case_index"]), spacing
-
-
-def _joined(parts: list[Tensor]) -> Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
-
-
-def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be two positive ints (H, W), got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
-    if names is None:
-        return ["background", *(f"class{i}" for i in range(1, num_classes))]
-    if len(names) != num_classes:
-        raise ValueError(
-            f"class_names has {len(names)} entries {list(names)} but num_classes={num_classes}"
-        )
-    return [str(n) for n in names]
-
-
-def _network_spec(net: nn.Module) -> dict[str, Any]:
-    cls = type(net)
-    config = getattr(net, "config", None)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": config}
-
-
-def _require_own_networks(
-    checkpoint: Mapping[str, Any], path: str | Path, given: Mapping[str, Any]
-) -> None:
-    """Ask for the instance of a stored network from outside the library that is not given."""
-    hparams = checkpoint.get("hyper_parameters") or {}
-    for name in NETWORK_NAMES:
-        spec = hparams.get(name)
-        if name in given or not isinstance(spec, Mapping):
-            continue
-        class_path = str(spec.get("class_path", ""))
-        if class_path and not class_path.startswith("advmim_lightning."):
-            raise ValueError(
-                f"{path} names the class {class_path!r} as its {name} network, from outside "
-                "advmim_lightning; networks are never rebuilt from a checkpoint: pass the "
-                "instance, built as for training (the weights come from the checkpoint): "
-                f"AdvMIMModule.load_from_checkpoint({str(path)!r}, {name}=MyNet(...)). "
-                "(ADVMIM_TRUSTED_CLASSES does not rebuild networks; it only lets a checkpoint "
-                "you trust name other classes of your packages.)"
-            )
-
-
-def _build_network(
-    net: nn.Module | Mapping[str, Any] | None, default: type[nn.Module], **kwargs: Any
-) -> nn.Module:
-    if net is None:
-        return default(**kwargs)
-    if isinstance(net, nn.Module):
-        return net
-    if isinstance(net, Mapping) and "class_path" in net:
-        class_path = str(net["class_path"])
-        if not class_path.startswith("advmim_lightning."):
-            raise ValueError(
-                f"refusing to import network class {class_path!r} from a stored spec: only "
-                "classes in advmim_lightning are rebuilt automatically. Pass the network "
-                "instance yourself (e.g. load_from_checkpoint(path, cnn=MyNet(...)))."
-            )
-        if net.get("init_args") is None:
-            raise ValueError(f"the stored spec of {class_path!r} has no init_args to rebuild it")
-        module_name, _, cls_name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module_name), cls_name)
-        return cls(**dict(net["init_args"]))
-    raise TypeError(f"expected an nn.Module, a class_path spec or None, got {type(net).__name__}")
-
-
-def _check_network(
-    name: str, net: nn.Module, num_classes: int, in_channels: int, image_size: tuple[int, int]
-) -> None:
-    found = getattr(net, "num_classes", num_classes)
-    if found != num_classes:
-        raise ValueError(f"{name} predicts {found} classes but num_classes={num_classes}")
-    found = getattr(net, "in_channels", in_channels)
-    if found != in_channels:
-        raise ValueError(
-            f"{name} takes {found} input channels but in_channels={in_channels}; build it with "
-            f"in_channels={in_channels} (--model.{name}.init_args.in_channels {in_channels})"
-        )
-    size = getattr(net, "img_size", None)
-    if size is not None and tuple(_pair(size, "img_size")) != tuple(image_size):
-        raise ValueError(
-            f"{name} is built for img_size={tuple(_pair(size, 'img_size'))} but "
-            f"image_size={image_size}; build it with the data's image size"
-        )
-
-
-_TRAINING_BATCH = (
-    '{"labeled": {"image": B x C x H x W float, "label": B x H x W int64}, '
-    '"unlabeled": {"image": B x C x H x W float}}'
-)
-
-
-def _check_training_batch(batch: Any) -> None:
-    """Refuse a training batch that is not the paired dict (cheap: no tensor is read)."""
-    labeled = batch.get("labeled") if isinstance(batch, Mapping) else None
-    if isinstance(labeled, Mapping) and "image" in labeled and "label" in labeled:
-        return
-    if isinstance(batch, Mapping):
-        found = f"a dict with keys {sorted(map(str, batch))}"
-        if isinstance(labeled, Mapping):
-            found += f" whose 'labeled' entry has keys {sorted(map(str, labeled))}"
-    elif isinstance(batch, (tuple, list)):
-        found = f"a {type(batch).__name__} of {len(batch)} entries"
-    else:
-        found = f"a {type(batch).__name__}"
-    raise TypeError(
-        f"AdvMIMModule.training_step expects a paired batch {_TRAINING_BATCH} ('unlabeled' "
-        f"only left out with method='supervised'), got {found}. AdvMIMDataModule's loader "
-        "yields it; a loader of your own must return that dict (a DataLoader with "
-        "batch_size=None over a dataset of whole batches, or a collate_fn building it)."
-    )
-
-
-def _describe_output(value: Any) -> str:
-    """What a network returned, in words (types and shapes)."""
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    if isinstance(value, (tuple, list)):
-        parts = ", ".join(_describe_output(v) for v in value[:4])
-        more = ", ..." if len(value) > 4 else ""
-        return f"a {type(value).__name__} of {len(value)} ({parts}{more})"
-    return f"a {type(value).__name__}"
-
-
-class _ContractCheck:
-    """Forward hook checking a segmenter's first output against the segmenter contract."""
-
-    def __init__(self, module: AdvMIMModule, name: str, mode: str) -> None:
-        self.module, self.name, self.mode = module, name, mode
-
-    def __call__(
-        self, net: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> None:
-        module = self.module
-        handle = module._contract_hooks.pop(self.name, None)
-        if handle is not None:
-            handle.remove()
-        if not module._contract_hooks:
-            module._contract_checked.add(self.mode)
-        x = args[0] if args else kwargs.get("x")
-        if not isinstance(x, Tensor) or x.ndim != 4:
-            return  # not called the way the module calls it; nothing to compare with
-        expected = (x.shape[0], module.num_classes, *x.shape[-2:])
-        masked = kwargs.get("mask") is not None
-        if masked:
-            wanted = f"a pair (logits, masked_logits) of tensors of shape {expected}"
-            outputs = list(output) if isinstance(output, (tuple, list)) else None
-            ok_type = outputs is not None and len(outputs) == 2
-            given = f"x of shape {tuple(x.shape)} and mask= (a B x H x W bool mask)"
-        else:
-            wanted = f"one tensor of logits of shape {expected}"
-            outputs = [output]
-            ok_type = True
-            given = f"x of shape {tuple(x.shape)}"
-        ok_type = ok_type and all(isinstance(o, Tensor) for o in outputs or ())
-        if ok_type and all(tuple(o.shape) == expected for o in outputs or ()):
-            return
-        raise (ValueError if ok_type else TypeError)(
-            f"The {self.name} network ({type(net).__name__}) breaks the segmenter contract: "
-            f"given {given} it returned {_describe_output(output)}; expected {wanted} "
-            f"(B x num_classes={module.num_classes} x H x W, the input's resolution). See "
-            "'Swapping a network: the segmenter contract' in the README."
-        )
-
-
-@contextmanager
-def _frozen(*modules: nn.Module):
-    """Temporarily stop parameter gradients of ``modules`` (activations still backpropagate).
-
-    Used around the discriminator call of the generator's adversarial term: the term flows
-    *through* the discriminator into the segmenter, but the discriminator's own parameters
-    record no gradient from it (the public code computes and then zeroes those stale
-    gradients; not computing them is the same update, cheaper).
-    """
-    params = [p for m in modules for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)

@@ -409,9 +409,9 @@ def test_only_errors_the_library_raises_on_purpose_become_one_line(monkeypatch):
         main(["fit"])  # traceback kept: the innermost frame is not the library's
 
     def raises_library_error(args):
-        from advmim_lightning.module import _check_choice
+        from advmim_lightning.method.config import check_choice
 
-        _check_choice("eval_network", "best", ("cnn",))
+        check_choice("eval_network", "best", ("cnn",))
 
     monkeypatch.setattr(cli_main, "build_cli", raises_library_error)
     message = cli_error("fit")
