@@ -19,7 +19,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.parsing import AttributeDict
@@ -27,23 +26,42 @@ from lightning.pytorch.utilities.parsing import AttributeDict
 # --- LightningCLI ---------------------------------------------------------------------------
 
 
-class SubcommandParserHook(LightningCLI):
-    """LightningCLI whose subcommand parsers can be given arguments of their own.
+def _subcommand_parser_hook() -> type:
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-    Lightning 2.6 builds each subcommand's parser in the private
-    ``LightningCLI._prepare_subcommand_parser(klass, subcommand, **kwargs)``; the public
-    ``add_arguments_to_parser`` is not told which subcommand it serves.
-    """
+    class SubcommandParserHook(LightningCLI):
+        """LightningCLI whose subcommand parsers can be given arguments of their own.
 
-    def _prepare_subcommand_parser(
-        self, klass: type, subcommand: str, **kwargs: Any
-    ) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        self.add_arguments_to_subcommand(parser, subcommand)
-        return parser
+        Lightning 2.6 builds each subcommand's parser in the private
+        ``LightningCLI._prepare_subcommand_parser(klass, subcommand, **kwargs)``; the public
+        ``add_arguments_to_parser`` is not told which subcommand it serves.
+        """
 
-    def add_arguments_to_subcommand(self, parser: LightningArgumentParser, subcommand: str) -> None:
-        """Add arguments to the parser of ``subcommand`` only (nothing by default)."""
+        def _prepare_subcommand_parser(
+            self, klass: type, subcommand: str, **kwargs: Any
+        ) -> LightningArgumentParser:
+            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+            self.add_arguments_to_subcommand(parser, subcommand)
+            return parser
+
+        def add_arguments_to_subcommand(
+            self, parser: LightningArgumentParser, subcommand: str
+        ) -> None:
+            """Add arguments to the parser of ``subcommand`` only (nothing by default)."""
+
+    SubcommandParserHook.__module__ = __name__
+    return SubcommandParserHook
+
+
+def __getattr__(name: str) -> Any:
+    # The CLI part imports lightning.pytorch.cli (and so jsonargparse) only when the command
+    # line asks for it: training code, benchmarks and GPU images without jsonargparse import
+    # this file for its other wrappers.
+    if name == "SubcommandParserHook":
+        hook = _subcommand_parser_hook()
+        globals()[name] = hook
+        return hook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- loggers --------------------------------------------------------------------------------

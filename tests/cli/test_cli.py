@@ -366,6 +366,7 @@ def test_bad_input_through_the_cli_names_what_is_wrong(tmp_path):
     data[0, 0, 0] = 9
     nib.save(nib.Nifti1Image(data, image.affine), label)
     nifti = ["-c", ROOT / "configs/nifti/advmim.yaml", "-c", TINY, *common(tmp_path, "bad")]
+    nifti += ["--data.labeled_cases", "4"]  # the config's count (tiny.yaml's 3 is the phantom's)
     message = cli_error("fit", *nifti, "--data.root", root, *fast)
     assert f"{label}: label value(s) [9] outside [0, 4) (num_classes=4)" in message
     message = cli_error("fit", *nifti, "--data.root", tmp_path / "absent", *fast)
