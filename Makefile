@@ -4,6 +4,7 @@
 #   make test-all  the whole suite, slow tests included
 #   make lint      ruff check + format check
 #   make bench     performance benchmarks (print tables)
+#   make notebooks re-execute notebooks/*.ipynb in place and store their outputs (minutes)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Two cores here: one intra-op thread per process keeps tiny-network tests fast and predictable.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline WANDB_SILENT=true
 
-.PHONY: venv test test-all lint format demo bench clean
+.PHONY: venv test test-all lint format demo bench notebooks clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +39,11 @@ test-all: lint
 
 demo: $(STAMP)
 	WANDB_SILENT=true $(PY) -m advmim_lightning.demo
+
+# The user setting of each notebook (configs/quickstart.yaml); the outputs are committed and
+# tests/test_notebooks.py checks they are current.
+notebooks: $(STAMP)
+	WANDB_SILENT=true $(PY) scripts/run_notebooks.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py
