@@ -215,20 +215,14 @@ class GraphedIteration:
         """The step function: everything between the batch and the updated weights."""
         module, static = self.module, self._static
         assert static is not None
-        out = module._segmenter_losses(
+        terms, total = module._losses_and_backward(
             static["x_l"],
             static["y"],
             static.get("x_u"),
             static["ct_weight"],
-            masks=list(self._static_masks),
+            list(self._static_masks),
+            Tensor.backward,
         )
-        total = torch.stack(list(out.weighted.values())).sum()
-        total.backward()
-        terms = dict(out.terms)
-        if module.uses_masking:
-            disc_terms = module._discriminator_losses(out)
-            (module.cfg["discriminator_weight"] * sum(disc_terms.values())).backward()
-            terms.update(disc_terms)
         for optimizer in self.optimizers:  # transformer, CNN, then the discriminators
             clip_gradients(optimizer)
             sgd_update(optimizer, static["lr"])

@@ -28,7 +28,7 @@ are done. Setting ``trainer.max_steps`` is not needed; if you set it, use
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -571,16 +571,9 @@ class AdvMIMModule(pl.LightningModule):
         else:
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            out = self._segmenter_losses(x_l, y, x_u, ct_weight, masks)
-            total = torch.stack(list(out.weighted.values())).sum()
-            terms = out.terms
-            self.manual_backward(total)
-            if self.uses_masking:
-                # The discriminators see detached maps of this forward pass, so their backward
-                # may come before the segmenter steps: all four steps follow one finite check.
-                disc_terms = self._discriminator_losses(out)
-                self.manual_backward(self.cfg["discriminator_weight"] * sum(disc_terms.values()))
-                terms.update(disc_terms)
+            terms, total = self._losses_and_backward(
+                x_l, y, x_u, ct_weight, masks, self.manual_backward
+            )
             finite = skipper.gradients_finite() if skipper is not None else None
             for opt in optimizers:  # transformer, CNN, then the discriminators
                 opt.step()
@@ -641,6 +634,36 @@ class AdvMIMModule(pl.LightningModule):
         return (
             self.iteration + 1
         ) % every == 0 or self.iteration + 1 == self.hparams.max_iterations
+
+    def _losses_and_backward(
+        self,
+        x_l: Tensor,
+        y: Tensor,
+        x_u: Tensor | None,
+        ct_weight: float | Tensor,
+        masks: Sequence[Tensor],
+        backward: Callable[[Tensor], Any],
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Every loss term of one iteration and both backward passes (no optimiser step).
+
+        ``backward`` is ``manual_backward`` in the eager step and ``Tensor.backward`` inside the
+        CUDA graph (:mod:`advmim_lightning.cuda_graph`), so both run the same iteration.
+
+        Returns:
+            The unweighted terms by name (segmenters', then discriminators') and the
+            segmenters' weighted total.
+        """
+        out = self._segmenter_losses(x_l, y, x_u, ct_weight, masks)
+        total = torch.stack(list(out.weighted.values())).sum()
+        terms = dict(out.terms)
+        backward(total)
+        if self.uses_masking:
+            # The discriminators see detached maps of this forward pass, so their backward may
+            # come before the segmenter steps: all four steps then follow one finite check.
+            disc_terms = self._discriminator_losses(out)
+            backward(self.cfg["discriminator_weight"] * sum(disc_terms.values()))
+            terms.update(disc_terms)
+        return terms, total
 
     def _segmenter_losses(
         self,
