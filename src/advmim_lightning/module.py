@@ -562,9 +562,9 @@ class AdvMIMModule(pl.LightningModule):
         masks = self._draw_iteration_masks(x_l, x_u)
 
         if self._graphed is not None:
+            # The graph's output tensors are overwritten by the next replay: read now, and
+            # logged values are copied below.
             terms, total = self._graphed.run(x_l, y, x_u, masks, lr, ct_weight)
-            terms = {k: v.detach().clone() for k, v in terms.items()}  # the graph's are reused
-            total = total.detach().clone()
             finite = skipper.gradients_finite() if skipper is not None else None
             for opt in optimizers:  # the graph stepped them: count the steps as Lightning does
                 lightning_private.count_optimizer_step(opt)
@@ -584,11 +584,12 @@ class AdvMIMModule(pl.LightningModule):
             self._monitor.flag(terms, case_ids, self.iteration)
 
         if self._is_logging_iteration():
-            logged: dict[str, Any] = {f"train/{k}": v.detach() for k, v in terms.items()}
+            # copies: loggers and callback_metrics keep these after the iteration
+            logged: dict[str, Any] = {f"train/{k}": v.detach().clone() for k, v in terms.items()}
             self.check_nonfinite_now()
             if skipper is not None:
                 logged["train/skipped_iterations"] = float(skipper.skipped_total)
-            logged["train/loss"] = total.detach()
+            logged["train/loss"] = total.detach().clone()
             logged["train/lr"] = lr
             logged["train/iteration"] = float(self.iteration + 1)
             if x_u is not None:
