@@ -636,7 +636,7 @@ def _batch_norm_statistics(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("method, separate", [("advmim", True), ("ctct", False)])
 def test_batch_norm_sees_the_batches_as_the_published_code_feeds_them(method, separate):
     """AdvMIM (public code): each network on x_l, then each on x_u; CTCT: one joint call."""
-    from advmim_lightning.method.randomness import mix_seed
+    from advmim_lightning.randomness import iteration_seed
 
     module = make_module(method)
     assert module.hparams.forward_batching == ("separate" if separate else "joint")
@@ -646,7 +646,7 @@ def test_batch_norm_sees_the_batches_as_the_published_code_feeds_them(method, se
     batch = tiny_batch(seed=0)  # what PairedBatches gave the single iteration
     x_l, x_u = batch["labeled"]["image"], batch["unlabeled"]["image"]
     module.iteration, module._mask_generator_iteration = 0, -1  # replay iteration 0's masks
-    torch.manual_seed(mix_seed(module.hparams.rng_seed, 0, 0, 1))  # its dropout draws too
+    torch.manual_seed(iteration_seed(module.hparams.rng_seed, 0, 0, 1))  # its dropout draws too
     calls = [x_l, x_u] if separate else [torch.cat([x_l, x_u])]
     for x in calls:
         for name in ("transformer", "cnn"):  # the public code: model (Swin), then model2

@@ -42,7 +42,6 @@ from advmim_lightning.cuda_graph import GraphedIteration
 from advmim_lightning.method import config, inference, objective
 from advmim_lightning.method.config import METHOD_DEFAULTS, NETWORK_NAMES, Method
 from advmim_lightning.method.objective import SegmenterOutputs
-from advmim_lightning.method.randomness import mix_seed
 from advmim_lightning.metrics import SegmentationMetrics
 from advmim_lightning.networks import (
     Discriminator,
@@ -52,6 +51,7 @@ from advmim_lightning.networks import (
     random_init_warning,
 )
 from advmim_lightning.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
+from advmim_lightning.randomness import iteration_seed
 from advmim_lightning.schedules import ctct_consistency_weight, poly_lr
 
 __all__ = ["METHOD_DEFAULTS", "NETWORK_NAMES", "AdvMIMModule", "Method", "SegmenterOutputs"]
@@ -458,7 +458,7 @@ class AdvMIMModule(pl.LightningModule):
             self._mask_generator_iteration = -1
         if self._mask_generator_iteration != self.iteration:
             self._mask_generator.manual_seed(
-                mix_seed(self.hparams.rng_seed, self.global_rank, self.iteration)
+                iteration_seed(self.hparams.rng_seed, self.global_rank, self.iteration)
             )
             self._mask_generator_iteration = self.iteration
         return self._mask_generator
@@ -527,7 +527,9 @@ class AdvMIMModule(pl.LightningModule):
             return -1
         # Dropout and drop-path draw from torch's global generators: key them by iteration
         # too (a host-side re-seed, no device sync), so a resume needs no RNG state.
-        torch.manual_seed(mix_seed(self.hparams.rng_seed, self.global_rank, self.iteration, 1))
+        torch.manual_seed(
+            iteration_seed(self.hparams.rng_seed, self.global_rank, self.iteration, 1)
+        )
         return None
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:

@@ -4,7 +4,8 @@
   checks that turn ``AdvMIMModule``'s arguments into the settings a run trains with.
 - :mod:`~advmim_lightning.method.objective`: the loss terms of one iteration
   (:class:`SegmenterOutputs`).
-- :mod:`~advmim_lightning.method.randomness`: how each iteration's randomness is keyed.
+- :mod:`~advmim_lightning.method.randomness`: the old import path of the training step's seed
+  mixer (:mod:`advmim_lightning.randomness` holds every seed of the library).
 - :mod:`~advmim_lightning.method.inference`: slice-wise prediction of whole cases and the
   per-case test table.
 """

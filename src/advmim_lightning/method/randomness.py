@@ -1,19 +1,11 @@
-"""How a training iteration's randomness is keyed (no saved RNG state needed).
+"""The training step's seed mixer, kept at its old import path.
 
-Every iteration re-seeds its generators with :func:`mix_seed`: the masked domain's own device
-generator (``AdvMIMModule.mask_generator``) from ``(rng_seed, global rank, iteration)``, and
-torch's global generators, which dropout and drop path draw from, from ``(rng_seed, global
-rank, iteration, 1)``. Ranks therefore differ, and a resumed run repeats the interrupted one
-exactly.
+``mix_seed`` is :func:`advmim_lightning.randomness.iteration_seed`; the library's seeds (and
+why there are two mixers) are described in :mod:`advmim_lightning.randomness`.
 """
 
 from __future__ import annotations
 
+from advmim_lightning.randomness import iteration_seed as mix_seed
 
-def mix_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys (splitmix64-style mixing, stable across runs)."""
-    state = 0x9E3779B97F4A7C15
-    for key in keys:
-        state = (state ^ (key & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return state >> 1
+__all__ = ["mix_seed"]
