@@ -250,7 +250,7 @@ class AdvMIMCLI(SubcommandParserHook):
 
         ``--ckpt_path last`` and ``best`` are found in the run folder
         (:func:`find_run_checkpoint`); every checkpoint, found or given, is read with
-        ``weights_only=True`` (:func:`~advmim_lightning.export.read_checkpoint`), so a missing,
+        ``weights_only=True`` (:func:`~advmim_lightning.checkpoints.read_checkpoint`), so a missing,
         empty, truncated or foreign file fails with its name before anything runs.
         ``validate``/``test``/``predict`` without a checkpoint fail unless
         ``--allow_random_weights true``.
@@ -288,7 +288,7 @@ class AdvMIMCLI(SubcommandParserHook):
             if subcommand == "fit" and not (config.get("trainer") or {}).get("fast_dev_run"):
                 _refuse_a_second_run_in(Path(config["runs_dir"]) / config["run_name"])
             return
-        from advmim_lightning.export import read_checkpoint
+        from advmim_lightning.checkpoints import read_checkpoint
 
         try:
             self._checkpoint = StoredCheckpoint.of(path, read_checkpoint(path))

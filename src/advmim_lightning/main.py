@@ -77,9 +77,9 @@ _PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Prob
 
 #: Plain subcommands beside the LightningCLI ones, and the module whose ``main(argv)`` runs each.
 EXTRA_COMMANDS = {
-    "export": "advmim_lightning.export",
+    "export": "advmim_lightning.commands.export",
     "prepare": "advmim_lightning.data.prepare",
-    "compare": "advmim_lightning.compare",
+    "compare": "advmim_lightning.commands.compare",
 }
 
 

@@ -3,7 +3,8 @@
 This module only *wires* the parts into Lightning's hooks: the optimiser steps, logging and
 the evaluation steps. The method's defaults and argument checks are in
 :mod:`advmim_lightning.method.config`, its loss terms in :mod:`~advmim_lightning.method.objective`,
-slice-wise inference in :mod:`~advmim_lightning.method.inference`; networks come from
+slice-wise inference in :mod:`~advmim_lightning.method.inference`, the logged values and the
+prediction records in :mod:`~advmim_lightning.method.records`; networks come from
 :mod:`advmim_lightning.networks`, loss functions from :mod:`advmim_lightning.losses`, schedules
 from :mod:`advmim_lightning.schedules`, 3D metrics from :mod:`advmim_lightning.metrics`, the
 checkpoint trust rule from :mod:`advmim_lightning.checkpoints`, the checks of networks, batches
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 
 from advmim_lightning import checkpoints, contracts, lightning_private, optim
 from advmim_lightning.cuda_graph import GraphedIteration
-from advmim_lightning.method import config, inference, objective
+from advmim_lightning.method import config, inference, objective, records
 from advmim_lightning.method.config import METHOD_DEFAULTS, NETWORK_NAMES, Method
 from advmim_lightning.method.objective import SegmenterOutputs
 from advmim_lightning.metrics import SegmentationMetrics
@@ -586,16 +587,15 @@ class AdvMIMModule(pl.LightningModule):
             self._monitor.flag(terms, case_ids, self.iteration)
 
         if self._is_logging_iteration():
-            # copies: loggers and callback_metrics keep these after the iteration
-            logged: dict[str, Any] = {f"train/{k}": v.detach().clone() for k, v in terms.items()}
             self.check_nonfinite_now()
-            if skipper is not None:
-                logged["train/skipped_iterations"] = float(skipper.skipped_total)
-            logged["train/loss"] = total.detach().clone()
-            logged["train/lr"] = lr
-            logged["train/iteration"] = float(self.iteration + 1)
-            if x_u is not None:
-                logged["train/cross_teaching_weight"] = ct_weight
+            logged = records.training_values(
+                terms,
+                total,
+                lr,
+                self.iteration,
+                ct_weight if x_u is not None else None,
+                skipper.skipped_total if skipper is not None else None,
+            )
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=x_l.shape[0])
         self.iteration += 1
         self._set_learning_rates(self._current_lr())  # the next iteration's, for lr monitors
@@ -787,12 +787,7 @@ class AdvMIMModule(pl.LightningModule):
         return predictions
 
     def on_validation_epoch_end(self) -> None:
-        values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
-        for name, metric in self.val_dice_per_network.items():
-            values[f"val/dice_mean_{name}"] = metric.compute()["dice_mean"]
-            metric.reset()
-        self.val_metrics.reset()
-        dice_mean = values.pop("val/dice_mean")
+        values, dice_mean = records.validation_values(self.val_metrics, self.val_dice_per_network)
         self.log_dict(values, sync_dist=False)
         self.log("val/dice_mean", dice_mean, prog_bar=True, sync_dist=False)
 
@@ -853,14 +848,7 @@ class AdvMIMModule(pl.LightningModule):
             "spacing"}``; :class:`~advmim_lightning.callbacks.PredictionWriter` saves it.
         """
         labels = self.predict_volume(item["image"])[self.eval_network]
-        prediction = labels.to(torch.uint8).cpu().movedim(0, int(item.get("slice_axis", 0)))
-        return {
-            "case_id": str(item["case_id"]),
-            "prediction": prediction.numpy(),
-            "affine": item.get("affine"),
-            "source": item.get("source"),
-            "spacing": item.get("spacing"),
-        }
+        return records.prediction_record(item, labels)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

@@ -251,7 +251,7 @@ def find_run_checkpoint(
         )
     if len(candidates) == 1:
         return candidates[0]
-    from advmim_lightning.export import read_checkpoint
+    from advmim_lightning.checkpoints import read_checkpoint
 
     ranked = []
     for candidate in candidates:

@@ -1,4 +1,4 @@
-"""ImageNet Swin-T weights for the Swin-UNet, and the weight-loading report shared by the loaders.
+"""ImageNet Swin-T weights for the Swin-UNet: where they come from and how they map onto it.
 
 :func:`load_pretrained_swin` (and ``SwinUNet(pretrained=...)``) starts a :class:`SwinUNet` from
 ImageNet Swin weights, as the published AdvMIM code and CTCT always do. The weights come from
@@ -19,7 +19,8 @@ tensors whose shape differs from the model's are dropped (Swin-T has depths 2-2-
 
 Every loader returns a :class:`PretrainedReport` (loaded, skipped with reasons, unused checkpoint
 keys, model tensors left at their initial values), logs it at INFO level and records its source
-as the model's ``weights_source``. :func:`random_init_warning` says what starting a Swin-T sized
+as the model's ``weights_source`` (:mod:`advmim_lightning.networks.weight_loading`, shared with
+the published checkpoints' loader). :func:`random_init_warning` says what starting a Swin-T sized
 Swin-UNet from random weights costs. The published code's own checkpoints load with
 :func:`advmim_lightning.networks.load_public_checkpoint`.
 """
@@ -29,17 +30,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from advmim_lightning.networks.swin_unet import SwinUNet
+from advmim_lightning.networks import weight_loading
+from advmim_lightning.networks.weight_loading import PretrainedReport
 
 __all__ = [
     "IMAGENET_SWIN_T",
@@ -59,141 +57,6 @@ IMAGENET_SWIN_T = "timm/swin_tiny_patch4_window7_224.ms_in1k"
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 #: Suffixes that make a ``pretrained`` string a local file even when it looks like ``org/name``.
 _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
-
-BUFFER_REASON = "buffer the model recomputes (relative position index / shifted-window mask)"
-
-
-@dataclass
-class PretrainedReport:
-    """What a weight loader did.
-
-    Attributes:
-        source: the file read, or ``"<state dict>"``.
-        format: ``"microsoft"`` / ``"timm"`` (ImageNet Swin) or ``"public-unet"`` /
-            ``"public-swin-unet"`` (published AdvMIM / SSL4MIS checkpoints).
-        loaded: model keys that received a tensor from the file.
-        skipped: model keys the file provided a tensor for that could not be used, with the
-            reason (``"not in the model"`` or ``"shape mismatch ..."``).
-        unused: checkpoint keys that were not mapped to the model, with the reason.
-        not_loaded: model keys (parameters and persistent buffers) left at their initial values.
-    """
-
-    source: str
-    format: str
-    loaded: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    unused: dict[str, str] = field(default_factory=dict)
-    not_loaded: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [
-            f"{self.format} weights from {self.source}: {len(self.loaded)} tensors loaded, "
-            f"{len(self.skipped)} skipped, {len(self.unused)} checkpoint keys unused, "
-            f"{len(self.not_loaded)} model tensors left at initialisation."
-        ]
-        if self.skipped:
-            lines.append("  skipped:")
-            lines += [f"    {key}: {reason}" for key, reason in _grouped(self.skipped)]
-        if self.unused:
-            lines.append("  unused checkpoint keys:")
-            lines += [f"    {key}: {reason}" for key, reason in _grouped(self.unused)]
-        if self.not_loaded:
-            lines.append("  left at initialisation:")
-            lines += [f"    {key}" for key, _ in _grouped(dict.fromkeys(self.not_loaded, ""))]
-        return "\n".join(lines)
-
-
-def _grouped(entries: Mapping[str, str]) -> list[tuple[str, str]]:
-    """Collapse the tensors of one Swin block (``...blocks.3.attn.qkv.weight`` etc.) sharing a
-    reason into one ``...blocks.3.*`` line, keeping first-seen order."""
-    groups: dict[tuple[str, str], int] = {}
-    for key, reason in entries.items():
-        name = re.sub(r"(\.blocks\.\d+)\.[\w.]+$", r"\1.*", key)
-        if name != key:
-            reason = re.sub(r"(\.blocks\.\d+)\.[\w.]+\)$", r"\1.*)", reason)
-        groups[(name, reason)] = groups.get((name, reason), 0) + 1
-    return [
-        (name if count == 1 else f"{name} ({count} tensors)", reason)
-        for (name, reason), count in groups.items()
-    ]
-
-
-# --------------------------------------------------------------------------------------------
-# shared machinery
-
-
-def load_file(path: str | PathLike[str], what: str, hint: str) -> Any:
-    """``torch.load`` a local weights file (``weights_only``), or raise naming it and ``hint``."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"networks/pretrained.py: {what} not found at '{file}' (absolute: {file.absolute()}). "
-            f"{hint}"
-        )
-    return torch.load(file, map_location="cpu", weights_only=True)
-
-
-def unwrap_state_dict(raw: Any, source: str) -> dict[str, Tensor]:
-    """Return the tensor entries of a state dict, looking inside ``"model"`` / ``"state_dict"``."""
-    if not isinstance(raw, Mapping):
-        raise ValueError(
-            f"networks/pretrained.py: {source} holds a {type(raw).__name__}, expected a state dict "
-            f"(a mapping of parameter names to tensors, possibly under 'model' or 'state_dict')."
-        )
-    for wrapper in ("model", "state_dict"):
-        if isinstance(raw.get(wrapper), Mapping):
-            raw = raw[wrapper]
-            break
-    state = {str(k): v for k, v in raw.items() if isinstance(v, Tensor)}
-    if not state:
-        raise ValueError(f"networks/pretrained.py: {source} contains no tensors.")
-    return state
-
-
-@dataclass
-class LoadPlan:
-    """Tensors to load into a model and the report of what happens to each key."""
-
-    report: PretrainedReport
-    tensors: dict[str, Tensor]
-
-
-def plan_load(
-    model: nn.Module,
-    candidates: list[tuple[str, str, Tensor]],
-    unused: dict[str, str],
-    source: str,
-    fmt: str,
-) -> LoadPlan:
-    """Check (checkpoint key, model key, tensor) candidates against the model's state dict."""
-    model_state = model.state_dict()
-    report = PretrainedReport(source=source, format=fmt, unused=dict(unused))
-    tensors: dict[str, Tensor] = {}
-    for src, dst, tensor in candidates:
-        origin = "" if src == dst else f" (from {src})"
-        if dst not in model_state:
-            report.skipped[dst] = f"not in the model{origin}"
-        elif tuple(tensor.shape) != tuple(model_state[dst].shape):
-            report.skipped[dst] = (
-                f"shape mismatch: file {tuple(tensor.shape)} vs model "
-                f"{tuple(model_state[dst].shape)}{origin}"
-            )
-        else:
-            tensors[dst] = tensor
-            report.loaded.append(dst)
-    report.not_loaded = [key for key in model_state if key not in tensors]
-    return LoadPlan(report, tensors)
-
-
-def execute_plan(model: nn.Module, plan: LoadPlan) -> PretrainedReport:
-    """Load the planned tensors, record the source on the model and log the report."""
-    result = model.load_state_dict(plan.tensors, strict=False)
-    if result.unexpected_keys:  # pragma: no cover - plan_load only keeps keys of the model
-        raise RuntimeError(f"unexpected keys {result.unexpected_keys}")
-    model.weights_source = plan.report.source
-    logger.info("%s", plan.report)
-    return plan.report
-
 
 # --------------------------------------------------------------------------------------------
 # ImageNet Swin: where the weights come from
@@ -323,7 +186,7 @@ def _read_swin_weights(source: str | PathLike[str]) -> tuple[dict[str, Tensor], 
     """The state dict named by ``source`` (hub name or local file) and its description."""
     model_id = hub_model_id(source)
     if model_id is None:
-        raw = load_file(
+        raw = weight_loading.load_file(
             source,
             "Swin ImageNet checkpoint",
             "Local files are never downloaded: pass an existing file (the official ImageNet-1k "
@@ -334,7 +197,7 @@ def _read_swin_weights(source: str | PathLike[str]) -> tuple[dict[str, Tensor], 
             f"Face Hub name {IMAGENET_SWIN_T!r} to read timm's weights from the Hugging Face "
             "cache.",
         )
-        return unwrap_state_dict(raw, str(source)), str(source)
+        return weight_loading.unwrap_state_dict(raw, str(source)), str(source)
     path, description = _hub_weights(model_id)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file as load_safetensors
@@ -342,14 +205,14 @@ def _read_swin_weights(source: str | PathLike[str]) -> tuple[dict[str, Tensor], 
         raw = load_safetensors(path, device="cpu")
     else:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    return unwrap_state_dict(raw, description), description
+    return weight_loading.unwrap_state_dict(raw, description), description
 
 
 # --------------------------------------------------------------------------------------------
 # ImageNet Swin: mapping onto the Swin-UNet
 
 
-def load_pretrained_swin(model: SwinUNet, source: str | PathLike[str]) -> PretrainedReport:
+def load_pretrained_swin(model: nn.Module, source: str | PathLike[str]) -> PretrainedReport:
     """Load ImageNet Swin weights into a :class:`SwinUNet`, as Swin-Unet does.
 
     ``source`` is a local file or a Hugging Face Hub model name (see :func:`hub_model_id`), e.g.
@@ -397,7 +260,7 @@ def load_pretrained_swin(model: SwinUNet, source: str | PathLike[str]) -> Pretra
     unused: dict[str, str] = {}
     for key, tensor in state.items():
         if key.endswith(("relative_position_index", "attn_mask")):
-            unused[key] = BUFFER_REASON
+            unused[key] = weight_loading.BUFFER_REASON
             continue
         if key.startswith("head."):
             unused[key] = "ImageNet classification head"
@@ -416,10 +279,10 @@ def load_pretrained_swin(model: SwinUNet, source: str | PathLike[str]) -> Pretra
             if stage < num_stages:
                 mirror = f"layers_up.{num_stages - 1 - stage}.blocks.{block.group(2)}"
                 candidates.append((key, mirror, tensor))
-    plan = plan_load(
+    plan = weight_loading.plan_load(
         model, candidates, unused, source=description, fmt="microsoft" if microsoft else "timm"
     )
-    return execute_plan(model, plan)
+    return weight_loading.execute_plan(model, plan, logger)
 
 
 # --------------------------------------------------------------------------------------------

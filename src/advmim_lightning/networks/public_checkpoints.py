@@ -9,6 +9,7 @@ names the counterpart of one public key. The load is reported with a
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from os import PathLike
@@ -16,7 +17,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from advmim_lightning.networks.pretrained import (
+from advmim_lightning.networks.swin_unet import SwinUNet
+from advmim_lightning.networks.unet import UNet
+from advmim_lightning.networks.weight_loading import (
     BUFFER_REASON,
     PretrainedReport,
     execute_plan,
@@ -24,10 +27,10 @@ from advmim_lightning.networks.pretrained import (
     plan_load,
     unwrap_state_dict,
 )
-from advmim_lightning.networks.swin_unet import SwinUNet
-from advmim_lightning.networks.unet import UNet
 
 __all__ = ["load_public_checkpoint", "public_key_to_local"]
+
+logger = logging.getLogger(__name__)
 
 _AUX_REASON = "auxiliary head of the public code that no AdvMIM loss uses"
 _NO_MAPPING = "no counterpart in this model"
@@ -210,7 +213,7 @@ def load_public_checkpoint(
                 + _hints(model, plan.report)
                 + "\nPass strict=False to load the matching tensors anyway."
             )
-    return execute_plan(model, plan)
+    return execute_plan(model, plan, logger)
 
 
 def _strict_problems(report: PretrainedReport) -> list[str]:

@@ -30,6 +30,11 @@ Masked domain (AdvMIM): after patch embedding and its LayerNorm, tokens whose 4 
 masked pixel are replaced by a learnable mask token, either position-specific (``1 x L x C``, one
 per token position, as the public code) or one shared token (``1 x 1 x C``); the masked stream runs
 the whole encoder and decoder with its own skips.
+
+The file is longer than about 400 lines because it is one network: the patch expansion and
+decoder stage it is built from, the :class:`SwinUNet` class (whose docstring documents its 15
+arguments and their checks) and those argument checks; the ImageNet weights it can start from
+load in :mod:`advmim_lightning.networks.pretrained`, which does not import this module.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The tables and the plot of ``advmim compare``: rows, ``compare.csv``, ``summary.md``, PNG.
 
-Kept apart from :mod:`advmim_lightning.compare` (which plans and runs the combinations) so the
-report can be rebuilt from finished run folders alone. A *row* is one value::
+Kept apart from :mod:`advmim_lightning.commands.compare` (which plans and runs the combinations)
+so the report can be rebuilt from finished run folders alone. A *row* is one value::
 
     {"method": "advmim", "labeled_cases": 3, "seed": 0, "class": "LV", "metric": "dice",
      "value": 0.91}
@@ -139,7 +139,7 @@ def summary_table(
     Dice points) when ``supervised`` is among the methods.
 
     Args:
-        rows: Rows as returned by :func:`advmim_lightning.compare.run_comparison`.
+        rows: Rows as returned by :func:`advmim_lightning.commands.compare.run_comparison`.
         methods: Methods in the order of the table.
         labeled_cases: Labeled-cases counts in the order of the table.
 

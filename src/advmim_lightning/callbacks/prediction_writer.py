@@ -1,4 +1,4 @@
-"""Lightning callbacks of the library: predictions to disk, validation panels, run checkpoints."""
+"""``PredictionWriter``: each case's predicted label volume written to its own file."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-from weakref import proxy
 
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from advmim_lightning.lightning_private import _CheckpointFileHooks
-
 log = logging.getLogger(__name__)
-
 #: Characters kept as they are in prediction file names; every other one is escaped.
 _KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 _SUFFIXES = {"nifti": ".nii.gz", "h5": ".h5"}
@@ -286,180 +282,3 @@ def _move_without_replacing(tmp: Path, path: Path, case_id: str) -> None:
         f"{path} exists and is not replaced (the prediction of case {case_id!r}); choose "
         "another prediction_writer.output_dir or allow it with --prediction_writer.overwrite true"
     )
-
-
-class ValidationPanels(pl.Callback):
-    """Log a few panels (image | ground truth | CNN | transformer) during validation.
-
-    For the first ``num_cases`` validation cases the middle slice is drawn with
-    :func:`advmim_lightning.visualize.panel`; the rows are written, enlarged ``scale`` times
-    with column titles and a legend of the module's class names
-    (:func:`advmim_lightning.visualize.figure`), as
-    ``<log_dir>/panels/val_iter<iteration>.png`` and sent to every logger that can log images
-    (wandb's ``log_image``).
-
-    Args:
-        num_cases: Validation cases drawn each time (0 disables).
-        scale: Integer enlargement of the written PNG.
-    """
-
-    def __init__(self, num_cases: int = 3, scale: int = 2) -> None:
-        super().__init__()
-        if num_cases < 0:
-            raise ValueError(f"num_cases must be >= 0, got {num_cases}")
-        if scale < 1:
-            raise ValueError(f"scale must be >= 1, got {scale}")
-        self.num_cases = num_cases
-        self.scale = scale
-        self._titles: list[str] = []
-        self._rows: list[np.ndarray] = []
-        self.written: list[Path] = []
-
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._rows = []
-
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if trainer.sanity_checking or len(self._rows) >= self.num_cases or not outputs:
-            return
-        from advmim_lightning.visualize import panel
-
-        depth = int(batch["image"].shape[1])
-        k = depth // 2
-        image = batch["image"][0, k].float().cpu().numpy()
-        label = batch["label"][k].cpu().numpy() if "label" in batch else None
-        predictions = {name: outputs[name][k].cpu().numpy() for name in ("cnn", "transformer")}
-        self._rows.append(panel(image, label, predictions))
-        self._titles = ["image", *(["ground truth"] if label is not None else []), "CNN"]
-        self._titles.append("transformer")
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        # trainer.log_dir broadcasts from rank 0: every rank must ask for it, or DDP hangs
-        log_dir = trainer.log_dir or trainer.default_root_dir
-        if not self._rows or not trainer.is_global_zero:
-            return
-        from advmim_lightning.visualize import save_png
-
-        iteration = getattr(pl_module, "iteration", trainer.global_step)
-        out_dir = Path(log_dir) / "panels"
-        class_names = getattr(pl_module, "class_names", None)
-        path = save_png(
-            self._rows,
-            out_dir / f"val_iter{iteration:06d}.png",
-            titles=self._titles,
-            class_names=class_names,
-            scale=self.scale,
-        )
-        self.written.append(path)
-        for logger in trainer.loggers:
-            log_image = getattr(logger, "log_image", None)
-            if log_image is not None:
-                log_image(
-                    key="val/panels",
-                    images=list(self._rows),
-                    step=trainer.global_step,
-                    caption=[" | ".join(self._titles)] * len(self._rows),
-                )
-
-
-class RunCheckpoint(_CheckpointFileHooks):
-    """``ModelCheckpoint`` that keeps ``last.ckpt`` current and writes every file atomically.
-
-    Lightning 2.6 refreshes ``last.ckpt`` only when a top-k checkpoint was written at the same
-    step, so a run whose score stops improving would resume from an old state. This callback
-    also writes ``last.ckpt`` after every validation and when training ends (the module stops
-    itself after ``max_iterations``), which is what ``--ckpt_path last`` resumes from.
-    Each file is written under a temporary name and renamed into place, so a kill during saving
-    never leaves a truncated checkpoint behind.
-
-    Args:
-        every_n_iterations: Also refresh ``last.ckpt`` after every this many training
-            iterations (the module's :attr:`~advmim_lightning.AdvMIMModule.iteration`, not
-            optimiser steps). ``0``: only after validation and at the end of training.
-        **kwargs: ``ModelCheckpoint`` arguments (``dirpath``, ``monitor``, ``save_last``, ...).
-
-    Raises:
-        ValueError: If ``every_n_iterations < 0``.
-    """
-
-    def __init__(self, *args: Any, every_n_iterations: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if every_n_iterations < 0:
-            raise ValueError(f"every_n_iterations must be >= 0, got {every_n_iterations}")
-        self.every_n_iterations = every_n_iterations
-        self._last_refreshed_step = -1
-
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        iteration = getattr(pl_module, "iteration", trainer.global_step)
-        if self.every_n_iterations and iteration % self.every_n_iterations == 0:
-            self._refresh_last(trainer)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        self._refresh_last(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.fast_dev_run:
-            # Lightning 2.6 saves last.ckpt here even under fast_dev_run, which is meant to
-            # save nothing: a smoke test would leave a 1-step "run" for --ckpt_path last
-            return
-        super().on_train_end(trainer, pl_module)
-        self._refresh_last(trainer)
-
-    def last_checkpoint_files(self, trainer: pl.Trainer) -> set[str]:
-        """``last*.ckpt`` and the SLURM requeue checkpoints: ``--ckpt_path last`` takes the newest.
-
-        On SLURM, Lightning answers the preemption signal (``#SBATCH --signal=SIGUSR1@...``) by
-        saving ``hpc_ckpt_<n>.ckpt`` in the run folder and requeueing the job; counting those
-        files here makes a requeued ``--ckpt_path last`` resume from the newest state.
-        """
-        found = super().last_checkpoint_files(trainer)
-        folder = Path(trainer.default_root_dir)
-        return found | {os.path.normpath(p) for p in folder.glob("hpc_ckpt_*.ckpt")}
-
-    def _refresh_last(self, trainer: pl.Trainer) -> None:
-        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
-            return
-        step = trainer.global_step
-        if trainer.state.fn != "fit" or step in (self.last_step_saved, self._last_refreshed_step):
-            return
-        saved_step = self.last_step_saved
-        self.save_last_checkpoint_now(trainer)
-        # Refreshing last.ckpt alone must not count as "saved at this step": ModelCheckpoint
-        # would then skip the top-k (best) checkpoint of a validation at the same step, and
-        # with --checkpoint_every dividing val_check_interval no best-*.ckpt would ever appear.
-        self.last_step_saved = saved_step
-        self._last_refreshed_step = step
-
-    def write_checkpoint_file(self, trainer: pl.Trainer, filepath: str) -> None:
-        # Non-finite losses are checked on logging iterations; check the iterations since the
-        # last one now, so a run that went NaN raises instead of overwriting last.ckpt.
-        check_nonfinite_now = getattr(trainer.lightning_module, "check_nonfinite_now", None)
-        if callable(check_nonfinite_now) and trainer.state.fn == "fit":
-            check_nonfinite_now()
-        tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(tmp, filepath)
-        trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
-        self.record_saved_checkpoint(trainer, filepath)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))

@@ -1,0 +1,285 @@
+"""``advmim compare``: methods x labeled cases x seeds on one dataset, one table and one plot.
+
+::
+
+    advmim compare -c configs/quickstart.yaml --methods supervised ctct advmim \\
+        --labeled_cases 1 3 7 --seeds 0 1 2 --output runs/compare [--section.key value ...]
+
+For every combination it runs ``advmim fit`` and then ``advmim test`` in its own run folder
+``<output>/<method>-l<cases>-s<seed>``; the runs differ only in ``model.method``,
+``data.labeled_cases`` and the seed (``seed_everything``, ``data.seed``, ``model.rng_seed``;
+``data.split_seed`` and the data stay fixed, so every run sees the same validation and test
+cases). Then it writes ``compare.csv``, ``summary.md`` and ``compare.png`` into ``<output>``
+(see :mod:`advmim_lightning.commands.compare_report`).
+
+**Per-method settings.** The settings whose default depends on the method
+(:data:`~advmim_lightning.method.config.METHOD_DEFAULTS`: ``lr``, ``grad_clip_norm``, the loss
+weights) come from each method's defaults: a value a config *file* states for them (written for the
+config's own method) is dropped with a note; a ``--model.key value`` given to ``compare``
+itself applies to every method that uses it. A setting a method does not use (the mask block
+size for CTCT, the adversarial weight for the supervised baseline) is left out of that
+method's runs with a note instead of failing them.
+
+**Resuming.** A combination whose ``test_metrics.csv`` is complete is skipped; one with a
+``checkpoints/last.ckpt`` and no test result resumes from it; a failing one is recorded
+(``summary.md``, the printed report, ``<run>/compare_error.txt``) and the others go on. The
+exit status is 1 when any failed. Run the same command again to resume or retry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from advmim_lightning.commands.compare_jobs import LOG_FILE, TEST_CSV, run_job_in_subprocess
+from advmim_lightning.commands.compare_plan import (
+    Combination,
+    check_lists,
+    check_split_file,
+    combination_job,
+    notes_on_settings,
+    stated_settings,
+)
+from advmim_lightning.commands.compare_report import (
+    read_test_means,
+    rows_of_run,
+    summary_markdown,
+    summary_table,
+    write_csv,
+    write_plot,
+)
+from advmim_lightning.method.config import METHOD_DEFAULTS
+from advmim_lightning.paths import ensure_writable_folder
+
+__all__ = ["ComparisonRows", "main", "run_comparison"]
+
+DEFAULT_METHODS = ("supervised", "ctct", "advmim")
+
+
+class ComparisonRows(list):
+    """The rows of ``compare.csv`` (dicts), plus what failed and where everything went.
+
+    Attributes:
+        failed: Run name -> one-line error of every combination that failed in this call.
+        output: The comparison folder.
+    """
+
+    def __init__(self, rows: Sequence[dict[str, Any]], failed: dict[str, str], output: Path):
+        super().__init__(rows)
+        self.failed = failed
+        self.output = output
+
+
+def run_comparison(
+    config: str | Path | Sequence[str | Path],
+    methods: Sequence[str] = DEFAULT_METHODS,
+    labeled_cases: Sequence[int] = (1, 3, 7),
+    seeds: Sequence[int] = (0, 1, 2),
+    output: str | Path = "runs/compare",
+    overrides: Sequence[str] = (),
+    checkpoint: Literal["best", "last"] = "best",
+) -> ComparisonRows:
+    """Train and test every (method, labeled cases, seed) and tabulate the test scores.
+
+    Each combination runs in a subprocess of its own (``advmim fit`` then ``advmim test``,
+    called in that process): a crash, a NaN stop or memory exhaustion ends only that
+    combination; seeds, torch's global state (threads, deterministic flags, compile caches,
+    CUDA memory) and logging cannot leak from one run into the next; and a combination killed
+    with the whole command resumes from its ``last.ckpt`` exactly like a killed ``advmim fit``.
+    It costs one interpreter start (a few seconds) per combination. Its console output goes to
+    ``<output>/<run>/compare.log``.
+
+    Args:
+        config: The ``-c`` config file(s) of ``advmim fit``, composed left to right.
+        methods: Methods to compare (``supervised``, ``ctct``, ``advmim``).
+        labeled_cases: Labeled-cases counts (``data.labeled_cases``).
+        seeds: Seeds; each sets ``seed_everything``, ``data.seed`` and ``model.rng_seed``.
+        output: Folder of the run folders and of ``compare.csv``, ``summary.md``,
+            ``compare.png``.
+        overrides: Further ``advmim fit`` words, e.g. ``["--model.max_iterations", "2000"]``,
+            given to every combination (and to its ``advmim test``).
+        checkpoint: The checkpoint each combination is tested with: ``"best"`` (the best
+            ``val/dice_mean``, as SSL4MIS, CTCT and AdvMIM evaluate) or ``"last"``.
+
+    Returns:
+        The rows of ``compare.csv`` (``method``, ``labeled_cases``, ``seed``, ``class``,
+        ``metric``, ``value``) of every finished combination, including those finished by an
+        earlier call; ``rows.failed`` lists the combinations that failed in this call.
+
+    Raises:
+        ValueError: On an unknown method, repeated values, a count below 1, an override of a
+            setting the comparison sets itself, or a split file that fixes the labeled cases.
+        FileNotFoundError: When a config file does not exist.
+        OSError: When ``output`` cannot be written.
+    """
+    configs = [str(c) for c in ([config] if isinstance(config, str | Path) else config)]
+    methods, labeled_cases, seeds = check_lists(methods, labeled_cases, seeds)
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    overrides = [str(w) for w in overrides]
+    stated, from_files = stated_settings(configs, overrides)
+    check_split_file(stated)
+    output = ensure_writable_folder(output, "comparison folder (--output)")
+    notes = notes_on_settings(stated, from_files, methods)
+    for note in notes:
+        print(f"note: {note}")
+
+    combinations = [
+        Combination(m, n, s) for s in seeds for n in labeled_cases for m in methods
+    ]  # a seed at a time: after the first pass every cell of the table has a value
+    pending = {c for c in combinations if read_test_means(output / c.name / TEST_CSV) is None}
+    durations: list[float] = []  # of this call's runs; the finished ones estimate the rest
+    done: list[float] = []
+    failed: dict[str, str] = {}
+    start = time.monotonic()
+    total = len(combinations)
+    for k, combo in enumerate(combinations, 1):
+        prefix = f"[{k}/{total}] {combo.name}:"
+        if combo not in pending:
+            status = "finished earlier, skipped"
+        else:
+            job = combination_job(combo, configs, overrides, stated, from_files, output, checkpoint)
+            resuming = " (resuming from checkpoints/last.ckpt)" if job["resume"] else ""
+            print(f"{prefix} fit + test{resuming} ...", flush=True)
+            began = time.monotonic()
+            error = run_job_in_subprocess(job, output / combo.name)
+            durations.append(time.monotonic() - began)
+            pending.discard(combo)
+            if error is None:
+                done.append(durations[-1])
+                means = read_test_means(output / combo.name / TEST_CSV)
+                dice = means["dice"]["mean"] if means else float("nan")
+                status = f"done in {_duration(durations[-1])}, test Dice {100 * dice:.1f}%"
+            else:
+                failed[combo.name] = error
+                status = f"FAILED after {_duration(durations[-1])}: {error}"
+        elapsed = time.monotonic() - start
+        if not pending:
+            left = "nothing left"
+        elif durations:
+            typical = done or durations  # a quick failure says little about a full run
+            left = f"about {_duration(sum(typical) / len(typical) * len(pending))} left"
+        else:
+            left = "time left unknown"
+        print(f"{prefix} {status} | elapsed {_duration(elapsed)}, {left}", flush=True)
+
+    rows = []
+    for combo in combinations:
+        means = read_test_means(output / combo.name / TEST_CSV)
+        if means is not None:
+            rows += rows_of_run(combo.method, combo.labeled_cases, combo.seed, means)
+    details = [
+        "command: `advmim compare "
+        + shlex.join(
+            [
+                *(w for c in configs for w in ("-c", c)),
+                "--methods",
+                *methods,
+                "--labeled_cases",
+                *map(str, labeled_cases),
+                "--seeds",
+                *map(str, seeds),
+                "--output",
+                str(output),
+                "--checkpoint",
+                checkpoint,
+                *overrides,
+            ]
+        )
+        + "`",
+        "tested checkpoint: "
+        + ("best validation Dice (`best-*.ckpt`)" if checkpoint == "best" else "`last.ckpt`"),
+        *notes,
+    ]
+    write_csv(rows, output / "compare.csv")
+    (output / "summary.md").write_text(
+        summary_markdown(rows, methods, labeled_cases, seeds, failed, details)
+    )
+    written = [output / "compare.csv", output / "summary.md"]
+    if rows:
+        written.append(write_plot(rows, methods, labeled_cases, output / "compare.png"))
+    print()
+    print(summary_table(rows, methods, labeled_cases))
+    print()
+    print("wrote " + ", ".join(str(p) for p in written))
+    if not rows:
+        print("no combination finished, so there is no plot (compare.png)")
+    if failed:
+        print(f"{len(failed)} of {total} combination(s) failed (run the command again to retry):")
+        for name, error in failed.items():
+            print(f"  {name}: {error} (log: {output / name / LOG_FILE})")
+    return ComparisonRows(rows, failed, output)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``advmim compare -c CONFIG [--methods ...] [--labeled_cases ...] [--seeds ...] ...``.
+
+    Returns:
+        0 when every combination finished, 1 when any failed or none finished, 2 on bad
+        arguments.
+    """
+    parser = argparse.ArgumentParser(
+        prog="advmim compare",
+        allow_abbrev=False,
+        description=(
+            "Train (advmim fit) and test (advmim test) every method x labeled cases x seed in "
+            "<output>/<method>-l<cases>-s<seed>, then write compare.csv, summary.md and "
+            "compare.png. Finished combinations are skipped and unfinished ones resume, so "
+            "run the same command again after an interruption. Any other --section.key value "
+            "is passed to every fit and test, as for advmim fit."
+        ),
+    )
+    parser.add_argument(
+        "-c", "--config", action="append", required=True, help="config file(s), as for fit"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", default=list(DEFAULT_METHODS), choices=sorted(METHOD_DEFAULTS)
+    )
+    parser.add_argument("--labeled_cases", nargs="+", type=int, default=[1, 3, 7])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--output", default="runs/compare", help="folder of the runs and tables")
+    parser.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="checkpoint to test: best val/dice_mean (default, as the papers) or last",
+    )
+    args, overrides = parser.parse_known_args(argv)
+    stray = [w for w in overrides[:1] if not w.startswith("--")]
+    if stray:
+        parser.error(f"unexpected {stray[0]!r}; overrides look like --section.key value")
+    try:
+        rows = run_comparison(
+            args.config,
+            methods=args.methods,
+            labeled_cases=args.labeled_cases,
+            seeds=args.seeds,
+            output=args.output,
+            overrides=overrides,
+            checkpoint=args.checkpoint,
+        )
+    except (ValueError, OSError) as err:
+        parser.exit(2, f"advmim compare: error: {err}\n")
+    except KeyboardInterrupt:
+        print("\nadvmim compare: interrupted; run the same command again to resume", flush=True)
+        return 130
+    return 1 if rows.failed or not rows else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

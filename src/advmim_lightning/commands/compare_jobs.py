@@ -1,0 +1,139 @@
+"""One combination of ``advmim compare``, run in an interpreter of its own.
+
+:func:`run_job_in_subprocess` writes the combination's ``compare_job.json`` and starts a fresh
+Python on it; there :func:`run_job` runs ``advmim fit`` then ``advmim test`` and records a
+failure's first line in ``<run>/compare_error.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from advmim_lightning.commands.compare_report import read_test_means
+
+TEST_CSV = "test_metrics.csv"
+LOG_FILE = "compare.log"
+JOB_FILE = "compare_job.json"
+ERROR_FILE = "compare_error.txt"
+#: The subprocess of one combination (the job path is taken out of ``sys.argv``, which
+#: LightningCLI would otherwise see beside its ``args``).
+_WORKER = (
+    "import sys; from advmim_lightning.commands.compare_jobs import run_job; "
+    "sys.exit(run_job(sys.argv.pop(1)))"
+)
+
+
+def run_job_in_subprocess(job: dict[str, Any], run_dir: Path) -> str | None:
+    """Run one combination in a fresh interpreter; its error line, or None on success."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job_path = run_dir / JOB_FILE
+    job_path.write_text(json.dumps(job, indent=1))
+    error_path = run_dir / ERROR_FILE
+    error_path.unlink(missing_ok=True)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    log_path = run_dir / LOG_FILE
+    with log_path.open("a") as log:
+        log.write(f"\n=== advmim compare, {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        log.flush()
+        process = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(job_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            # The terminal's Ctrl-C reaches the child too; let it stop, then go.
+            try:
+                process.send_signal(signal.SIGINT)
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+    if code == 0:
+        return None
+    if error_path.is_file():
+        return error_path.read_text().strip() or f"exit status {code}"
+    if code < 0:
+        return f"killed by signal {-code} (log: {log_path})"
+    return f"exit status {code} (log: {log_path})"
+
+
+def run_job(job_path: str | Path) -> int:
+    """Run one combination's ``advmim fit`` then ``advmim test`` in this process.
+
+    The worker that :func:`run_comparison` starts in a subprocess. On failure the error's
+    first line goes to ``<run>/compare_error.txt`` (the traceback to the log).
+
+    Args:
+        job_path: The ``compare_job.json`` written by the comparison.
+
+    Returns:
+        The exit status: 0 when the test result was written, 1 otherwise.
+    """
+    job = json.loads(Path(job_path).read_text())
+    run_dir = Path(job["run_dir"])
+    from advmim_lightning.main import main
+
+    try:
+        print("$ advmim " + shlex.join(job["fit"]), flush=True)
+        main(job["fit"])
+        test = [*job["test"], "--ckpt_path", str(_checkpoint_to_test(run_dir, job["checkpoint"]))]
+        print("$ advmim " + shlex.join(test), flush=True)
+        (run_dir / TEST_CSV).unlink(missing_ok=True)
+        main(test)
+        if read_test_means(run_dir / TEST_CSV) is None:
+            raise RuntimeError(f"advmim test ended without writing {run_dir / TEST_CSV}")
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            return 0 if read_test_means(run_dir / TEST_CSV) is not None else 1
+        message = stop.code if isinstance(stop.code, str) else f"exit status {stop.code}"
+        _record_error(run_dir, message)
+        return 1
+    except Exception as err:
+        traceback.print_exc()
+        _record_error(run_dir, f"{type(err).__name__}: {err}")
+        return 1
+    return 0
+
+
+def _record_error(run_dir: Path, message: str) -> None:
+    line = next((s.strip() for s in str(message).splitlines() if s.strip()), "unknown error")
+    line = line.removeprefix("advmim: error: ")
+    print(f"advmim compare: {run_dir.name} failed: {line}", file=sys.stderr, flush=True)
+    (run_dir / ERROR_FILE).write_text(line + "\n")
+
+
+def _checkpoint_to_test(run_dir: Path, which: str) -> Path:
+    """The run's ``last.ckpt`` or its single best checkpoint."""
+    folder = run_dir / "checkpoints"
+    if which == "last":
+        last = folder / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(f"{last} is missing after advmim fit")
+        return last
+    best = sorted(folder.glob("best-*.ckpt"))
+    if not best:
+        raise FileNotFoundError(
+            f"no best checkpoint (best-*.ckpt) in {folder}: validation never ran, so there is "
+            "no best val/dice_mean; validate during training (trainer.val_check_interval) or "
+            "test the last checkpoint (--checkpoint last)"
+        )
+    if len(best) > 1:
+        raise ValueError(
+            f"{folder} holds {len(best)} best checkpoints ({', '.join(p.name for p in best)}); "
+            "expected one: remove the stale ones"
+        )
+    return best[0]
