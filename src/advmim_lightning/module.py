@@ -904,6 +904,16 @@ class AdvMIMModule(pl.LightningModule):
         checkpoint["advmim"] = {"iteration": self.iteration}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore :attr:`iteration`; a fit refuses a checkpoint whose saved counts disagree.
+
+        Raises:
+            ValueError: When resuming a fit from a checkpoint whose iteration counts disagree
+                (:func:`advmim_lightning.checkpoints.iteration_count_conflict`).
+        """
+        if lightning_private.has_trainer(self) and self.trainer.state.fn == "fit":
+            conflict = checkpoints.iteration_count_conflict(checkpoint, self.trainer.ckpt_path)
+            if conflict:
+                raise ValueError(conflict)
         self.iteration = int(checkpoint.get("advmim", {}).get("iteration", 0))
         self.restored_from_checkpoint = True
         self._mask_generator_iteration = -1

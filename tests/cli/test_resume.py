@@ -261,3 +261,42 @@ def test_checkpoint_every_at_the_validation_steps_still_keeps_the_best_checkpoin
     best = [p.name for p in last.parent.glob("best-*.ckpt")]
     assert len(best) == 1 and best[0] in ("best-step=8.ckpt", "best-step=16.ckpt")  # 4 per it.
     assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 4
+
+
+def test_a_checkpoint_whose_iteration_counts_disagree_is_refused_on_resume(tmp_path):
+    """The module's count owns the run: a data position that disagrees is refused, naming both."""
+    import pytest
+
+    from advmim_lightning.main import build_cli
+
+    good = fit(tmp_path, "run", "--model.max_iterations", "2")
+    checkpoint = torch.load(good, weights_only=True)
+    assert checkpoint["advmim"]["iteration"] == checkpoint["AdvMIMDataModule"]["next_iteration"]
+    edited = tmp_path / "edited.ckpt"
+    checkpoint["AdvMIMDataModule"]["next_iteration"] = 7  # a hand-edited data position
+    torch.save(checkpoint, edited)
+    resume = ("--model.max_iterations", "4", "--ckpt_path", str(edited))
+    with pytest.raises(SystemExit) as exit_info:
+        fit(tmp_path, "run", *resume)
+    message = str(exit_info.value.code)
+    assert str(edited) in message and "iteration counts disagree" in message
+    assert "advmim.iteration = 2" in message and "AdvMIMDataModule.next_iteration = 7" in message
+
+    checkpoint = torch.load(good, weights_only=True)
+    checkpoint["advmim"]["iteration"] = 1  # the module's count edited instead
+    torch.save(checkpoint, edited)
+    with pytest.raises(SystemExit) as exit_info:
+        fit(tmp_path, "run", *resume)
+    message = str(exit_info.value.code)
+    assert "advmim.iteration = 1" in message and "state_dict['iteration'] = 2" in message
+
+    # Trainer.fit(ckpt_path=...) from Python refuses it too (AdvMIMModule.on_load_checkpoint)
+    words = ["-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY, "--runs_dir",
+             str(tmp_path), "--run_name", "python", "--wandb_mode", "disabled"]  # fmt: skip
+    cli = build_cli(words, run=False)
+    with pytest.raises(ValueError, match=r"advmim\.iteration = 1 .* state_dict\['iteration'\] = 2"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=edited)
+    # evaluation reads no training batches: the weights still test
+    main(["test", "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY, "--runs_dir",
+          str(tmp_path), "--run_name", "run", "--wandb_mode", "disabled", "--ckpt_path",
+          str(edited)])  # fmt: skip
