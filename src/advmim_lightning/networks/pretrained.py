@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from advmim_lightning.networks import weight_loading
+import advmim_lightning.networks.weight_loading as weight_loading
 from advmim_lightning.networks.weight_loading import PretrainedReport
 
 __all__ = [
