@@ -7,76 +7,25 @@ import copy
 import lightning.pytorch as pl
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from advmim_lightning import AdvMIMModule
 from advmim_lightning.networks import Discriminator, UNet
 from tiny import (
     TINY_CLASSES,
     TINY_SIZE,
+    PairedBatches,
+    PoisonedAt,
     StateSnapshots,
+    Volumes,
+    first_item,
+    fit,
     full_state,
+    make_module,
     tiny_batch,
     tiny_swin,
     tiny_unet,
 )
-
-
-def make_module(method: str = "advmim", **kwargs) -> AdvMIMModule:
-    return AdvMIMModule(
-        cnn=tiny_unet(),
-        transformer=tiny_swin(),
-        image_size=(TINY_SIZE, TINY_SIZE),
-        method=method,
-        max_iterations=kwargs.pop("max_iterations", 10),
-        **kwargs,
-    )
-
-
-class PairedBatches(Dataset):
-    """A map-style dataset of whole paired batches (batch_size=None loader)."""
-
-    def __init__(self, n: int, labeled_only: bool = False) -> None:
-        self.n, self.labeled_only = n, labeled_only
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict:
-        batch = tiny_batch(seed=i)
-        if self.labeled_only:
-            del batch["unlabeled"]
-        return batch
-
-
-def fit(
-    module: AdvMIMModule,
-    n_batches: int = 0,
-    labeled_only: bool = False,
-    dataset: Dataset | None = None,
-    **trainer_kwargs,
-):
-    """Fit on ``dataset`` (whole batches; default ``n_batches`` random ones) for one epoch.
-
-    ``trainer_kwargs`` override the quiet defaults below (no logger, no checkpoints unless
-    callbacks are given, no validation, logging every iteration).
-    """
-    settings = {
-        "accelerator": "cpu",
-        "max_epochs": 1,
-        "logger": False,
-        "enable_checkpointing": bool(trainer_kwargs.get("callbacks")),
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "log_every_n_steps": 1,
-    }
-    trainer = pl.Trainer(**{**settings, **trainer_kwargs})
-    if dataset is None:
-        dataset = PairedBatches(n_batches, labeled_only)
-    trainer.fit(module, train_dataloaders=DataLoader(dataset, batch_size=None))
-    return trainer
 
 
 def test_method_defaults_are_resolved_into_hparams():
@@ -272,40 +221,6 @@ def test_plain_ddp_is_refused_for_advmim_with_the_fix_named():
         module.setup("fit")
 
 
-class Volumes(Dataset):
-    """Eval items as the DataModule yields them: one whole case per item."""
-
-    def __init__(self, n: int = 2, depth: int = 3, size: int = 40) -> None:
-        self.n, self.depth, self.size = n, depth, size
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict:
-        gen = torch.Generator().manual_seed(100 + i)
-        label = torch.zeros(self.depth, self.size, self.size, dtype=torch.long)
-        label[:, 10:30, 10:30] = 1
-        label[:, 15:25, 15:25] = 3
-        image = label.float().unsqueeze(0) / 3 + 0.1 * torch.rand(
-            1, self.depth, self.size, self.size, generator=gen
-        )
-        return {
-            "image": image,
-            "label": label,
-            "case_id": f"vol{i}",
-            "case_index": i,
-            "spacing": (5.0, 1.5, 1.5),
-            "spacing_known": True,
-            "affine": torch.diag(torch.tensor([1.5, 1.5, 5.0, 1.0], dtype=torch.float64)),
-            "slice_axis": 2,
-            "source": f"memory:vol{i}",
-        }
-
-
-def _unwrap(items: list) -> dict:
-    return items[0]
-
-
 def test_validation_and_test_score_whole_volumes_and_write_csv(tmp_path):
     module = make_module("ctct", class_names=["background", "RV", "Myo", "LV"])
     trainer = pl.Trainer(
@@ -315,7 +230,7 @@ def test_validation_and_test_score_whole_volumes_and_write_csv(tmp_path):
         enable_model_summary=False,
         default_root_dir=tmp_path,
     )
-    loader = DataLoader(Volumes(), batch_size=1, collate_fn=_unwrap)
+    loader = DataLoader(Volumes(), batch_size=1, collate_fn=first_item)
     (val,) = trainer.validate(module, dataloaders=loader)
     for key in ("val/dice_mean", "val/hd95_mean", "val/asd_mean", "val/nsd_mean", "val/dice_LV"):
         assert key in val
@@ -328,29 +243,6 @@ def test_validation_and_test_score_whole_volumes_and_write_csv(tmp_path):
     assert float(rows[-1].split(",")[rows[0].split(",").index("dice_mean")]) == pytest.approx(
         test["test/dice_mean"], abs=1e-5
     )
-
-
-def test_predict_returns_labels_in_the_input_axis_order_and_the_writer_saves_nifti(tmp_path):
-    import nibabel as nib
-
-    from advmim_lightning.callbacks import PredictionWriter
-
-    module = make_module("supervised")
-    writer = PredictionWriter(output_dir=str(tmp_path / "pred"), file_format="nifti")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[writer],
-        default_root_dir=tmp_path,
-    )
-    loader = DataLoader(Volumes(n=1, depth=3, size=40), batch_size=1, collate_fn=_unwrap)
-    (out,) = trainer.predict(module, dataloaders=loader)
-    assert out["prediction"].shape == (40, 40, 3)  # depth moved back to slice_axis=2
-    saved = nib.load(tmp_path / "pred" / "vol0.nii.gz")
-    assert saved.shape == (40, 40, 3)
-    assert (saved.affine == Volumes()[0]["affine"].numpy()).all()
-    assert (saved.get_fdata() == out["prediction"]).all()
 
 
 def test_sixteen_bit_mixed_precision_is_refused_with_a_reason():
@@ -425,20 +317,6 @@ def test_a_short_cpu_run_on_the_phantom_lowers_the_supervised_loss():
     trainer.fit(module, datamodule=data)
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
-
-
-class PoisonedAt(PairedBatches):
-    """Paired batches whose batch ``at`` overflows: intensities beyond any float range."""
-
-    def __init__(self, n: int, at: set[int]) -> None:
-        super().__init__(n)
-        self.at = at
-
-    def __getitem__(self, i: int) -> dict:
-        batch = super().__getitem__(i)
-        if i in self.at:
-            batch["unlabeled"]["image"][0] = 3e38  # conv sums overflow to inf, then NaN
-        return batch
 
 
 def test_skip_mode_undoes_an_overflowing_bf16_iteration_in_all_four_parts(caplog):
@@ -558,43 +436,6 @@ def test_compiled_networks_train_like_eager_ones():
     compiled = trained_state("supervised", compile_networks="default")
     for key, value in reference.items():
         torch.testing.assert_close(compiled[key], value, rtol=1e-3, atol=1e-4, msg=key)
-
-
-def test_a_checkpoint_between_logging_iterations_never_saves_nonfinite_weights(tmp_path):
-    from advmim_lightning.callbacks import RunCheckpoint
-
-    module = make_module("advmim")
-    checkpoints = RunCheckpoint(dirpath=tmp_path, save_last=True, every_n_iterations=1)
-    with pytest.raises(FloatingPointError, match=r"iterations 2\.\.2 \(0-based\)"):
-        # no logging iteration before the poisoned one: only the save can notice it
-        fit(module, dataset=PoisonedAt(5, {2}), log_every_n_steps=50, callbacks=[checkpoints])
-    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert last["advmim"]["iteration"] == 2  # saved after iterations 0 and 1, not after 2
-    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
-
-
-def test_a_crash_while_saving_leaves_the_previous_last_checkpoint_intact(tmp_path, monkeypatch):
-    from advmim_lightning.callbacks import RunCheckpoint
-
-    saves = []
-    real_save = pl.Trainer.save_checkpoint
-
-    def save_then_die_on_the_second(trainer, filepath, *args, **kwargs):
-        saves.append(str(filepath))
-        if len(saves) == 2:  # half a file written, then the process "dies"
-            with open(filepath, "wb") as handle:
-                handle.write(b"PK\x03\x04 half a checkpoint")
-            raise SystemExit("killed while saving")
-        return real_save(trainer, filepath, *args, **kwargs)
-
-    monkeypatch.setattr(pl.Trainer, "save_checkpoint", save_then_die_on_the_second)
-    module = make_module("ctct")
-    checkpoints = RunCheckpoint(dirpath=tmp_path, save_last=True, every_n_iterations=1)
-    with pytest.raises(SystemExit, match="killed while saving"):
-        fit(module, dataset=PairedBatches(4), log_every_n_steps=1, callbacks=[checkpoints])
-    assert all(path.endswith(".tmp") for path in saves)  # written aside, renamed when complete
-    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert last["advmim"]["iteration"] == 1
 
 
 def test_fused_sgd_trains_under_bf16_mixed_with_clipping():

@@ -9,7 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from timm.models.swin_transformer import SwinTransformer
+from torch.utils.data import DataLoader, Dataset
 
+from advmim_lightning import AdvMIMModule
 from advmim_lightning.networks import SwinUNet, UNet
 
 TINY_SIZE = 64
@@ -149,3 +151,111 @@ def assert_same_training_state(got: dict, expected: dict) -> None:
         assert a["state"].keys() == b["state"].keys()
         for index, state in a["state"].items():
             assert torch.equal(state["momentum_buffer"], b["state"][index]["momentum_buffer"])
+
+
+# ---------------------------------------------------------------- a tiny module, fitted by hand
+def make_module(method: str = "advmim", **kwargs) -> AdvMIMModule:
+    """An ``AdvMIMModule`` of tiny networks (10 iterations unless ``max_iterations`` is given)."""
+    return AdvMIMModule(
+        cnn=tiny_unet(),
+        transformer=tiny_swin(),
+        image_size=(TINY_SIZE, TINY_SIZE),
+        method=method,
+        max_iterations=kwargs.pop("max_iterations", 10),
+        **kwargs,
+    )
+
+
+class PairedBatches(Dataset):
+    """A map-style dataset of whole paired batches (batch_size=None loader)."""
+
+    def __init__(self, n: int, labeled_only: bool = False) -> None:
+        self.n, self.labeled_only = n, labeled_only
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        batch = tiny_batch(seed=i)
+        if self.labeled_only:
+            del batch["unlabeled"]
+        return batch
+
+
+def fit(
+    module: AdvMIMModule,
+    n_batches: int = 0,
+    labeled_only: bool = False,
+    dataset: Dataset | None = None,
+    **trainer_kwargs,
+):
+    """Fit on ``dataset`` (whole batches; default ``n_batches`` random ones) for one epoch.
+
+    ``trainer_kwargs`` override the quiet defaults below (no logger, no checkpoints unless
+    callbacks are given, no validation, logging every iteration).
+    """
+    settings = {
+        "accelerator": "cpu",
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": bool(trainer_kwargs.get("callbacks")),
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "log_every_n_steps": 1,
+    }
+    trainer = pl.Trainer(**{**settings, **trainer_kwargs})
+    if dataset is None:
+        dataset = PairedBatches(n_batches, labeled_only)
+    trainer.fit(module, train_dataloaders=DataLoader(dataset, batch_size=None))
+    return trainer
+
+
+class Volumes(Dataset):
+    """Eval items as the DataModule yields them: one whole case per item."""
+
+    def __init__(self, n: int = 2, depth: int = 3, size: int = 40) -> None:
+        self.n, self.depth, self.size = n, depth, size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        gen = torch.Generator().manual_seed(100 + i)
+        label = torch.zeros(self.depth, self.size, self.size, dtype=torch.long)
+        label[:, 10:30, 10:30] = 1
+        label[:, 15:25, 15:25] = 3
+        image = label.float().unsqueeze(0) / 3 + 0.1 * torch.rand(
+            1, self.depth, self.size, self.size, generator=gen
+        )
+        return {
+            "image": image,
+            "label": label,
+            "case_id": f"vol{i}",
+            "case_index": i,
+            "spacing": (5.0, 1.5, 1.5),
+            "spacing_known": True,
+            "affine": torch.diag(torch.tensor([1.5, 1.5, 5.0, 1.0], dtype=torch.float64)),
+            "slice_axis": 2,
+            "source": f"memory:vol{i}",
+        }
+
+
+def first_item(items: list) -> dict:
+    """``collate_fn`` of a batch-size-1 loader of whole cases: the case itself."""
+    return items[0]
+
+
+class PoisonedAt(PairedBatches):
+    """Paired batches whose batch ``at`` overflows: intensities beyond any float range."""
+
+    def __init__(self, n: int, at: set[int]) -> None:
+        super().__init__(n)
+        self.at = at
+
+    def __getitem__(self, i: int) -> dict:
+        batch = super().__getitem__(i)
+        if i in self.at:
+            batch["unlabeled"]["image"][0] = 3e38  # conv sums overflow to inf, then NaN
+        return batch

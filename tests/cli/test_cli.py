@@ -255,30 +255,6 @@ def test_wandb_logger_runs_offline_without_network(tmp_path, monkeypatch):
     assert offline, "no offline wandb run folder"
 
 
-def test_export_round_trips_without_lightning(tmp_path):
-    from advmim_lightning.export import load_segmenter
-
-    base = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY, *common(tmp_path, "ex")]
-    run("fit", *base, "--model.max_iterations", "1", "--trainer.limit_val_batches", "0")
-    ckpt = tmp_path / "runs" / "ex" / "checkpoints" / "last.ckpt"
-    for network in ("transformer", "cnn"):
-        out = tmp_path / f"{network}.pt"
-        run("export", ckpt, out, "--network", network, "--torch_export")
-        program = torch.export.load(out.with_suffix(".pt2")).module()
-        net = load_segmenter(out)
-        state = torch.load(ckpt, weights_only=True)["state_dict"]
-        for key, value in net.state_dict().items():
-            assert torch.equal(value, state[f"{network}.{key}"])
-        x = torch.rand(1, 1, 64, 64)
-        assert net(x).shape == (1, 4, 64, 64)
-        assert torch.allclose(program(x), net(x), atol=1e-5)
-
-
-def test_export_reports_a_missing_checkpoint(tmp_path):
-    message = cli_error("export", tmp_path / "nope.ckpt", tmp_path / "out.pt")
-    assert "nope.ckpt does not exist" in message
-
-
 def test_prepare_converts_raw_acdc_and_fit_reads_the_result(tmp_path):
     from advmim_lightning.data.synthetic import write_tiny_raw_acdc
 
@@ -303,48 +279,6 @@ def test_prepare_converts_raw_acdc_and_fit_reads_the_result(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run("prepare", "--input", tmp_path / "missing", "--output", tmp_path / "x")
     assert exit_info.value.code == 1
-
-
-def test_demo_trains_tests_predicts_and_draws_the_overlay(tmp_path, capsys):
-    import numpy as np
-    from PIL import Image
-
-    from advmim_lightning.demo import main as demo
-    from advmim_lightning.visualize import CLASS_COLOURS
-
-    configs = ["--config", str(ROOT / "configs/quickstart.yaml"), "--config", TINY]
-    overrides = tmp_path / "short.yaml"
-    overrides.write_text("model:\n  max_iterations: 2\ntrainer:\n  val_check_interval: 2\n")
-    runs = ["--runs_dir", str(tmp_path / "runs")]
-    threads_before = torch.get_num_threads()
-    demo([*configs, "--config", str(overrides), *runs, "--threads", str(threads_before + 1)])
-    assert torch.get_num_threads() == threads_before  # restored after the demo
-    run_dir = tmp_path / "runs" / "quickstart"
-
-    # image | ground truth | CNN | transformer, twice the slice size, titles above, legend below
-    overlay = np.asarray(Image.open(run_dir / "overlay.png").convert("RGB"))
-    tiles_height = 2 * 64  # the tiny phantom has one test case
-    assert overlay.shape[1] == 2 * (4 * 64 + 3 * 2)
-    assert overlay.shape[0] > tiles_height + 2 * 20
-    header = overlay[:20]
-    for column in range(4):
-        left = column * 2 * (64 + 2)
-        assert (header[:, left : left + 128] < 100).any(), f"no title above column {column}"
-    legend = overlay[20 + tiles_height :]
-    for colour in CLASS_COLOURS[:3].astype(np.uint8):  # RV, Myo, LV swatches
-        assert (legend == colour).all(axis=-1).sum() > 50
-    printed = capsys.readouterr()
-    assert "=== advmim demo finished ===" in printed.out
-    assert str(run_dir / "checkpoints" / "last.ckpt") in printed.out
-    assert "final validation Dice: cnn " in printed.out and ", transformer " in printed.out
-    assert "test (cnn), mean over cases: dice_mean=" in printed.out
-    assert f"CPU threads         : {threads_before + 1} (--threads)" in printed.out
-    assert "LeafSpec" not in printed.err and "args parameter is intended" not in printed.err
-
-    # the overlay alone, from the finished run, to another file (how docs/ gets its copy)
-    target = tmp_path / "docs" / "overlay.png"
-    demo([*configs, *runs, "--overlay_only", "--overlay", str(target)])
-    assert np.array_equal(np.asarray(Image.open(target).convert("RGB")), overlay)
 
 
 def test_bad_input_through_the_cli_names_what_is_wrong(tmp_path):

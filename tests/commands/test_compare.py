@@ -12,7 +12,7 @@ import torch
 from advmim_lightning.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = str(Path(__file__).with_name("tiny.yaml"))
+TINY = str(ROOT / "tests/cli/tiny.yaml")
 #: Every combination: 4 iterations, validated at 2 and 4 (so a best checkpoint exists).
 SETTINGS = [
     "--model.max_iterations",
