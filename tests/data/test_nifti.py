@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from advmim_lightning.data import DataValidationError
+from advmim_lightning.data import AdvMIMDataModule, DataValidationError
 
 
 @pytest.fixture
@@ -218,6 +218,14 @@ def test_data_errors(nifti_copy: Path, corrupt, message: str, nifti_dm) -> None:
         dm = nifti_dm(nifti_copy, labeled_cases=["case_000", "case_001"], val_fraction=0.0)
         dm.setup("fit")
         dm.setup("test")
+
+
+def test_argument_errors(tiny_nifti: Path, nifti_dm) -> None:
+    # The NIfTI source checks its own arguments (the phantom layout does not take slice_axis).
+    with pytest.raises(ValueError, match="slice_axis must be 0, 1, 2 or None"):
+        nifti_dm(tiny_nifti, slice_axis=3)
+    with pytest.raises(ValueError, match="root is required for layout='nifti'"):
+        AdvMIMDataModule(layout="nifti")
 
 
 def test_wrong_num_classes_and_missing_channel(

@@ -1,8 +1,12 @@
-"""Data: the :class:`AdvMIMDataModule`, its dataset layouts, transforms and samplers.
+"""Data: the :class:`AdvMIMDataModule`, its data sources, transforms and samplers.
 
-- :mod:`~advmim_lightning.data.datamodule`: the LightningDataModule.
+- :mod:`~advmim_lightning.data.datamodule`: the LightningDataModule (setup and evaluation).
+- :mod:`~advmim_lightning.data.training`: its training stream (loader, sampler, resuming).
+- :mod:`~advmim_lightning.data.source`: the :class:`DataSource` contract every source meets.
 - :mod:`~advmim_lightning.data.acdc`, :mod:`~advmim_lightning.data.nifti`,
-  :mod:`~advmim_lightning.data.phantom`: the three layouts.
+  :mod:`~advmim_lightning.data.phantom`: the three built-in sources (layouts).
+- :mod:`~advmim_lightning.data.layouts`: ``layout=`` and flat arguments to a source.
+- :mod:`~advmim_lightning.data.arguments`: checks of constructor arguments.
 - :mod:`~advmim_lightning.data.cases`: case grouping, splits, split files.
 - :mod:`~advmim_lightning.data.transforms`: normalisation and SSL4MIS-style augmentation.
 - :mod:`~advmim_lightning.data.sampling`: iteration-indexed, rank-sharded sampling.
@@ -13,8 +17,13 @@
 
 from __future__ import annotations
 
+from advmim_lightning.data.acdc import ACDCSource
+from advmim_lightning.data.cases import CaseSplit
 from advmim_lightning.data.datamodule import AdvMIMDataModule
 from advmim_lightning.data.datasets import unwrap_single_item
+from advmim_lightning.data.nifti import NiftiSource
+from advmim_lightning.data.phantom import PhantomSource
+from advmim_lightning.data.source import DataSource, TrainingPools, pools_from_volumes
 from advmim_lightning.data.types import (
     EvalItem,
     LabeledBatch,
@@ -25,12 +34,19 @@ from advmim_lightning.data.types import (
 from advmim_lightning.data.validation import DataValidationError
 
 __all__ = [
+    "ACDCSource",
     "AdvMIMDataModule",
+    "CaseSplit",
+    "DataSource",
     "DataValidationError",
     "EvalItem",
     "LabeledBatch",
+    "NiftiSource",
+    "PhantomSource",
     "TrainingBatch",
+    "TrainingPools",
     "UnlabeledBatch",
     "Volume",
+    "pools_from_volumes",
     "unwrap_single_item",
 ]

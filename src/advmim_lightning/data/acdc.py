@@ -30,8 +30,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from advmim_lightning.data.cases import CaseSplit, first_cases
-from advmim_lightning.data.source import DataSource, EvalSplit, LoadOptions, TrainingPools
+from advmim_lightning.data.arguments import check_root
+from advmim_lightning.data.cases import DEFAULT_ACDC_CASE_PATTERN, CaseSplit, first_cases
+from advmim_lightning.data.source import DataSource, EvalSplit, Normalization, TrainingPools
 from advmim_lightning.data.types import Volume
 from advmim_lightning.data.validation import (
     DataValidationError,
@@ -146,38 +147,57 @@ def _geometry(
 
 
 class ACDCSource(DataSource):
-    """Reads the SSL4MIS ACDC layout (see the module docstring).
+    """Reads the SSL4MIS ACDC layout (see the module docstring): ``layout="acdc"``.
 
     The labeled pool is the slices of the first ``labeled_cases`` patients in
     ``train_slices.list`` order (or of the listed patients); the other listed training patients
-    form the unlabeled pool. Validation and test volumes come from ``val.list``/``test.list``.
+    form the unlabeled pool. Validation and test volumes come from ``val.list``/``test.list``;
+    the lists define the split (no split file).
 
     Args:
         root: Dataset root.
-        options: Shared loading options.
+        case_pattern: Case id pattern (see :class:`~advmim_lightning.data.source.DataSource`);
+            None: ``r"^(patient\\d+)"``.
+        normalization: See :class:`~advmim_lightning.data.source.DataSource` (``"minmax"``
+            is ACDC's).
+        window_level: See :class:`~advmim_lightning.data.source.DataSource`.
+        window_width: See :class:`~advmim_lightning.data.source.DataSource`.
 
     Raises:
-        DataValidationError: If ``root`` is not a folder or a split file is given (the lists
-            define this layout's split).
+        ValueError: On an empty ``root`` or an invalid shared argument.
+        DataValidationError: At :meth:`open`, if ``root`` is not a folder.
     """
 
-    def __init__(self, root: str, options: LoadOptions) -> None:
-        super().__init__(options)
-        self.path = self._open_root(
-            root, "ACDC", "the SSL4MIS layout with train_slices.list and data/"
-        )
-        if options.split_file is not None:
-            raise DataValidationError(
-                f"split_file={options.split_file!r} given for the acdc layout; its split comes "
-                f"from {self.path}/train_slices.list, val.list and test.list (edit those)."
-            )
-        self.class_names = (
-            list(ACDC_CLASS_NAMES)
-            if options.num_classes == 4
-            else ["background", *(f"class{i}" for i in range(1, options.num_classes))]
-        )
+    layout = "acdc"
+
+    def __init__(
+        self,
+        root: str,
+        case_pattern: str | None = None,
+        normalization: Normalization = "minmax",
+        window_level: float = 40.0,
+        window_width: float = 400.0,
+    ) -> None:
+        self.root = check_root(root, self.layout)
+        if case_pattern is None:
+            case_pattern = DEFAULT_ACDC_CASE_PATTERN
+        super().__init__(case_pattern, normalization, window_level, window_width)
         self.in_channels = 1
         self._lists: dict[str, list[str]] = {}
+
+    def open(self) -> None:
+        """Checks the root folder; names the classes (ACDC's four, or ``class<i>``)."""
+        self.path = self._open_root(
+            self.root, "ACDC", "the SSL4MIS layout with train_slices.list and data/"
+        )
+        self.class_names = (
+            list(ACDC_CLASS_NAMES)
+            if self.num_classes == 4
+            else ["background", *(f"class{i}" for i in range(1, self.num_classes))]
+        )
+
+    def missing_cases_hint(self, which: EvalSplit) -> str:
+        return "names in val.list" if which == "val" else "names in test.list"
 
     def list_names(self, which: str) -> list[str]:
         """Names in ``train_slices.list`` (``"train"``), ``val.list`` or ``test.list``."""
@@ -197,7 +217,7 @@ class ACDCSource(DataSource):
         train_list = str(self.path / "train_slices.list")
         train = self.list_names("train")
         order = list(dict.fromkeys(self.grouper(n, train_list) for n in train))
-        labeled_cases = self.options.labeled_cases
+        labeled_cases = self.labeled_cases
         if isinstance(labeled_cases, int):
             labeled = first_cases(train, self.grouper, labeled_cases, train_list)
         else:
@@ -296,7 +316,7 @@ class ACDCSource(DataSource):
             for d, (_, name) in enumerate(members):
                 path = self._slice_file(name)
                 image, label, spacing, affine = read_h5(
-                    path, self.options.num_classes, ndim=2, read_label=labeled, require_label=True
+                    path, self.num_classes, ndim=2, read_label=labeled, require_label=True
                 )
                 if images and image.shape != images[0].shape:
                     raise DataValidationError(
@@ -311,11 +331,9 @@ class ACDCSource(DataSource):
                 Volume(
                     case_id=volume_name,
                     group_id=self.grouper(volume_name, train_list),
-                    image=self.options.normalize(np.stack(images)[None]),
+                    image=self.normalize(np.stack(images)[None]),
                     label=(
-                        np.stack(labels).astype(self.options.label_dtype, copy=False)
-                        if labeled
-                        else None
+                        np.stack(labels).astype(self.label_dtype, copy=False) if labeled else None
                     ),
                     spacing=geometry[0],
                     spacing_known=geometry[1],
@@ -335,7 +353,7 @@ class ACDCSource(DataSource):
             path = self.path / "data" / f"{name}.h5"
             image, label, spacing, affine = read_h5(
                 path,
-                self.options.num_classes,
+                self.num_classes,
                 ndim=3,
                 read_label=True,
                 require_label=which != "predict",
@@ -345,8 +363,8 @@ class ACDCSource(DataSource):
                 Volume(
                     case_id=name,
                     group_id=self.grouper(name, source),
-                    image=self.options.normalize(image[None]),
-                    label=None if label is None else label.astype(self.options.label_dtype),
+                    image=self.normalize(image[None]),
+                    label=None if label is None else label.astype(self.label_dtype),
                     spacing=geometry[0],
                     spacing_known=geometry[1],
                     affine=geometry[2],

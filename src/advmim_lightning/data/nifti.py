@@ -41,11 +41,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from advmim_lightning.data.arguments import check_fraction, check_root
 from advmim_lightning.data.cases import CaseSplit, read_split_file, resolve_case_split
 from advmim_lightning.data.source import (
     DataSource,
     EvalSplit,
-    LoadOptions,
+    Normalization,
     TrainingPools,
     pools_from_volumes,
 )
@@ -176,29 +177,72 @@ def coarsest_axis(spacing: tuple[float, float, float]) -> int:
 
 
 class NiftiSource(DataSource):
-    """Reads the MSD / nnU-Net v2 layout (see the module docstring).
+    """Reads the MSD / nnU-Net v2 layout (see the module docstring): ``layout="nifti"``.
 
     Args:
         root: Dataset root.
-        options: Shared loading options.
+        slice_axis: Axis of the stored array to slice along; None for the axis with the
+            coarsest spacing (per case).
+        cache_dir: Folder for decoded volumes (memory-mapped ``.npy``); None keeps them in
+            memory.
+        split_file: JSON split file (see :mod:`~advmim_lightning.data.cases`); its
+            ``labeled`` key wins over ``labeled_cases``. None: a seeded split.
+        split_seed: Seed of the seeded case-level split.
+        val_fraction: Fraction of the labeled training cases used for validation.
+        case_pattern: See :class:`~advmim_lightning.data.source.DataSource` (None: the whole
+            case name).
+        normalization: See :class:`~advmim_lightning.data.source.DataSource`.
+        window_level: See :class:`~advmim_lightning.data.source.DataSource`.
+        window_width: See :class:`~advmim_lightning.data.source.DataSource`.
 
     Raises:
-        DataValidationError: If ``root`` is not a folder, ``dataset.json`` is invalid or the
-            files do not match it (names, channel files, labels without images).
+        ValueError: On arguments out of range.
+        DataValidationError: At :meth:`open`, if ``root`` is not a folder, ``dataset.json`` is
+            invalid or the files do not match it (names, channel files, labels without images).
     """
 
-    def __init__(self, root: str, options: LoadOptions) -> None:
-        super().__init__(options)
-        self.path = self._open_root(root, "NIfTI", "dataset.json and imagesTr/")
+    layout = "nifti"
+
+    def __init__(
+        self,
+        root: str,
+        slice_axis: int | None = None,
+        cache_dir: str | None = None,
+        split_file: str | None = None,
+        split_seed: int = 0,
+        val_fraction: float = 0.1,
+        case_pattern: str | None = None,
+        normalization: Normalization = "minmax",
+        window_level: float = 40.0,
+        window_width: float = 400.0,
+    ) -> None:
+        self.root = check_root(root, self.layout)
+        check_fraction("val_fraction", val_fraction)
+        if slice_axis is not None and slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1, 2 or None, got {slice_axis!r}")
+        super().__init__(case_pattern, normalization, window_level, window_width)
+        self.slice_axis, self.cache_dir = slice_axis, cache_dir
+        self.split_file, self.split_seed, self.val_fraction = split_file, split_seed, val_fraction
+        self._scan: dict[str, dict[str, tuple[list[Path], Path | None]]] | None = None
+
+    def open(self) -> None:
+        """Reads ``dataset.json`` and checks the file listing against it.
+
+        The listing is checked now (cheap), so that files that do not match ``dataset.json``
+        (a missing channel file, say) stop a run as a data error before any network is built
+        for ``in_channels``.
+        """
+        self.path = self._open_root(self.root, "NIfTI", "dataset.json and imagesTr/")
         self.class_names, self.channel_names, self.file_ending = read_dataset_json(
-            self.path, options.num_classes
+            self.path, self.num_classes
         )
         self.in_channels = len(self.channel_names)
-        self._scan: dict[str, dict[str, tuple[list[Path], Path | None]]] | None = None
-        # The file listing is checked now (cheap), so that files that do not match
-        # dataset.json (a missing channel file, say) stop a run as a data error before any
-        # network is built for ``in_channels``.
         self.cases()
+
+    def missing_cases_hint(self, which: EvalSplit) -> str:
+        if which == "val":
+            return f"val_fraction={self.val_fraction}"
+        return "imagesTs/ images (with labelsTs/ for testing) or a 'test' list in the split file"
 
     # ----------------------------------------------------------------------------- listing
     def _scan_folder(self, images: str, labels: str) -> dict[str, tuple[list[Path], Path | None]]:
@@ -297,17 +341,17 @@ class NiftiSource(DataSource):
         capable = {
             g for g, cases in train_groups.items() if any(scan["train"][c][1] for c in cases)
         }
-        split_file = read_split_file(self.options.split_file) if self.options.split_file else None
+        split_file = read_split_file(self.split_file) if self.split_file else None
         return resolve_case_split(
             list(train_groups),
             capable,
-            labeled_cases=self.options.labeled_cases,
+            labeled_cases=self.labeled_cases,
             split=split_file,
-            split_seed=self.options.split_seed,
-            val_fraction=self.options.val_fraction,
+            split_seed=self.split_seed,
+            val_fraction=self.val_fraction,
             test_fraction=0.0,
             fixed_test=list(test_groups),
-            source=self.options.split_file or str(self.path),
+            source=self.split_file or str(self.path),
         )
 
     def _cases_of(self, groups: list[str]) -> list[tuple[str, list[Path], Path | None]]:
@@ -355,12 +399,11 @@ class NiftiSource(DataSource):
                 str(files[0]),
                 str(label_file),
             )
-            check_label_values(label, self.options.num_classes, str(label_file))
-            label = np.asarray(label).astype(self.options.label_dtype)
-        axis = self.options.slice_axis if self.options.slice_axis is not None else None
-        axis = coarsest_axis(spacing) if axis is None else axis
+            check_label_values(label, self.num_classes, str(label_file))
+            label = np.asarray(label).astype(self.label_dtype)
+        axis = coarsest_axis(spacing) if self.slice_axis is None else self.slice_axis
         image = np.ascontiguousarray(np.moveaxis(np.stack(arrays), axis + 1, 1))
-        image = self.options.normalize(image)
+        image = self.normalize(image)
         if label is not None:
             label = np.ascontiguousarray(np.moveaxis(label, axis, 0))
         others = [i for i in range(3) if i != axis]
@@ -399,16 +442,15 @@ class NiftiSource(DataSource):
     def _cache_paths(
         self, case: str, files: list[Path], label_file: Path | None
     ) -> tuple[Path, Path, Path] | None:
-        if self.options.cache_dir is None:
+        if self.cache_dir is None:
             return None
-        o = self.options
-        parts = [str(_CACHE_VERSION), o.normalization, str(o.window_level), str(o.window_width)]
-        parts += [str(o.num_classes), str(o.slice_axis)]
+        parts = [str(_CACHE_VERSION), self.normalization, str(self.window_level)]
+        parts += [str(self.window_width), str(self.num_classes), str(self.slice_axis)]
         for f in [*files, *([label_file] if label_file else [])]:
             stat = f.stat()
             parts += [str(f.resolve()), str(stat.st_mtime_ns), str(stat.st_size)]
         key = hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
-        folder = Path(o.cache_dir) / "nifti"
+        folder = Path(self.cache_dir) / "nifti"
         return (
             folder / f"{case}_{key}_image.npy",
             folder / f"{case}_{key}_label.npy",

@@ -1,4 +1,4 @@
-"""What every dataset layout provides to the data module."""
+"""What every data source (dataset layout) provides to the data module: the contract."""
 
 from __future__ import annotations
 
@@ -11,41 +11,16 @@ from typing import Literal
 
 import numpy as np
 
+from advmim_lightning.data.arguments import check_choice
 from advmim_lightning.data.cases import CaseGrouper, CaseSplit
-from advmim_lightning.data.transforms import normalize_volume
+from advmim_lightning.data.transforms import NORMALIZATIONS, normalize_volume
 from advmim_lightning.data.types import Volume
 from advmim_lightning.data.validation import DataValidationError
 
-__all__ = ["DataSource", "EvalSplit", "LoadOptions", "TrainingPools", "pools_from_volumes"]
+__all__ = ["DataSource", "EvalSplit", "Normalization", "TrainingPools", "pools_from_volumes"]
 
 EvalSplit = Literal["val", "test", "predict"]
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """Options shared by every layout (see :class:`~advmim_lightning.data.AdvMIMDataModule`)."""
-
-    num_classes: int
-    labeled_cases: int | tuple[str, ...]
-    case_pattern: str | None
-    split_file: str | None = None
-    split_seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    slice_axis: int | None = None
-    normalization: str = "minmax"
-    window_level: float = 40.0
-    window_width: float = 400.0
-    cache_dir: str | None = None
-
-    def normalize(self, image: np.ndarray) -> np.ndarray:
-        """Normalises a ``C x ...`` volume with these options."""
-        return normalize_volume(image, self.normalization, self.window_level, self.window_width)
-
-    @property
-    def label_dtype(self) -> type:
-        """Smallest unsigned dtype holding every class index."""
-        return np.uint8 if self.num_classes <= 256 else np.int32
+Normalization = Literal["minmax", "zscore", "ct_window", "none"]
 
 
 @dataclass
@@ -83,21 +58,124 @@ def pools_from_volumes(volumes: Sequence[Volume], split: CaseSplit) -> TrainingP
 
 
 class DataSource(ABC):
-    """A dataset layout: resolves the case split and loads volumes.
+    """Where the data module's volumes come from: a dataset layout, or data of your own.
+
+    The built-in sources are :class:`~advmim_lightning.data.acdc.ACDCSource`,
+    :class:`~advmim_lightning.data.nifti.NiftiSource` and
+    :class:`~advmim_lightning.data.phantom.PhantomSource`; ``AdvMIMDataModule(layout=...)``
+    builds one of them from its flat arguments, ``AdvMIMDataModule(source=...)`` takes any
+    subclass. The data module calls, in this order:
+
+    1. ``__init__(...)``: the source's own arguments, checked (``ValueError``); cheap.
+    2. :meth:`bind` (do not override): hands over ``num_classes`` and ``labeled_cases``, calls
+       :meth:`open`, then checks ``class_names`` and ``in_channels``.
+    3. :meth:`prepare` (optional), once on rank 0 (``prepare_data``): write caches.
+    4. :meth:`case_split` (abstract): the case-level split, cheaply, from listings.
+    5. :meth:`load_training` (abstract, at ``setup("fit")``) and :meth:`load_eval` (abstract,
+       per evaluation split): the volumes, normalised and checked.
 
     Attributes:
-        class_names: All class names, background first.
-        in_channels: Number of image channels.
-        root: Dataset root (or a description for generated data).
+        class_names: All class names, background first (``num_classes`` of them); set in
+            ``__init__`` or :meth:`open`.
+        in_channels: Number of image channels; set in ``__init__`` or :meth:`open`.
+        root: Dataset root, or a description of generated data (for messages).
+        num_classes: The data module's ``num_classes`` (after :meth:`bind`).
+        labeled_cases: The data module's ``labeled_cases``: a count or a tuple of case ids
+            (after :meth:`bind`).
+        grouper: Maps volume and slice names to case ids (``case_pattern``).
+
+    Args:
+        case_pattern: Regular expression whose first group is the case id of a name
+            (``re.match``); None: every name is its own case.
+        normalization: Per-volume intensity normalisation used by :meth:`normalize`:
+            ``"minmax"``, ``"zscore"``, ``"ct_window"`` or ``"none"``.
+        window_level: CT window centre for ``"ct_window"``.
+        window_width: CT window width for ``"ct_window"``.
+
+    Raises:
+        ValueError: On an invalid ``case_pattern``, an unknown ``normalization`` or
+            ``window_width <= 0``.
     """
 
     class_names: list[str]
     in_channels: int
-    root: str
+    root: str = "data source"
+    num_classes: int
+    labeled_cases: int | tuple[str, ...]
 
-    def __init__(self, options: LoadOptions) -> None:
-        self.options = options
-        self.grouper = CaseGrouper(options.case_pattern)
+    def __init__(
+        self,
+        case_pattern: str | None = None,
+        normalization: Normalization = "minmax",
+        window_level: float = 40.0,
+        window_width: float = 400.0,
+    ) -> None:
+        check_choice("normalization", normalization, NORMALIZATIONS)
+        if window_width <= 0:
+            raise ValueError(f"window_width must be > 0, got {window_width}")
+        self.grouper = CaseGrouper(case_pattern)  # raises ValueError on an invalid pattern
+        self.case_pattern = case_pattern
+        self.normalization = normalization
+        self.window_level = window_level
+        self.window_width = window_width
+
+    def bind(self, num_classes: int, labeled_cases: int | Sequence[str]) -> None:
+        """Receives the data module's shared settings, opens the source and checks it.
+
+        Args:
+            num_classes: Number of classes including background.
+            labeled_cases: Number of labeled training cases, or their case ids.
+
+        Raises:
+            DataValidationError: From :meth:`open`, or when ``class_names`` does not list
+                ``num_classes`` names.
+            ValueError: When ``in_channels`` is not an integer >= 1.
+        """
+        self.num_classes = int(num_classes)
+        self.labeled_cases = (
+            labeled_cases if isinstance(labeled_cases, int) else tuple(labeled_cases)
+        )
+        self.open()
+        names = list(getattr(self, "class_names", []))
+        if len(names) != self.num_classes:
+            raise DataValidationError(
+                f"{self.root}: {type(self).__name__} has {len(names)} class name(s) {names}, "
+                f"but num_classes={self.num_classes}; expected one name per class, background "
+                "first."
+            )
+        channels = getattr(self, "in_channels", None)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(
+                f"{self.root}: {type(self).__name__}.in_channels must be an integer >= 1, got "
+                f"{channels!r}"
+            )
+
+    def open(self) -> None:
+        """Checks the data is there and sets what depends on ``num_classes`` (optional).
+
+        Called once by :meth:`bind`, with :attr:`num_classes` and :attr:`labeled_cases` set.
+
+        Raises:
+            DataValidationError: When the data is missing or does not match the settings.
+        """
+        return None
+
+    def prepare(self) -> None:
+        """Work done once per machine, on rank 0, before ``setup`` (e.g. writing a cache)."""
+        return None
+
+    def missing_cases_hint(self, which: EvalSplit) -> str:
+        """What an empty evaluation split lacks, for the data module's messages."""
+        return f"{which} cases from {type(self).__name__}.case_split()"
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """Normalises a ``C x ...`` volume with this source's ``normalization``."""
+        return normalize_volume(image, self.normalization, self.window_level, self.window_width)
+
+    @property
+    def label_dtype(self) -> type:
+        """Smallest unsigned dtype holding every class index."""
+        return np.uint8 if self.num_classes <= 256 else np.int32
 
     def _open_root(self, root: str, layout: str, expected: str) -> Path:
         """Keep ``root`` and return it as a path.
@@ -113,12 +191,27 @@ class DataSource(ABC):
 
     @abstractmethod
     def case_split(self) -> CaseSplit:
-        """Resolves (cheaply, from listings) the case-level split and checks it."""
+        """Resolves (cheaply, from listings) the case-level split and checks it.
+
+        Returns:
+            The labeled and unlabeled training cases, the validation and test cases (case ids,
+            disjoint where the data module requires it) and ``source`` for messages.
+        """
 
     @abstractmethod
     def load_training(self, split: CaseSplit) -> TrainingPools:
-        """Loads and checks the training volumes of ``split``."""
+        """Loads and checks the training volumes of ``split``.
+
+        Returns:
+            The labeled pool (volumes with labels) and the unlabeled pool (labels removed),
+            e.g. :func:`pools_from_volumes` of the training volumes.
+        """
 
     @abstractmethod
     def load_eval(self, which: EvalSplit, split: CaseSplit) -> list[Volume]:
-        """Loads and checks the volumes of an evaluation split (labels optional for predict)."""
+        """Loads and checks the volumes of an evaluation split (labels optional for predict).
+
+        Returns:
+            One :class:`~advmim_lightning.data.types.Volume` per volume, image normalised
+            (``C x D x H x W`` float32), label ``D x H x W`` (or None).
+        """
