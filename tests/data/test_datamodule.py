@@ -194,6 +194,7 @@ def test_phantom_errors(make_phantom_dm) -> None:
         ({"rotate_probability": 2.0}, r"rotate_probability must be in \[0, 1\]"),
         ({"case_pattern": "("}, "not a valid regular expression"),
         ({"phantom_size": 8}, "phantom_size must be >= 16"),
+        ({"phantom_heart_scale": 1.7}, r"phantom_heart_scale must be in \[0.5, 1.6\], got 1.7"),
     ],
 )
 def test_argument_checks(kwargs, message: str, make_phantom_dm) -> None:

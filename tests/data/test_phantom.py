@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from advmim_lightning.data.phantom import generate_phantom, generate_phantom_case
 
@@ -55,3 +56,32 @@ def test_cache(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.label, b.label)
         assert a.spacing == b.spacing and a.case_id == b.case_id
+
+
+def test_heart_scale_enlarges_the_heart_only_and_one_is_the_default_phantom(
+    tmp_path: Path,
+) -> None:
+    default = generate_phantom_case(4, 6, 96, seed=0)
+    same = generate_phantom_case(4, 6, 96, seed=0, heart_scale=1.0)
+    np.testing.assert_array_equal(default.image, same.image)
+    np.testing.assert_array_equal(default.label, same.label)
+    small = generate_phantom(6, 6, 96, seed=0)
+    large = generate_phantom(6, 6, 96, seed=0, heart_scale=1.5)
+    for a, b in zip(small, large, strict=True):
+        # Areas grow by about 1.5 ** 2 = 2.25; the heart stays inside the image.
+        ratio = (b.label > 0).sum() / (a.label > 0).sum()
+        assert 1.8 < ratio < 2.7, ratio
+        rim = np.concatenate([b.label[0], b.label[-1], b.label[:, 0], b.label[:, -1]])
+        assert not rim.any()
+        # A zoomed-in acquisition: the same heart in millimetres, finer pixels.
+        assert b.spacing[0] == pytest.approx(a.spacing[0] / 1.5) and b.spacing[2] == a.spacing[2]
+    # The cache tells the scales apart; the default keeps its file name.
+    generate_phantom(2, 2, 32, cache_dir=tmp_path)
+    generate_phantom(2, 2, 32, cache_dir=tmp_path, heart_scale=1.5)
+    names = sorted(p.name for p in tmp_path.glob("phantom_*.npz"))
+    assert len(names) == 2 and sum("-h1.5" in n for n in names) == 1
+    for bad in (0.4, 1.7, True):
+        with pytest.raises(
+            ValueError, match=rf"phantom_heart_scale must be in \[0.5, 1.6\], got {bad}"
+        ):
+            generate_phantom_case(0, 2, 32, heart_scale=bad)

@@ -126,6 +126,8 @@ class AdvMIMDataModule(TrainingStream):
         phantom_slices: Slices per phantom case.
         phantom_size: In-plane size of the phantom.
         phantom_seed: Seed of the phantom's content.
+        phantom_heart_scale: The phantom heart's size in pixels relative to the default
+            (ACDC-like) proportions, in ``[0.5, 1.6]``; 1.0 is the default phantom.
         cache_dir: Folder for caches: the generated phantom (``.npz``) and decoded NIfTI
             volumes (memory-mapped ``.npy``). None keeps everything in memory.
         pin_memory: Pin training batches; None pins when CUDA is available.
@@ -173,6 +175,7 @@ class AdvMIMDataModule(TrainingStream):
         phantom_slices: int = 8,
         phantom_size: int = 128,
         phantom_seed: int = 0,
+        phantom_heart_scale: float = 1.0,
         cache_dir: str | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,

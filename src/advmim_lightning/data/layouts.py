@@ -70,6 +70,7 @@ LAYOUT_SOURCES: dict[str, Layout] = {
             "phantom_slices": "num_slices",
             "phantom_size": "size",
             "phantom_seed": "seed",
+            "phantom_heart_scale": "heart_scale",
             **_same("test_fraction", "cache_dir"),
             **_SPLIT,
             **_NORMALIZATION,

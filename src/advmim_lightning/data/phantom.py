@@ -108,7 +108,7 @@ def _smooth_field(
 
 
 def generate_phantom_case(
-    index: int, num_slices: int = 8, size: int = 128, seed: int = 0
+    index: int, num_slices: int = 8, size: int = 128, seed: int = 0, heart_scale: float = 1.0
 ) -> PhantomCase:
     """Generates case ``index`` of the phantom.
 
@@ -117,10 +117,16 @@ def generate_phantom_case(
         num_slices: Slices from base to apex (>= 1).
         size: In-plane size in pixels (>= 16).
         seed: Phantom seed.
+        heart_scale: The heart's size in pixels relative to ACDC-like proportions (1.0), in
+            ``[0.5, 1.6]``: ventricles, myocardium and the vessels near them grow by this
+            factor and the in-plane spacing shrinks by it (a zoomed-in acquisition, the same
+            heart in millimetres); the rest of the body keeps its size in pixels. The random
+            draws are the same for every scale, so scale 1.0 is the default phantom.
 
     Returns:
         A :class:`PhantomCase`.
     """
+    check_heart_scale(heart_scale)
     rng = np.random.default_rng(mix_seed(_TAG, _VERSION, seed, index))
     n, d_count = size, num_slices
     grid_y, grid_x = np.mgrid[0:n, 0:n].astype(np.float32)
@@ -136,14 +142,19 @@ def generate_phantom_case(
     cx0 = n / 2 + rng.normal(0, 0.06 * n)
     cy = cy0 + rng.normal(0, 0.02 * n) * t
     cx = cx0 + rng.normal(0, 0.02 * n) * t
-    r0 = rng.uniform(0.065, 0.13) * n
+    r0 = rng.uniform(0.065, 0.13) * n * heart_scale
     lv_a = r0 * (1 - rng.uniform(0.45, 0.65) * t**1.5)
     lv_b = lv_a * rng.uniform(0.8, 1.0)
     theta = rng.uniform(0, math.pi)
     if d_count > 2 and rng.random() < 0.4:  # apical cap: myocardium only
         lv_a = np.where(t >= 1.0, np.float32(0), lv_a)
         lv_b = np.where(t >= 1.0, np.float32(0), lv_b)
-    wall = rng.uniform(0.03, 0.05) * n * (1 + 0.05 * rng.standard_normal((d_count, 1, 1)))
+    wall = (
+        rng.uniform(0.03, 0.05)
+        * n
+        * heart_scale
+        * (1 + 0.05 * rng.standard_normal((d_count, 1, 1)))
+    )
     wall = np.maximum(wall, 1.2).astype(np.float32)
     lv = inside(cy, cx, lv_a, lv_b, theta)
     epi = inside(cy, cx, lv_a + wall, lv_b + wall, theta)
@@ -250,7 +261,7 @@ def generate_phantom_case(
     )
     img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2) * np.float32(rng.uniform(200.0, 1500.0))
 
-    s_in = float(rng.uniform(1.3, 1.8))
+    s_in = float(rng.uniform(1.3, 1.8)) / heart_scale
     s_slice = float(rng.uniform(5.0, 10.0))
     spacing = (s_in, s_in, s_slice)
     affine = np.diag([s_in, s_in, s_slice, 1.0])
@@ -263,8 +274,18 @@ def generate_phantom_case(
     )
 
 
-def _cache_path(cache_dir: Path, num_cases: int, num_slices: int, size: int, seed: int) -> Path:
+def check_heart_scale(heart_scale: float) -> None:
+    """Refuses a ``heart_scale`` outside ``[0.5, 1.6]`` (beyond 1.6 the heart leaves the image)."""
+    if isinstance(heart_scale, bool) or not 0.5 <= heart_scale <= 1.6:
+        raise ValueError(f"phantom_heart_scale must be in [0.5, 1.6], got {heart_scale!r}")
+
+
+def _cache_path(
+    cache_dir: Path, num_cases: int, num_slices: int, size: int, seed: int, heart_scale: float
+) -> Path:
     key = f"v{_VERSION}-{num_cases}-{num_slices}-{size}-{seed}"
+    if heart_scale != 1.0:  # the default phantom keeps the cache names it always had
+        key += f"-h{heart_scale:g}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return cache_dir / f"phantom_{key}_{digest}.npz"
 
@@ -275,6 +296,7 @@ def generate_phantom(
     size: int = 128,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    heart_scale: float = 1.0,
 ) -> list[PhantomCase]:
     """Generates (or reads from a cache) the whole phantom.
 
@@ -284,6 +306,7 @@ def generate_phantom(
         size: In-plane size (>= 16).
         seed: Phantom seed.
         cache_dir: Folder for an ``.npz`` cache keyed by the arguments; None generates in memory.
+        heart_scale: See :func:`generate_phantom_case`.
 
     Returns:
         The cases in id order.
@@ -296,9 +319,10 @@ def generate_phantom(
             f"phantom needs num_cases >= 1, num_slices >= 1 and size >= 16, got "
             f"num_cases={num_cases}, num_slices={num_slices}, size={size}"
         )
+    check_heart_scale(heart_scale)
     path = None
     if cache_dir is not None:
-        path = _cache_path(Path(cache_dir), num_cases, num_slices, size, seed)
+        path = _cache_path(Path(cache_dir), num_cases, num_slices, size, seed, heart_scale)
         if path.is_file():
             with np.load(path) as data:
                 ids = phantom_case_ids(num_cases)
@@ -312,7 +336,9 @@ def generate_phantom(
                     )
                     for i in range(num_cases)
                 ]
-    cases = [generate_phantom_case(i, num_slices, size, seed) for i in range(num_cases)]
+    cases = [
+        generate_phantom_case(i, num_slices, size, seed, heart_scale) for i in range(num_cases)
+    ]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
@@ -351,6 +377,8 @@ class PhantomSource(DataSource):
         window_width: See :class:`~advmim_lightning.data.source.DataSource`.
         cache_dir: Folder for the generated phantom (``.npz``, written by :meth:`prepare`);
             None generates it in memory.
+        heart_scale: The heart's size relative to the default phantom, in ``[0.5, 1.6]``
+            (``phantom_heart_scale``; see :func:`generate_phantom_case`).
 
     Raises:
         ValueError: On arguments out of range (naming the data module's argument too).
@@ -374,8 +402,10 @@ class PhantomSource(DataSource):
         window_level: float = 40.0,
         window_width: float = 400.0,
         cache_dir: str | None = None,
+        heart_scale: float = 1.0,
     ) -> None:
         check_int("phantom_cases", num_cases, 1, note="PhantomSource num_cases")
+        check_heart_scale(heart_scale)
         check_int("phantom_slices", num_slices, 1, note="PhantomSource num_slices")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             check_fraction(name, value)
@@ -390,7 +420,10 @@ class PhantomSource(DataSource):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.cache_dir = cache_dir
+        self.heart_scale = heart_scale
         self.root = f"phantom(cases={num_cases}, slices={num_slices}, size={size}, seed={seed})"
+        if heart_scale != 1.0:
+            self.root = f"{self.root[:-1]}, heart_scale={heart_scale:g})"
         self._cases: list[PhantomCase] | None = None
 
     def open(self) -> None:
@@ -405,7 +438,12 @@ class PhantomSource(DataSource):
         """Writes the phantom cache once when ``cache_dir`` is set."""
         if self.cache_dir is not None:
             generate_phantom(
-                self.num_cases, self.num_slices, self.size, self.seed, cache_dir=self.cache_dir
+                self.num_cases,
+                self.num_slices,
+                self.size,
+                self.seed,
+                cache_dir=self.cache_dir,
+                heart_scale=self.heart_scale,
             )
 
     def missing_cases_hint(self, which: EvalSplit) -> str:
@@ -417,7 +455,12 @@ class PhantomSource(DataSource):
         """The generated cases (made once, or read from ``cache_dir``)."""
         if self._cases is None:
             self._cases = generate_phantom(
-                self.num_cases, self.num_slices, self.size, self.seed, self.cache_dir
+                self.num_cases,
+                self.num_slices,
+                self.size,
+                self.seed,
+                self.cache_dir,
+                self.heart_scale,
             )
         return self._cases
 
