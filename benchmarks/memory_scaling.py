@@ -56,6 +56,7 @@ model:
       num_heads: [1, 1, 1, 1]
       window_size: 2
       drop_path_rate: 0.0
+      pretrained: null  # configs/nifti/advmim.yaml names ImageNet weights (a download)
 trainer:
   accelerator: cpu
   enable_progress_bar: false
