@@ -54,7 +54,7 @@ def test_every_python_block_of_the_doc_runs(tmp_path, monkeypatch, capsys):
             pytest.fail(f"python block {index} of {doc} failed: {type(err).__name__}: {err}")
     out = capsys.readouterr().out
     assert "val/dice_mean" in out  # block 0 validated
-    assert "UNet SwinUNet (96, 96)\nruns/quickstart\n" in out  # block 1 read the config
+    assert "UNet SwinUNet (80, 80)\nruns/quickstart\n" in out  # block 1 read the config
     assert "'class_path': '__main__.PixelMaskedSegmenter', 'init_args': None" in out
     assert (tmp_path / "custom_cnn.ckpt").is_file()
     assert re.search(r"supervised \d+\.\d{3} pseudo \d+\.\d{3} adversarial", out)

@@ -12,6 +12,9 @@ from tiny import PairedBatches, PoisonedAt, fit, make_module
 def test_a_checkpoint_between_logging_iterations_never_saves_nonfinite_weights(tmp_path):
     from advmim_lightning.callbacks import RunCheckpoint
 
+    # Seeded: the initial weights decide whether the overflowing batch already gives a
+    # non-finite loss at iteration 2 (unseeded, some runs reported iteration 3 instead).
+    torch.manual_seed(0)
     module = make_module("advmim")
     checkpoints = RunCheckpoint(dirpath=tmp_path, save_last=True, every_n_iterations=1)
     with pytest.raises(FloatingPointError, match=r"iterations 2\.\.2 \(0-based\)"):
