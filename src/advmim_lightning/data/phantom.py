@@ -421,9 +421,10 @@ class PhantomSource(DataSource):
         self.test_fraction = test_fraction
         self.cache_dir = cache_dir
         self.heart_scale = heart_scale
-        self.root = f"phantom(cases={num_cases}, slices={num_slices}, size={size}, seed={seed})"
-        if heart_scale != 1.0:
-            self.root = f"{self.root[:-1]}, heart_scale={heart_scale:g})"
+        scale = f", heart_scale={heart_scale:g}" if heart_scale != 1.0 else ""
+        self.root = (
+            f"phantom(cases={num_cases}, slices={num_slices}, size={size}, seed={seed}{scale})"
+        )
         self._cases: list[PhantomCase] | None = None
 
     def open(self) -> None:
@@ -437,14 +438,7 @@ class PhantomSource(DataSource):
     def prepare(self) -> None:
         """Writes the phantom cache once when ``cache_dir`` is set."""
         if self.cache_dir is not None:
-            generate_phantom(
-                self.num_cases,
-                self.num_slices,
-                self.size,
-                self.seed,
-                cache_dir=self.cache_dir,
-                heart_scale=self.heart_scale,
-            )
+            self._generate()
 
     def missing_cases_hint(self, which: EvalSplit) -> str:
         if which == "val":
@@ -454,15 +448,18 @@ class PhantomSource(DataSource):
     def generated(self) -> list[PhantomCase]:
         """The generated cases (made once, or read from ``cache_dir``)."""
         if self._cases is None:
-            self._cases = generate_phantom(
-                self.num_cases,
-                self.num_slices,
-                self.size,
-                self.seed,
-                self.cache_dir,
-                self.heart_scale,
-            )
+            self._cases = self._generate()
         return self._cases
+
+    def _generate(self) -> list[PhantomCase]:
+        return generate_phantom(
+            self.num_cases,
+            self.num_slices,
+            self.size,
+            self.seed,
+            cache_dir=self.cache_dir,
+            heart_scale=self.heart_scale,
+        )
 
     def case_split(self) -> CaseSplit:
         ids = phantom_case_ids(self.num_cases)
