@@ -22,7 +22,7 @@ from advmim_lightning.data.cases import CaseSplit
 from advmim_lightning.data.datamodule import AdvMIMDataModule
 from advmim_lightning.data.datasets import unwrap_single_item
 from advmim_lightning.data.nifti import NiftiSource
-from advmim_lightning.data.phantom import PhantomSource
+from advmim_lightning.data.phantom_source import PhantomSource
 from advmim_lightning.data.source import DataSource, TrainingPools, pools_from_volumes
 from advmim_lightning.data.types import (
     EvalItem,

@@ -44,7 +44,7 @@ class AdvMIMDataModule(TrainingStream):
     ``"acdc"`` (:class:`~advmim_lightning.data.acdc.ACDCSource`, the SSL4MIS ACDC layout),
     ``"nifti"`` (:class:`~advmim_lightning.data.nifti.NiftiSource`, an MSD / nnU-Net v2
     folder; several image channels supported end to end) or ``"phantom"``
-    (:class:`~advmim_lightning.data.phantom.PhantomSource`, a built-in procedural ACDC-like
+    (:class:`~advmim_lightning.data.phantom_source.PhantomSource`, a built-in procedural ACDC-like
     dataset). ``source=`` takes any source object instead (in YAML: ``class_path`` and
     ``init_args``); then the layout arguments are refused. ``class_names`` and
     ``in_channels`` come from the source.

@@ -17,7 +17,7 @@ from typing import Any
 from advmim_lightning.data.acdc import ACDCSource
 from advmim_lightning.data.arguments import check_choice
 from advmim_lightning.data.nifti import NiftiSource
-from advmim_lightning.data.phantom import PhantomSource
+from advmim_lightning.data.phantom_source import PhantomSource
 from advmim_lightning.data.source import DataSource
 
 __all__ = [

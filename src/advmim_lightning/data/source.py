@@ -62,7 +62,7 @@ class DataSource(ABC):
 
     The built-in sources are :class:`~advmim_lightning.data.acdc.ACDCSource`,
     :class:`~advmim_lightning.data.nifti.NiftiSource` and
-    :class:`~advmim_lightning.data.phantom.PhantomSource`; ``AdvMIMDataModule(layout=...)``
+    :class:`~advmim_lightning.data.phantom_source.PhantomSource`; ``AdvMIMDataModule(layout=...)``
     builds one of them from its flat arguments, ``AdvMIMDataModule(source=...)`` takes any
     subclass. The data module calls, in this order:
 
