@@ -51,7 +51,12 @@ from advmim_lightning.networks import (
     random_block_mask,
     random_init_warning,
 )
-from advmim_lightning.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
+from advmim_lightning.nonfinite import (
+    NonFiniteMonitor,
+    UpdateSkipper,
+    batch_case_ids,
+    parts_nonfinite,
+)
 from advmim_lightning.randomness import iteration_seed
 from advmim_lightning.schedules import ctct_consistency_weight, poly_lr
 
@@ -133,13 +138,15 @@ class AdvMIMModule(pl.LightningModule):
             drawn from generators re-seeded every iteration from ``(rng_seed, global rank,
             iteration)``, so ranks differ and a resumed run repeats the interrupted one exactly.
             Named apart from the data module's ``seed`` so both can be logged together.
-        nonfinite_check: ``"raise"`` (default): a non-finite loss term is flagged on the device
-            every iteration and checked on logging iterations (``log_every_n_steps``, no host
-            sync in between); the error names the iteration range, the offending terms and the
-            batches' case ids. ``"skip"``: an iteration whose gradients (after DDP averaging,
-            so all ranks agree) are not all finite changes nothing: parameters, momenta and
-            batch-norm statistics of all four parts are restored on the device, the iteration
-            still counts, and logging iterations warn naming it and its cases and log
+        nonfinite_check: ``"raise"`` (default): a non-finite loss term, or a trained part whose
+            weights or batch-norm statistics went non-finite in the update (possible while
+            every loss term is still finite), is flagged on the device every iteration and
+            checked on logging iterations (``log_every_n_steps``, no host sync in between) and
+            before every checkpoint; the error names the iteration range, the offending terms
+            or parts and the batches' case ids. ``"skip"``: an iteration whose gradients (after
+            DDP averaging, so all ranks agree) are not all finite changes nothing: parameters,
+            momenta and batch-norm statistics of all four parts are restored on the device, the
+            iteration still counts, and logging iterations warn naming it and its cases and log
             ``train/skipped_iterations``. Costs a copy of the trained state per iteration.
             ``"off"`` disables the check.
         max_skipped_in_a_row: With ``nonfinite_check="skip"``, raise once this many consecutive
@@ -584,7 +591,8 @@ class AdvMIMModule(pl.LightningModule):
         if skipper is not None:
             skipper.restore_unless(finite, self.iteration, case_ids)
         if self.hparams.nonfinite_check == "raise":
-            self._monitor.flag(terms, case_ids, self.iteration)
+            parts = dict(zip(self.trained_part_names, self.trained_parts, strict=True))
+            self._monitor.flag(terms, case_ids, self.iteration, parts_nonfinite(parts))
 
         if self._is_logging_iteration():
             self.check_nonfinite_now()

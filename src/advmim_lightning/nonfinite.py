@@ -4,8 +4,12 @@ A training iteration never waits for the GPU to say whether its loss was finite.
 checks leave device-side flags behind and the host reads them once per logging iteration
 (``trainer.log_every_n_steps``), when Lightning synchronises for the loggers anyway:
 
-- :class:`NonFiniteMonitor` (``nonfinite_check="raise"``) ORs a flag per loss term and raises
-  naming the iteration range, the terms and the cases the batches held.
+- :class:`NonFiniteMonitor` (``nonfinite_check="raise"``) ORs a flag per loss term and per
+  trained part (its weights and buffers after the update, :func:`parts_nonfinite`) and raises
+  naming the iteration range, the terms or parts and the cases the batches held. The parts are
+  checked too because an update can overflow while every loss term is still finite (a huge
+  input's gradients, batch-norm statistics): the loss shows it only an iteration later, and a
+  checkpoint saved in between would hold the broken weights.
 - :class:`UpdateSkipper` (``nonfinite_check="skip"``) makes an iteration whose gradients are
   not all finite leave no trace: parameters, optimiser momenta and module buffers (batch-norm
   statistics) are put back as they were before the iteration, selected on the device with
@@ -25,6 +29,9 @@ from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
+#: Prefix of a trained part's flag among the loss terms' (``"part:cnn"``).
+_PART_PREFIX = "part:"
+
 
 def batch_case_ids(batch: Mapping[str, Any]) -> list[str]:
     """The case ids a paired training batch holds (labeled first), where the data names them."""
@@ -42,8 +49,30 @@ def _format_cases(case_ids: Iterable[str], limit: int = 20) -> str:
     return (shown + more) or "unknown"
 
 
+def _all_finite(tensors: Sequence[Tensor]) -> Tensor:
+    """A 0-d bool tensor on the tensors' device: every element of ``tensors`` is finite."""
+    # The max-norm cannot overflow for finite values (the 2-norm can) and keeps NaN.
+    norms = torch._foreach_norm(list(tensors), ord=float("inf"))
+    return torch.stack([n.float() for n in norms]).isfinite().all()
+
+
+@torch.no_grad()
+def parts_nonfinite(parts: Mapping[str, nn.Module]) -> dict[str, Tensor]:
+    """Per named part, a 0-d bool device tensor: its parameters or float buffers hold inf/NaN.
+
+    No host synchronisation; one ``foreach`` max-norm per part.
+    """
+    return {
+        name: ~_all_finite(
+            [p.detach() for p in part.parameters()]
+            + [b for b in part.buffers() if b.is_floating_point()]
+        )
+        for name, part in parts.items()
+    }
+
+
 class NonFiniteMonitor:
-    """Flags non-finite loss terms on the device; :meth:`check` raises on the host.
+    """Flags non-finite loss terms and trained parts on the device; :meth:`check` raises.
 
     Args:
         first_iteration: The iteration the first window starts at (0, or where a run resumes).
@@ -56,10 +85,27 @@ class NonFiniteMonitor:
         self._since = first_iteration
         self._last = first_iteration - 1
 
-    def flag(self, terms: Mapping[str, Tensor], case_ids: Sequence[str], iteration: int) -> None:
-        """OR this iteration's non-finite terms into the flags (no host synchronisation)."""
-        names = list(terms)
-        flags = torch.stack([~torch.isfinite(v.detach()) for v in terms.values()])
+    def flag(
+        self,
+        terms: Mapping[str, Tensor],
+        case_ids: Sequence[str],
+        iteration: int,
+        parts: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        """OR this iteration's non-finite terms into the flags (no host synchronisation).
+
+        Args:
+            terms: The loss terms (flagged where not finite).
+            case_ids: The cases the iteration's batches held.
+            iteration: The iteration (0-based).
+            parts: Per trained part, a bool device tensor: its weights went non-finite in this
+                iteration's update (:func:`parts_nonfinite`).
+        """
+        parts = dict(parts or {})
+        names = [*terms, *(_PART_PREFIX + name for name in parts)]
+        flags = torch.stack(
+            [~torch.isfinite(v.detach()) for v in terms.values()] + list(parts.values())
+        )
         if self._windows and self._windows[-1][0] == names:
             self._windows[-1] = (names, self._windows[-1][1] | flags)
         else:
@@ -90,9 +136,20 @@ class NonFiniteMonitor:
         if not bool(flags.any()):
             return
         bad = list(dict.fromkeys(n for n, f in zip(names, flags.tolist(), strict=True) if f))
+        bad_terms = [n for n in bad if not n.startswith(_PART_PREFIX)]
+        bad_parts = [n.removeprefix(_PART_PREFIX) for n in bad if n.startswith(_PART_PREFIX)]
+        what = []
+        if bad_terms:
+            what.append(f"terms {', '.join(bad_terms)}")
+        if bad_parts:
+            what.append(
+                f"weights or batch-norm statistics of {', '.join(bad_parts)} after the update"
+                + ("" if bad_terms else " (every loss term was finite: the update overflowed)")
+            )
+        kind = "loss" if bad_terms else "weights"
         raise FloatingPointError(
-            f"non-finite loss in iterations {first}..{self._last} (0-based): terms "
-            f"{', '.join(bad)}; batches held cases {_format_cases(case_ids)}. Lower the "
+            f"non-finite {kind} in iterations {first}..{self._last} (0-based): "
+            f"{'; '.join(what)}; batches held cases {_format_cases(case_ids)}. Lower the "
             "learning rate, check those cases for extreme intensities, or log every iteration "
             "(trainer.log_every_n_steps=1) to find the first bad one. "
             "model.nonfinite_check=skip skips such updates instead."
@@ -175,9 +232,7 @@ class UpdateSkipper:
         ]
         if not grads:
             return torch.ones((), dtype=torch.bool, device=self.state[0].device)
-        # The max-norm cannot overflow for finite gradients (the 2-norm can) and keeps NaN.
-        norms = torch._foreach_norm(grads, ord=float("inf"))
-        return torch.stack([n.float() for n in norms]).isfinite().all()
+        return _all_finite(grads)
 
     @torch.no_grad()
     def restore_unless(self, finite: Tensor, iteration: int, case_ids: Sequence[str]) -> None:
