@@ -191,3 +191,36 @@ def test_demo_reproducibility_benchmark_fits_and_tests_per_thread_count(tmp_path
     printed = capsys.readouterr().out
     assert "| threads | seed | val Dice CNN |" in printed
     assert "spread (max - min) over threads: val_cnn " in printed
+
+
+def write_metrics(folder: Path, values: dict[int, float]) -> None:
+    folder.mkdir(parents=True)
+    lines = ["epoch,step,train/loss,val/dice_mean"]
+    for iteration, value in values.items():
+        lines += [f"0,{iteration - 1},0.5,", f"0,{iteration - 1},,{value}"]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_compare_curves_prints_the_mean_validation_curve_and_its_late_change(tmp_path, capsys):
+    write_metrics(tmp_path / "supervised-l1-s0", {50: 0.5, 100: 0.6, 150: 0.62, 200: 0.64})
+    write_metrics(tmp_path / "supervised-l1-s1", {50: 0.3, 100: 0.4, 150: 0.44, 200: 0.46})
+    write_metrics(tmp_path / "advmim-l1-s0", {50: 0.2, 100: 0.7})  # killed after 100
+    (tmp_path / "compare.csv").write_text("not a run folder\n")
+    load("compare_curves").main([str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| method | labeled | seeds | 50 | 100 | 150 | 200 | 100→200 |"
+    assert lines[4] == "| supervised | 1 | 2 | 0.400 | 0.500 | 0.530 | 0.550 | +0.050 |"
+    assert lines[5] == "| advmim | 1 | 1 | 0.200 | 0.700 |  |  |  |"
+
+
+def test_compare_curves_names_a_missing_metric_and_an_empty_folder(tmp_path):
+    script = load("compare_curves")
+    with pytest.raises(SystemExit, match="no run folder <method>-l<cases>-s<seed>"):
+        script.main([str(tmp_path)])
+    write_metrics(tmp_path / "ctct-l3-s2", {10: 0.5})
+    with pytest.raises(
+        SystemExit,
+        match=r"ctct-l3-s2/metrics.csv: no column 'val/nsd_RV'.*"
+        r"\['val/dice_mean'\]",
+    ):
+        script.main([str(tmp_path), "--metric", "val/nsd_RV"])
