@@ -14,6 +14,11 @@
 #                 python benchmarks/compare_curves.py $OUTPUT
 #               when you change the config, and raise ITERATIONS if the last column is not
 #               near 0 (finished runs are retrained only after you delete their folders).
+#               CTCT's cross-teaching ramp-up is scaled with it: model.rampup_interval =
+#               ITERATIONS / 200 (at least 1), so the weight reaches 0.1 at the run's end as the
+#               published 150-iteration steps do at 30000. Left at 150, the weight stays below
+#               0.001 for 600 iterations and CTCT is the supervised baseline with unlabeled
+#               images in its batch norm.
 #   LABELED     "1 3" labeled cases (data.labeled_cases).
 #   SEEDS       "0 1 2".
 #   VAL_EVERY   50: validation (for the best checkpoint, which is what is tested) and
@@ -45,11 +50,13 @@ ITERATIONS=${ITERATIONS:-600}
 LABELED=${LABELED:-1 3}
 SEEDS=${SEEDS:-0 1 2}
 VAL_EVERY=${VAL_EVERY:-50}
+RAMPUP_INTERVAL=$(( ITERATIONS / 200 > 0 ? ITERATIONS / 200 : 1 ))
 OUTPUT=${OUTPUT:-runs/compare_phantom}
 
 # shellcheck disable=SC2086  # LABELED and SEEDS are word lists
 exec "$PYTHON" -m advmim_lightning compare "${configs[@]}" \
     --methods supervised ctct advmim --labeled_cases $LABELED --seeds $SEEDS \
     --output "$OUTPUT" --checkpoint best \
-    --model.max_iterations "$ITERATIONS" --trainer.val_check_interval "$VAL_EVERY" \
+    --model.max_iterations "$ITERATIONS" --model.rampup_interval "$RAMPUP_INTERVAL" \
+    --trainer.val_check_interval "$VAL_EVERY" \
     --checkpoint_every "$VAL_EVERY" --wandb_mode disabled "$@"

@@ -510,3 +510,34 @@ def test_forward_batching_is_a_switch_that_changes_the_batch_norm_statistics():
         make_module("supervised", forward_batching="joint")
     with pytest.raises(ValueError, match="forward_batching"):
         make_module("advmim", forward_batching="split")
+
+
+def test_a_ctct_run_shorter_than_its_ramp_up_warns_with_the_weight_it_ends_at():
+    module = make_module("ctct", max_iterations=3)  # ramp 200 x 150: weight ~ 0.1 * e^-5
+    with pytest.warns(UserWarning) as caught:
+        fit(module, 3)
+    messages = [str(w.message) for w in caught if "ramps up" in str(w.message)]
+    assert messages == [
+        "the cross-teaching weight ramps up over rampup_length x rampup_interval = 200 x 150 = "
+        "30000 iterations (CTCT's 200 x 150 = its 30000), but max_iterations=3: it ends at "
+        "0.000674, 0.67 % of cross_teaching_weight=0.1. To keep the published ramp's shape in "
+        "this shorter run, set model.rampup_interval=1 (max_iterations / rampup_length)."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "settings"),
+    [
+        ("ctct", {"max_iterations": 3, "rampup_length": 2, "rampup_interval": 1}),
+        ("advmim", {"max_iterations": 3}),  # constant weight: nothing to ramp
+        ("supervised", {"max_iterations": 3}),
+    ],
+)
+def test_no_ramp_up_warning_where_the_ramp_fits_or_there_is_none(method, settings):
+    import warnings
+
+    module = make_module(method, **settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(module, 3)
+    assert not [w for w in caught if "ramps up" in str(w.message)]

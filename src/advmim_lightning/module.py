@@ -444,11 +444,15 @@ class AdvMIMModule(pl.LightningModule):
 
     def current_cross_teaching_weight(self) -> float:
         """The cross-teaching weight at the current iteration (ramped for CTCT)."""
+        return self.cross_teaching_weight_at(self.iteration)
+
+    def cross_teaching_weight_at(self, iteration: int) -> float:
+        """The cross-teaching weight at ``iteration`` (0-based; ramped for CTCT)."""
         weight = self.cfg.get("cross_teaching_weight", 0.0)
         if not self.cfg.get("cross_teaching_rampup", False):
             return weight
         return ctct_consistency_weight(
-            self.iteration,
+            iteration,
             weight=weight,
             rampup_length=self.hparams.rampup_length,
             iterations_per_unit=self.hparams.rampup_interval,
@@ -513,6 +517,26 @@ class AdvMIMModule(pl.LightningModule):
                 "when resuming with ckpt_path)."
             )
             self.trainer.should_stop = True
+        self._warn_if_the_ramp_outlasts_the_run()
+
+    def _warn_if_the_ramp_outlasts_the_run(self) -> None:
+        """CTCT's ramp-up is counted in iterations: a shorter run never reaches its weight."""
+        if not (self.cfg.get("cross_teaching_rampup", False) and self.uses_unlabeled):
+            return
+        length, interval = self.hparams.rampup_length, self.hparams.rampup_interval
+        iterations = self.hparams.max_iterations
+        if length * interval <= iterations:
+            return
+        last = self.cross_teaching_weight_at(iterations - 1)
+        rank_zero_warn(
+            f"the cross-teaching weight ramps up over rampup_length x rampup_interval = "
+            f"{length} x {interval} = {length * interval} iterations (CTCT's 200 x 150 = its "
+            f"30000), but max_iterations={iterations}: it ends at {last:.3g}, "
+            f"{100 * last / self.cfg['cross_teaching_weight']:.2g} % of "
+            f"cross_teaching_weight={self.cfg['cross_teaching_weight']}. To keep the published "
+            f"ramp's shape in this shorter run, set model.rampup_interval="
+            f"{max(iterations // length, 1)} (max_iterations / rampup_length)."
+        )
 
     def on_validation_start(self) -> None:
         contracts.watch_segmenter_contract(self, "eval")
