@@ -217,7 +217,7 @@ def summary_markdown(
     parts = [
         "# advmim compare",
         "",
-        f"Test-set scores, mean ± standard deviation over the seeds that finished (of "
+        f"Test-set scores, mean ± standard deviation over the seeds that finished (of seeds "
         f"{', '.join(map(str, seeds))}); each seed's value is the mean over the test cases "
         "and the foreground classes. Dice and NSD in %, HD95 and ASD in the data's units "
         "(mm where the spacing is known, voxels otherwise). The Dice gain is the difference "
