@@ -51,12 +51,7 @@ from advmim_lightning.networks import (
     random_block_mask,
     random_init_warning,
 )
-from advmim_lightning.nonfinite import (
-    NonFiniteMonitor,
-    UpdateSkipper,
-    batch_case_ids,
-    parts_nonfinite,
-)
+from advmim_lightning.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
 from advmim_lightning.randomness import iteration_seed
 from advmim_lightning.schedules import ctct_consistency_weight, poly_lr
 
@@ -496,7 +491,10 @@ class AdvMIMModule(pl.LightningModule):
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
                 group.update(flags)
-        self._monitor = NonFiniteMonitor(first_iteration=self.iteration)
+        self._monitor = NonFiniteMonitor(
+            first_iteration=self.iteration,
+            parts=dict(zip(self.trained_part_names, self.trained_parts, strict=True)),
+        )
         self._skipper = None
         if self.hparams.nonfinite_check == "skip":
             self._skipper = UpdateSkipper(
@@ -615,8 +613,7 @@ class AdvMIMModule(pl.LightningModule):
         if skipper is not None:
             skipper.restore_unless(finite, self.iteration, case_ids)
         if self.hparams.nonfinite_check == "raise":
-            parts = dict(zip(self.trained_part_names, self.trained_parts, strict=True))
-            self._monitor.flag(terms, case_ids, self.iteration, parts_nonfinite(parts))
+            self._monitor.flag(terms, case_ids, self.iteration)
 
         if self._is_logging_iteration():
             self.check_nonfinite_now()

@@ -5,7 +5,7 @@ checks leave device-side flags behind and the host reads them once per logging i
 (``trainer.log_every_n_steps``), when Lightning synchronises for the loggers anyway:
 
 - :class:`NonFiniteMonitor` (``nonfinite_check="raise"``) ORs a flag per loss term and per
-  trained part (its weights and buffers after the update, :func:`parts_nonfinite`) and raises
+  trained part (its parameters and float buffers after the update) and raises
   naming the iteration range, the terms or parts and the cases the batches held. The parts are
   checked too because an update can overflow while every loss term is still finite (a huge
   input's gradients, batch-norm statistics): the loss shows it only an iteration later, and a
@@ -56,55 +56,45 @@ def _all_finite(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack([n.float() for n in norms]).isfinite().all()
 
 
-@torch.no_grad()
-def parts_nonfinite(parts: Mapping[str, nn.Module]) -> dict[str, Tensor]:
-    """Per named part, a 0-d bool device tensor: its parameters or float buffers hold inf/NaN.
-
-    No host synchronisation; one ``foreach`` max-norm per part.
-    """
-    return {
-        name: ~_all_finite(
-            [p.detach() for p in part.parameters()]
-            + [b for b in part.buffers() if b.is_floating_point()]
-        )
-        for name, part in parts.items()
-    }
-
-
 class NonFiniteMonitor:
     """Flags non-finite loss terms and trained parts on the device; :meth:`check` raises.
 
     Args:
         first_iteration: The iteration the first window starts at (0, or where a run resumes).
+        parts: The trained parts by name, whose parameters and float buffers (batch-norm
+            statistics) are checked after every update. They are gathered here, once, so an
+            iteration only reduces them: one ``foreach`` max-norm per part, no host sync.
     """
 
-    def __init__(self, first_iteration: int = 0) -> None:
+    def __init__(
+        self, first_iteration: int = 0, parts: Mapping[str, nn.Module] | None = None
+    ) -> None:
+        self._parts = {
+            name: [
+                *part.parameters(),
+                *(b for b in part.buffers() if b.is_floating_point()),
+            ]
+            for name, part in (parts or {}).items()
+        }
         # (term names, OR of their device flags) per run of iterations with the same terms
         self._windows: list[tuple[list[str], Tensor]] = []
         self._case_ids: list[str] = []
         self._since = first_iteration
         self._last = first_iteration - 1
 
-    def flag(
-        self,
-        terms: Mapping[str, Tensor],
-        case_ids: Sequence[str],
-        iteration: int,
-        parts: Mapping[str, Tensor] | None = None,
-    ) -> None:
-        """OR this iteration's non-finite terms into the flags (no host synchronisation).
+    @torch.no_grad()
+    def flag(self, terms: Mapping[str, Tensor], case_ids: Sequence[str], iteration: int) -> None:
+        """OR this iteration's non-finite terms and parts into the flags (no host sync).
 
         Args:
             terms: The loss terms (flagged where not finite).
             case_ids: The cases the iteration's batches held.
-            iteration: The iteration (0-based).
-            parts: Per trained part, a bool device tensor: its weights went non-finite in this
-                iteration's update (:func:`parts_nonfinite`).
+            iteration: The iteration (0-based), after its update.
         """
-        parts = dict(parts or {})
-        names = [*terms, *(_PART_PREFIX + name for name in parts)]
+        names = [*terms, *(_PART_PREFIX + name for name in self._parts)]
         flags = torch.stack(
-            [~torch.isfinite(v.detach()) for v in terms.values()] + list(parts.values())
+            [~torch.isfinite(v.detach()) for v in terms.values()]
+            + [~_all_finite(tensors) for tensors in self._parts.values()]
         )
         if self._windows and self._windows[-1][0] == names:
             self._windows[-1] = (names, self._windows[-1][1] | flags)
