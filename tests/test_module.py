@@ -529,6 +529,7 @@ def test_a_ctct_run_shorter_than_its_ramp_up_warns_with_the_weight_it_ends_at():
     ("method", "settings"),
     [
         ("ctct", {"max_iterations": 3, "rampup_length": 2, "rampup_interval": 1}),
+        ("ctct", {"max_iterations": 3, "cross_teaching_weight": 0.0}),  # nothing to ramp
         ("advmim", {"max_iterations": 3}),  # constant weight: nothing to ramp
         ("supervised", {"max_iterations": 3}),
     ],

@@ -519,7 +519,8 @@ class AdvMIMModule(pl.LightningModule):
 
     def _warn_if_the_ramp_outlasts_the_run(self) -> None:
         """CTCT's ramp-up is counted in iterations: a shorter run never reaches its weight."""
-        if not (self.cfg.get("cross_teaching_rampup", False) and self.uses_unlabeled):
+        weight = self.cfg.get("cross_teaching_weight", 0.0)
+        if not (self.cfg.get("cross_teaching_rampup", False) and self.uses_unlabeled and weight):
             return
         length, interval = self.hparams.rampup_length, self.hparams.rampup_interval
         iterations = self.hparams.max_iterations
@@ -530,9 +531,8 @@ class AdvMIMModule(pl.LightningModule):
             f"the cross-teaching weight ramps up over rampup_length x rampup_interval = "
             f"{length} x {interval} = {length * interval} iterations (CTCT's 200 x 150 = its "
             f"30000), but max_iterations={iterations}: it ends at {last:.3g}, "
-            f"{100 * last / self.cfg['cross_teaching_weight']:.2g} % of "
-            f"cross_teaching_weight={self.cfg['cross_teaching_weight']}. To keep the published "
-            f"ramp's shape in this shorter run, set model.rampup_interval="
+            f"{100 * last / weight:.2g} % of cross_teaching_weight={weight}. To keep the "
+            "published ramp's shape in this shorter run, set model.rampup_interval="
             f"{max(iterations // length, 1)} (max_iterations / rampup_length)."
         )
 
