@@ -38,7 +38,7 @@ test-all: lint
 	$(TEST_ENV) $(PY) -m pytest -n 2 --durations=25
 
 demo: $(STAMP)
-	WANDB_SILENT=true $(PY) -m advmim_lightning.demo
+	WANDB_SILENT=true $(VENV)/bin/advmim demo
 
 # The user setting of each notebook (configs/quickstart.yaml); the outputs are committed and
 # tests/test_notebooks.py checks they are current.

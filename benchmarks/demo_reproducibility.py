@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _CHILD = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from advmim_lightning.main import main
+from advmim_lightning.run.main import main
 main(sys.argv[2:])
 """
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from advmim_lightning import AdvMIMDataModule, AdvMIMModule
-from advmim_lightning.schedules import poly_lr
+from advmim_lightning.method.schedules import poly_lr
 from tiny import TINY_SIZE, full_state, tiny_batch, tiny_swin, tiny_unet
 
 SIZE = (TINY_SIZE, TINY_SIZE)

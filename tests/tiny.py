@@ -133,7 +133,7 @@ def write_hf_cache(
 
 def cli_error(*words: object) -> str:
     """Run the ``advmim`` command line expecting a clean one-line error; return its message."""
-    from advmim_lightning.main import main
+    from advmim_lightning.run.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([str(w) for w in words])

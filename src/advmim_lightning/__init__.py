@@ -19,12 +19,12 @@ __all__ = ["AdvMIMDataModule", "AdvMIMModule", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from advmim_lightning.data import AdvMIMDataModule
-    from advmim_lightning.module import AdvMIMModule
+    from advmim_lightning.method.lightning_module import AdvMIMModule
 
 
 def __getattr__(name: str) -> Any:
     if name == "AdvMIMModule":
-        from advmim_lightning.module import AdvMIMModule
+        from advmim_lightning.method.lightning_module import AdvMIMModule
 
         return AdvMIMModule
     if name == "AdvMIMDataModule":

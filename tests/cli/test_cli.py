@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti
-from advmim_lightning.main import build_cli, main
 from advmim_lightning.networks import IMAGENET_SWIN_T
+from advmim_lightning.run.main import build_cli, main
 from tiny import cli_error, timm_swin_state, write_hf_cache
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -327,7 +327,7 @@ def test_an_unwritable_output_folder_fails_before_anything_runs(tmp_path):
 
 
 def test_only_errors_the_library_raises_on_purpose_become_one_line(monkeypatch):
-    import advmim_lightning.main as cli_main
+    import advmim_lightning.run.main as cli_main
 
     def broken_cli(args):
         return torch.zeros(2) + torch.zeros(3)  # a RuntimeError inside torch: a bug, not input

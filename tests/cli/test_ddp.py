@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from advmim_lightning.main import main
+from advmim_lightning.run.main import main
 from tiny import assert_same_training_state
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from advmim_lightning.main import main
+from advmim_lightning.run.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny.yaml")
@@ -148,7 +148,7 @@ def test_two_writers_of_the_same_case_at_once_leave_one_complete_file(tmp_path, 
     The second writer runs start to end while the first is between saving and renaming its
     temporary file; a shared temporary name made the first writer's rename fail.
     """
-    from advmim_lightning.callbacks import PredictionWriter
+    from advmim_lightning.evaluation.prediction_writer import PredictionWriter
 
     labels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 4
     prediction = {"case_id": "case0", "prediction": labels, "affine": None}

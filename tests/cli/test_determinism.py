@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from advmim_lightning.main import main
+from advmim_lightning.run.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(Path(__file__).with_name("tiny.yaml"))

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti
-from advmim_lightning.main import main
+from advmim_lightning.run.main import main
 from tiny import cli_error
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,7 +200,7 @@ def test_the_datasets_own_folders_are_refused_as_prediction_output(tmp_path, nif
 
 HOLD = """
 import sys, time
-from advmim_lightning.paths import RunFolderLock
+from advmim_lightning.run.folders import RunFolderLock
 lock = RunFolderLock(sys.argv[1], "advmim fit").acquire()  # held while the object lives
 print("holding", flush=True)
 time.sleep(600)
@@ -252,7 +252,7 @@ def test_a_run_held_by_a_process_stops_a_second_one_and_a_killed_holder_blocks_n
 
 
 def test_only_the_launching_process_of_a_ddp_run_locks_it(monkeypatch):
-    from advmim_lightning.paths import launching_process
+    from advmim_lightning.run.folders import launching_process
 
     for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         monkeypatch.delenv(key, raising=False)

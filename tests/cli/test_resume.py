@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from advmim_lightning.main import main
+from advmim_lightning.run.main import main
 from tiny import assert_same_training_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,7 +118,7 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
     import yaml
 
     checkpoint = fit(tmp_path, "run", "--model.max_iterations", "1")
-    with caplog.at_level("WARNING", logger="advmim_lightning.cli"):
+    with caplog.at_level("WARNING", logger="advmim_lightning.run.cli"):
         main(
             [
                 "test", "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY,
@@ -150,12 +150,12 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
 def test_a_class_path_spelled_another_way_for_the_same_class_does_not_warn(tmp_path, caplog):
     # tiny.yaml names advmim_lightning.networks.UNet / .SwinUNet (the re-exports); checkpoints
     # store where the classes are defined (advmim_lightning.networks.unet.UNet, ...).
-    from advmim_lightning.main import _plain
+    from advmim_lightning.run.main import _plain
 
     checkpoint = fit(tmp_path, "run", "--model.max_iterations", "1")
     stored = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
     assert stored["cnn"]["class_path"] == "advmim_lightning.networks.unet.UNet"
-    with caplog.at_level("WARNING", logger="advmim_lightning.cli"):
+    with caplog.at_level("WARNING", logger="advmim_lightning.run.cli"):
         main(
             [
                 "test", "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY,
@@ -229,7 +229,7 @@ def test_a_resumed_run_takes_the_stated_speed_options(tmp_path):
 
 
 def test_stated_model_settings_are_found_in_every_kind_of_config(tmp_path):
-    from advmim_lightning.main import _model_keys_in_config
+    from advmim_lightning.run.main import _model_keys_in_config
 
     nested = tmp_path / "nested.yaml"
     nested.write_text("fit:\n  model:\n    eval_network: cnn\n")
@@ -267,7 +267,7 @@ def test_a_checkpoint_whose_iteration_counts_disagree_is_refused_on_resume(tmp_p
     """The module's count owns the run: a data position that disagrees is refused, naming both."""
     import pytest
 
-    from advmim_lightning.main import build_cli
+    from advmim_lightning.run.main import build_cli
 
     good = fit(tmp_path, "run", "--model.max_iterations", "2")
     checkpoint = torch.load(good, weights_only=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from advmim_lightning.main import main
+from advmim_lightning.run.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests/cli/tiny.yaml")
@@ -191,7 +191,7 @@ def test_compare_tables_plot_skip_resume_and_a_failing_combination(
     assert "| advmim | 1 | 2 |" in summary and "Failed" not in summary
 
     # The Python API over the finished folder: the same rows, nothing run again.
-    from advmim_lightning.compare import run_comparison
+    from advmim_lightning.commands.compare import run_comparison
 
     api_rows = run_comparison(
         [str(ROOT / "configs/quickstart.yaml"), TINY, str(per_method)],

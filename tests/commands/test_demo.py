@@ -1,4 +1,4 @@
-"""``make demo`` (``python -m advmim_lightning.demo``) on the tiny phantom."""
+"""``make demo`` (``python -m advmim_lightning.commands.demo``) on the tiny phantom."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ def test_demo_trains_tests_predicts_and_draws_the_overlay(tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
-    from advmim_lightning.demo import main as demo
-    from advmim_lightning.visualize import CLASS_COLOURS
+    from advmim_lightning.commands.demo import main as demo
+    from advmim_lightning.evaluation.overlays import CLASS_COLOURS
 
     configs = ["--config", str(ROOT / "configs/quickstart.yaml"), "--config", TINY]
     overrides = tmp_path / "short.yaml"

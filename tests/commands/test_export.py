@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from advmim_lightning.main import main
+from advmim_lightning.run.main import main
 from tiny import cli_error
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ def run(*words: object) -> None:
 
 
 def test_export_round_trips_without_lightning(tmp_path):
-    from advmim_lightning.export import load_segmenter
+    from advmim_lightning.commands.export import load_segmenter
 
     base = [
         "-c",

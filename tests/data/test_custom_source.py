@@ -12,7 +12,7 @@ import yaml
 
 from advmim_lightning.data import AdvMIMDataModule, DataSource, DataValidationError
 from advmim_lightning.data.phantom import generate_phantom_case
-from advmim_lightning.main import build_cli, main
+from advmim_lightning.run.main import build_cli, main
 from tiny import cli_error
 
 ROOT = Path(__file__).resolve().parents[2]

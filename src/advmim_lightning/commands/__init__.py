@@ -1,6 +1,6 @@
 """The plain subcommands beside LightningCLI's ``fit`` / ``validate`` / ``test`` / ``predict``.
 
-Each module has a ``main(argv)`` that :mod:`advmim_lightning.main` runs for its subcommand:
+Each module has a ``main(argv)`` that :mod:`advmim_lightning.run.main` runs for its subcommand:
 
 - :mod:`~advmim_lightning.commands.export`: ``advmim export``, one segmenter as a plain file
   (:func:`~advmim_lightning.commands.export.load_segmenter` reads it back).
@@ -13,6 +13,6 @@ Each module has a ``main(argv)`` that :mod:`advmim_lightning.main` runs for its 
   quickstart config).
 
 ``advmim prepare`` belongs to the data it writes: :mod:`advmim_lightning.data.prepare`. The
-old module paths ``advmim_lightning.export``, ``advmim_lightning.compare`` and
-``advmim_lightning.demo`` still import (and run with ``python -m``).
+old module paths ``advmim_lightning.commands.export``, ``advmim_lightning.commands.compare`` and
+``advmim_lightning.commands.demo`` still import (and run with ``python -m``).
 """

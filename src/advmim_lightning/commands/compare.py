@@ -53,7 +53,7 @@ from advmim_lightning.commands.compare_report import (
     write_plot,
 )
 from advmim_lightning.method.config import METHOD_DEFAULTS
-from advmim_lightning.paths import ensure_writable_folder
+from advmim_lightning.run.folders import ensure_writable_folder
 
 __all__ = ["ComparisonRows", "main", "run_comparison"]
 

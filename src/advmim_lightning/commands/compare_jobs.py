@@ -85,7 +85,7 @@ def run_job(job_path: str | Path) -> int:
     """
     job = json.loads(Path(job_path).read_text())
     run_dir = Path(job["run_dir"])
-    from advmim_lightning.main import main
+    from advmim_lightning.run.main import main
 
     try:
         print("$ advmim " + shlex.join(job["fit"]), flush=True)

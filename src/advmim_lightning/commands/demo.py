@@ -5,7 +5,7 @@ Runs ``advmim fit``, ``advmim test`` and ``advmim predict`` on ``configs/quickst
 (image | ground truth | CNN | transformer, with a class legend) of a few test slices and prints
 the final validation Dice of both networks and the test metrics. Usage::
 
-    python -m advmim_lightning.demo [--config configs/quickstart.yaml] [--runs_dir demo_runs]
+    advmim demo [--config configs/quickstart.yaml] [--runs_dir demo_runs]
 
 ``--overlay_only --overlay PATH`` redraws the overlay from the run's ``last.ckpt`` without
 training (how ``docs/demo_overlay.png`` is made, see ``docs/demo.md``).
@@ -29,9 +29,9 @@ OVERLAY_SCALE = 2
 
 def _overlay_rows(configs: list[str], checkpoint: Path, num_cases: int) -> tuple[list, list[str]]:
     """Middle slices of the first test cases with both networks' predictions, and class names."""
-    from advmim_lightning.main import build_cli
-    from advmim_lightning.module import AdvMIMModule
-    from advmim_lightning.visualize import panel
+    from advmim_lightning.evaluation.overlays import panel
+    from advmim_lightning.method.lightning_module import AdvMIMModule
+    from advmim_lightning.run.main import build_cli
 
     words = [w for c in configs for w in ("-c", c)]
     with _no_command_line():
@@ -86,7 +86,7 @@ def _no_command_line() -> Iterator[None]:
 
 def write_overlay(configs: list[str], checkpoint: Path, path: Path, num_cases: int = 4) -> Path:
     """Draw the overlay (image | ground truth | CNN | transformer, legend) to ``path``."""
-    from advmim_lightning.visualize import save_png
+    from advmim_lightning.evaluation.overlays import save_png
 
     rows, class_names = _overlay_rows(configs, checkpoint, num_cases)
     return save_png(rows, path, titles=OVERLAY_TITLES, class_names=class_names, scale=OVERLAY_SCALE)
@@ -94,7 +94,7 @@ def write_overlay(configs: list[str], checkpoint: Path, path: Path, num_cases: i
 
 def main(argv: list[str] | None = None) -> None:
     """Run the demo (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m advmim_lightning.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="advmim demo", description=__doc__)
     parser.add_argument(
         "--config",
         action="append",
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from advmim_lightning.quiet import quiet_known_noise
+    from advmim_lightning.run.quiet import quiet_known_noise
 
     quiet_known_noise()
     # CPU kernels split their sums by thread, so the rounding (and, through the argmax
@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace, configs: list[str], parser: argparse.Argument
     """The demo's steps, with the thread count already set."""
     import torch
 
-    from advmim_lightning.main import main as advmim
+    from advmim_lightning.run.main import main as advmim
 
     run_dir = Path(args.runs_dir) / args.run_name
     last = run_dir / "checkpoints" / "last.ckpt"

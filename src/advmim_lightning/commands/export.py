@@ -8,7 +8,7 @@ The exported file is a ``torch.save`` of plain data (loadable with ``weights_onl
      "class_names": [...]}
 
 :func:`load_segmenter` rebuilds the network from it (only for classes inside
-``advmim_lightning``, the rule of :mod:`advmim_lightning.checkpoints`; nothing named in the
+``advmim_lightning``, the rule of :mod:`advmim_lightning.run.checkpoints`; nothing named in the
 file is imported from elsewhere). With ``--torch_export`` a ``torch.export`` program (``.pt2``)
 of the inference forward is written too, for tools that run a graph without this library.
 """
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-# The checkpoint reading and trust rule live in advmim_lightning.checkpoints; these names stay
+# The checkpoint reading and trust rule live in advmim_lightning.run.checkpoints; these names stay
 # importable from here, where they were first.
-from advmim_lightning.checkpoints import (
+from advmim_lightning.run.checkpoints import (
     LIGHTNING_INSTANTIATOR,
     TRUSTED_CLASSES_ENV,
     is_trusted_class,
@@ -33,7 +33,7 @@ from advmim_lightning.checkpoints import (
     refuse_untrusted_classes,
     trusted_class_prefixes,
 )
-from advmim_lightning.paths import ensure_writable_folder
+from advmim_lightning.run.folders import ensure_writable_folder
 
 __all__ = [
     "FORMAT",
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     # bad input (a missing checkpoint, an unwritable output) ends as one line, the way every
-    # advmim command reports it (advmim_lightning.main.main)
+    # advmim command reports it (advmim_lightning.run.main.main)
     paths = export_segmenter(args.checkpoint, args.output, args.network, args.torch_export)
     for path in paths:
         print(f"wrote {path}")

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from advmim_lightning.data.seeding import mix_seed
 from advmim_lightning.data.validation import (
     DataValidationError,
     check_disjoint,
     check_no_duplicates,
 )
+from advmim_lightning.method.randomness import sample_seed
 
 __all__ = [
     "DEFAULT_ACDC_CASE_PATTERN",
@@ -117,7 +117,7 @@ def first_cases(names: Iterable[str], grouper: CaseGrouper, count: int, source: 
 def seeded_order(case_ids: Sequence[str], seed: int) -> list[str]:
     """A seeded permutation of ``sorted(case_ids)`` (independent of the input order)."""
     ordered = sorted(case_ids)
-    perm = np.random.default_rng(mix_seed(0x53504C54, seed)).permutation(len(ordered))
+    perm = np.random.default_rng(sample_seed(0x53504C54, seed)).permutation(len(ordered))
     return [ordered[i] for i in perm]
 
 

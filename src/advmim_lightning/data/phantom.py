@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from advmim_lightning.data.seeding import mix_seed
+from advmim_lightning.method.randomness import sample_seed
 
 __all__ = [
     "PHANTOM_CLASS_NAMES",
@@ -116,7 +116,7 @@ def generate_phantom_case(
         A :class:`PhantomCase`.
     """
     check_heart_scale(heart_scale)
-    rng = np.random.default_rng(mix_seed(_TAG, _VERSION, seed, index))
+    rng = np.random.default_rng(sample_seed(_TAG, _VERSION, seed, index))
     n, d_count = size, num_slices
     grid_y, grid_x = np.mgrid[0:n, 0:n].astype(np.float32)
     yy, xx = grid_y[None], grid_x[None]  # 1 x H x W, broadcast against per-slice parameters

@@ -47,7 +47,7 @@ from advmim_lightning.data.validation import (
     check_label_values,
     check_same_geometry,
 )
-from advmim_lightning.paths import ensure_writable_folder
+from advmim_lightning.run.folders import ensure_writable_folder
 
 __all__ = ["PrepareSummary", "check_output_apart", "find_acdc_volumes", "main", "prepare_acdc"]
 

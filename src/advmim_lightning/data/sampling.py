@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
 
-from advmim_lightning.data.seeding import mix_seed
+from advmim_lightning.method.randomness import sample_seed
 
 __all__ = [
     "BatchPlan",
@@ -84,7 +84,7 @@ class StreamIndexer:
         perm = self._cache.get(pass_index)
         if perm is None:
             rng = np.random.default_rng(
-                mix_seed(_PERMUTATION_TAG, self.seed, self.stream_id, pass_index)
+                sample_seed(_PERMUTATION_TAG, self.seed, self.stream_id, pass_index)
             )
             perm = rng.permutation(self.size)
             self._cache[pass_index] = perm

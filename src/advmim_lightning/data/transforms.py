@@ -10,7 +10,7 @@ the cross-teaching baseline and AdvMIM), written with torch tensor ops:
   outside (``scipy.ndimage.rotate(order=0, reshape=False)``);
 - then a resize to the network input size, nearest for the label and, as SSL4MIS does, nearest
   for the image too (``scipy.ndimage.zoom(order=0)``'s index mapping, shared with evaluation in
-  :mod:`advmim_lightning.resize`), or bilinear for the image as an option.
+  :mod:`advmim_lightning.evaluation.resize`), or bilinear for the image as an option.
 
 SSL4MIS draws the rotation in an ``elif`` after a second coin flip, so with its defaults a slice
 is rot90-flipped half of the time, rotated a quarter of the time and left alone a quarter of the
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from advmim_lightning.data.seeding import keyed_uniforms
-from advmim_lightning.resize import nearest_resize_indices, zoom_nearest
+from advmim_lightning.evaluation.resize import nearest_resize_indices, zoom_nearest
+from advmim_lightning.method.randomness import keyed_uniforms
 
 __all__ = [
     "IMAGE_INTERPOLATIONS",

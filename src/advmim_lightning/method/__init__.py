@@ -5,8 +5,8 @@
 - :mod:`~advmim_lightning.method.objective`: the loss terms of one iteration
   (:class:`SegmenterOutputs`).
 - :mod:`~advmim_lightning.method.randomness`: the old import path of the training step's seed
-  mixer (:mod:`advmim_lightning.randomness` holds every seed of the library).
-- :mod:`~advmim_lightning.method.inference`: slice-wise prediction of whole cases and the
+  mixer (:mod:`advmim_lightning.method.randomness` holds every seed of the library).
+- :mod:`~advmim_lightning.evaluation.inference`: slice-wise prediction of whole cases and the
   per-case test table.
 """
 

@@ -1,6 +1,6 @@
 """What the module reports: the logged values of a training iteration and of a validation, and
 the record of one predicted case (no Lightning; ``AdvMIMModule`` hands them to its loggers and
-to :class:`~advmim_lightning.callbacks.PredictionWriter`).
+to :class:`~advmim_lightning.evaluation.prediction_writer.PredictionWriter`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def validation_values(
     """The ``val/...`` values of a validation, computed from the metrics, which are reset.
 
     Args:
-        metrics: The evaluated network's :class:`~advmim_lightning.metrics.SegmentationMetrics`.
+        metrics: The evaluated network's
+            :class:`~advmim_lightning.evaluation.metrics.SegmentationMetrics`.
         dice_per_network: A Dice-only metric per segmenter (``val/dice_mean_<name>``).
 
     Returns:

@@ -1,0 +1,201 @@
+"""What ``AdvMIMModule`` checks of what it is given: networks, batches and the trainer.
+
+- :func:`check_network`: a segmenter's class count, input channels and image size against the
+  module's (at construction).
+- :func:`watch_segmenter_contract`, :class:`ContractCheck`: a one-shot forward hook comparing
+  a segmenter's first output with the segmenter contract (README, "Swapping a network: the
+  segmenter contract").
+- :func:`check_training_batch`: a training batch is the paired dict.
+- :func:`check_fit_trainer`, :func:`check_cuda_graph_trainer`: the trainer can run the
+  module's fit (precision, DDP; ``cuda_graph``).
+
+Every refusal says what was given and what would work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from advmim_lightning.method.config import pair
+from advmim_lightning.run import lightning_private
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from advmim_lightning.method.lightning_module import AdvMIMModule
+
+
+def check_network(
+    name: str, net: nn.Module, num_classes: int, in_channels: int, image_size: tuple[int, int]
+) -> None:
+    """Refuse a segmenter built for other sizes than the module (where it says its sizes)."""
+    found = getattr(net, "num_classes", num_classes)
+    if found != num_classes:
+        raise ValueError(f"{name} predicts {found} classes but num_classes={num_classes}")
+    found = getattr(net, "in_channels", in_channels)
+    if found != in_channels:
+        raise ValueError(
+            f"{name} takes {found} input channels but in_channels={in_channels}; build it with "
+            f"in_channels={in_channels} (--model.{name}.init_args.in_channels {in_channels})"
+        )
+    size = getattr(net, "img_size", None)
+    if size is not None and tuple(pair(size, "img_size")) != tuple(image_size):
+        raise ValueError(
+            f"{name} is built for img_size={tuple(pair(size, 'img_size'))} but "
+            f"image_size={image_size}; build it with the data's image size"
+        )
+
+
+_TRAINING_BATCH = (
+    '{"labeled": {"image": B x C x H x W float, "label": B x H x W int64}, '
+    '"unlabeled": {"image": B x C x H x W float}}'
+)
+
+
+def check_training_batch(batch: Any) -> None:
+    """Refuse a training batch that is not the paired dict (cheap: no tensor is read)."""
+    labeled = batch.get("labeled") if isinstance(batch, Mapping) else None
+    if isinstance(labeled, Mapping) and "image" in labeled and "label" in labeled:
+        return
+    if isinstance(batch, Mapping):
+        found = f"a dict with keys {sorted(map(str, batch))}"
+        if isinstance(labeled, Mapping):
+            found += f" whose 'labeled' entry has keys {sorted(map(str, labeled))}"
+    elif isinstance(batch, (tuple, list)):
+        found = f"a {type(batch).__name__} of {len(batch)} entries"
+    else:
+        found = f"a {type(batch).__name__}"
+    raise TypeError(
+        f"AdvMIMModule.training_step expects a paired batch {_TRAINING_BATCH} ('unlabeled' "
+        f"only left out with method='supervised'), got {found}. AdvMIMDataModule's loader "
+        "yields it; a loader of your own must return that dict (a DataLoader with "
+        "batch_size=None over a dataset of whole batches, or a collate_fn building it)."
+    )
+
+
+def describe_output(value: Any) -> str:
+    """What a network returned, in words (types and shapes)."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        parts = ", ".join(describe_output(v) for v in value[:4])
+        more = ", ..." if len(value) > 4 else ""
+        return f"a {type(value).__name__} of {len(value)} ({parts}{more})"
+    return f"a {type(value).__name__}"
+
+
+def watch_segmenter_contract(module: AdvMIMModule, mode: str) -> None:
+    """Check each segmenter's next output against the contract, once per ``mode``.
+
+    A forward hook (removed after its first call) looks at what the network returns on the
+    first batch of training (``"train"``: ``net(x, mask=m)`` for AdvMIM) or evaluation
+    (``"eval"``: ``net(x)``): no extra forward pass, nothing on the device. Skipped for
+    networks compiled with ``compile_networks`` (a hook would be compiled into the graph).
+    """
+    if mode in module._contract_checked or getattr(module, "_networks_compiled", False):
+        return
+    for handle in module._contract_hooks.values():
+        handle.remove()
+    module._contract_hooks = {}
+    for name, net in module.segmenters.items():
+        module._contract_hooks[name] = net.register_forward_hook(
+            ContractCheck(module, name, mode), with_kwargs=True
+        )
+
+
+class ContractCheck:
+    """Forward hook checking a segmenter's first output against the segmenter contract.
+
+    It removes itself (``module._contract_hooks[name]``) on its first call and marks ``mode``
+    checked (``module._contract_checked``) once no hook of that mode is left.
+    """
+
+    def __init__(self, module: AdvMIMModule, name: str, mode: str) -> None:
+        self.module, self.name, self.mode = module, name, mode
+
+    def __call__(
+        self, net: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        module = self.module
+        handle = module._contract_hooks.pop(self.name, None)
+        if handle is not None:
+            handle.remove()
+        if not module._contract_hooks:
+            module._contract_checked.add(self.mode)
+        x = args[0] if args else kwargs.get("x")
+        if not isinstance(x, Tensor) or x.ndim != 4:
+            return  # not called the way the module calls it; nothing to compare with
+        expected = (x.shape[0], module.num_classes, *x.shape[-2:])
+        masked = kwargs.get("mask") is not None
+        if masked:
+            wanted = f"a pair (logits, masked_logits) of tensors of shape {expected}"
+            outputs = list(output) if isinstance(output, (tuple, list)) else None
+            ok_type = outputs is not None and len(outputs) == 2
+            given = f"x of shape {tuple(x.shape)} and mask= (a B x H x W bool mask)"
+        else:
+            wanted = f"one tensor of logits of shape {expected}"
+            outputs = [output]
+            ok_type = True
+            given = f"x of shape {tuple(x.shape)}"
+        ok_type = ok_type and all(isinstance(o, Tensor) for o in outputs or ())
+        if ok_type and all(tuple(o.shape) == expected for o in outputs or ()):
+            return
+        raise (ValueError if ok_type else TypeError)(
+            f"The {self.name} network ({type(net).__name__}) breaks the segmenter contract: "
+            f"given {given} it returned {describe_output(output)}; expected {wanted} "
+            f"(B x num_classes={module.num_classes} x H x W, the input's resolution). See "
+            "'Swapping a network: the segmenter contract' in the README."
+        )
+
+
+def check_fit_trainer(trainer: pl.Trainer, uses_masking: bool) -> None:
+    """Refuse a trainer the module cannot fit with.
+
+    Raises:
+        ValueError: For ``16-mixed`` precision, and for AdvMIM under DDP without
+            ``find_unused_parameters``.
+    """
+    precision = getattr(trainer, "precision_plugin", None)
+    if getattr(precision, "scaler", None) is not None:
+        raise ValueError(
+            "precision='16-mixed' is not supported: Lightning updates the loss scale after "
+            "each of the several optimisers stepped from one backward pass, which unscales "
+            "the later ones with the wrong factor. Use precision='bf16-mixed' (or 32)."
+        )
+    strategy = trainer.strategy
+    ddp_kwargs = lightning_private.ddp_kwargs(strategy)
+    if (
+        uses_masking
+        and ddp_kwargs is not None
+        and not ddp_kwargs.get("find_unused_parameters", False)
+    ):
+        start = lightning_private.ddp_start_method(strategy)
+        variant = "ddp" if start == "popen" else f"ddp_{start}"
+        raise ValueError(
+            f"method='advmim' under {type(strategy).__name__} ({variant!r}) needs "
+            "find_unused_parameters=True: each iteration runs two backward passes over "
+            "different parts (segmenters, then discriminators). Use "
+            f"strategy='{variant}_find_unused_parameters_true'"
+            + (" (configs/trainer/ddp.yaml does)." if variant == "ddp" else ".")
+        )
+
+
+def check_cuda_graph_trainer(trainer: pl.Trainer) -> None:
+    """Refuse ``cuda_graph=True`` where one captured iteration cannot serve the run."""
+    device = trainer.strategy.root_device
+    if device.type != "cuda":
+        raise ValueError(
+            f"model.cuda_graph=true captures the training iteration as a CUDA graph and "
+            f"needs a CUDA GPU, but this run trains on {device.type!r}. Set "
+            "model.cuda_graph=false (the default) or train on a GPU "
+            "(trainer.accelerator=gpu)."
+        )
+    if trainer.world_size > 1:
+        raise ValueError(
+            f"model.cuda_graph=true is not supported with {trainer.world_size} "
+            "processes: DDP's gradient all-reduce would have to be captured in the graph. "
+            "Set model.cuda_graph=false for multi-GPU runs."
+        )

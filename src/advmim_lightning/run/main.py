@@ -1,0 +1,146 @@
+"""The ``advmim`` command line: :func:`main` (the console script and ``python -m``).
+
+``advmim fit -c configs/quickstart.yaml`` trains; ``validate``, ``test`` and ``predict`` take the
+same configs plus ``--ckpt_path``. These four are LightningCLI subcommands
+(:class:`~advmim_lightning.run.cli.AdvMIMCLI`, built by :func:`build_cli`); ``advmim export``,
+``prepare`` and ``compare`` are plain subcommands beside them. Errors that describe bad input
+are printed as one line (:data:`USER_ERRORS`).
+
+The names tests and notebooks import from here (``build_cli``, ``find_run_checkpoint``, ...)
+are re-exported from where they live: :mod:`advmim_lightning.run.cli` (the LightningCLI),
+:mod:`advmim_lightning.run.resume` (which checkpoint a command uses and whether it fits) and
+:mod:`advmim_lightning.run.loggers` (the run folder's loggers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from advmim_lightning.run.cli import (
+    DEFAULT_NETWORKS,
+    AdvMIMCLI,
+    build_cli,
+)
+from advmim_lightning.run.folders import run_file_name
+from advmim_lightning.run.resume import (
+    EVALUATION_COMMANDS,
+    RUNTIME_MODEL_SETTINGS,
+    STRUCTURAL_SETTINGS,
+    StoredCheckpoint,
+    _model_keys_in_config,
+    _plain,
+    checkpoint_conflict,
+    find_run_checkpoint,
+)
+
+__all__ = [
+    "DEFAULT_NETWORKS",
+    "EVALUATION_COMMANDS",
+    "EXTRA_COMMANDS",
+    "RUNTIME_MODEL_SETTINGS",
+    "STRUCTURAL_SETTINGS",
+    "USER_ERRORS",
+    "AdvMIMCLI",
+    "StoredCheckpoint",
+    "_model_keys_in_config",
+    "_plain",
+    "build_cli",
+    "checkpoint_conflict",
+    "find_run_checkpoint",
+    "main",
+    "run_file_name",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # _default_loggers is imported on first use, as the CLI imports it: once imported, its
+    # logger class would be offered among the trainer.logger choices of --help
+    if name == "_default_loggers":
+        from advmim_lightning.run.loggers import default_loggers
+
+        return default_loggers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: Errors that describe bad input (data, paths, arguments, a diverged run): the command line
+#: prints their message and exits with status 1 instead of a traceback (``ADVMIM_DEBUG=1``
+#: shows it) when the library raised them on purpose; from anywhere else (torch, NumPy, a
+#: bug) the traceback is kept.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+_PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given")
+
+#: Plain subcommands beside the LightningCLI ones, and the module whose ``main(argv)`` runs each.
+EXTRA_COMMANDS = {
+    "export": "advmim_lightning.commands.export",
+    "prepare": "advmim_lightning.data.prepare",
+    "compare": "advmim_lightning.commands.compare",
+    "demo": "advmim_lightning.commands.demo",
+}
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the ``advmim`` command line (the console script and ``python -m advmim_lightning``).
+
+    Args:
+        args: Command-line words (default: ``sys.argv[1:]``). Tests call ``main([...])``.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    _show_library_messages()
+    try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            _run_extra_command(argv[0], argv[1:])
+        else:
+            build_cli(None if args is None else argv)
+    except USER_ERRORS as err:
+        user_error = _unwrap(err)
+        if os.environ.get("ADVMIM_DEBUG", "0") not in ("", "0") or not _raised_here(user_error):
+            raise
+        raise SystemExit(
+            f"advmim: error: {user_error}\n(set ADVMIM_DEBUG=1 to see the full traceback)"
+        ) from err
+
+
+def _show_library_messages() -> None:
+    """Print the library's INFO messages (the weights a network loaded, data loaded, files
+    written) on the console, as Lightning does for its own; an application that configured
+    logging itself keeps its settings."""
+    package = logging.getLogger("advmim_lightning")
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)
+    if not package.handlers and not logging.getLogger().hasHandlers():
+        package.addHandler(logging.StreamHandler())
+        package.propagate = False
+
+
+def _run_extra_command(name: str, argv: list[str]) -> None:
+    """Run ``advmim export|prepare`` (their errors reach :func:`main`'s one-line report)."""
+    import importlib
+
+    status = importlib.import_module(EXTRA_COMMANDS[name]).main(argv)
+    if status:
+        raise SystemExit(status)
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """``err``, or the error inside jsonargparse's report on a failed class init."""
+    while isinstance(err.__cause__, USER_ERRORS) and str(err).startswith(_PARSER_WRAPPERS):
+        err = err.__cause__
+    return err
+
+
+def _raised_here(err: BaseException) -> bool:
+    """Whether the library raised ``err`` itself (its innermost frame is in the package)."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,388 @@
+"""Which checkpoint a command uses, and whether it fits the run (the resume policy).
+
+:func:`find_run_checkpoint` turns ``--ckpt_path`` (a file, ``last``, ``best`` or nothing) into
+the file a subcommand loads, or refuses with a message naming the run folder and the runs that
+have checkpoints. :func:`checkpoint_conflict` compares a checkpoint's stored settings and
+state-dict shapes with the model built for the run, so a checkpoint that cannot be loaded is
+refused before anything runs. The settings a checkpoint may and may not override are listed
+here (:data:`RUNTIME_MODEL_SETTINGS`, :data:`STRUCTURAL_SETTINGS`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from advmim_lightning.run.checkpoints import iteration_count_conflict
+
+log = logging.getLogger(__name__)
+
+#: Model settings that ``validate``/``test``/``predict``/a resumed ``fit`` may change from the
+#: training run when given with ``--ckpt_path`` (all others come from the checkpoint).
+RUNTIME_MODEL_SETTINGS = (
+    "eval_network",
+    "eval_interpolation",
+    "eval_slice_batch",
+    "nsd_tolerance",
+    "max_iterations",
+    "nonfinite_check",
+    "max_skipped_in_a_row",
+    "optimizer_impl",
+    "channels_last",
+    "compile_networks",
+    "cuda_graph",
+)
+
+#: Subcommands that evaluate trained weights (they need a checkpoint).
+EVALUATION_COMMANDS = ("validate", "test", "predict")
+
+#: Settings a checkpoint's weights depend on: ``(hyper-parameter, how the user sets it)``.
+#: A checkpoint whose value differs from the run's is refused (:func:`checkpoint_conflict`).
+STRUCTURAL_SETTINGS = (
+    ("method", "model.method"),
+    ("num_classes", "data.num_classes"),
+    ("in_channels", "the data's image channels (data.in_channels)"),
+    ("image_size", "data.image_size"),
+    ("discriminator_base_channels", "model.discriminator_base_channels"),
+    ("cnn", "model.cnn"),
+    ("transformer", "model.transformer"),
+)
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """What the checks need of a checkpoint, without holding its tensors.
+
+    Attributes:
+        path: The file.
+        hparams: Its stored ``hyper_parameters``.
+        shapes: Shape of every ``state_dict`` entry.
+        iteration_conflict: Why its saved iteration counts cannot resume training, or None
+            (:func:`advmim_lightning.run.checkpoints.iteration_count_conflict`).
+    """
+
+    path: Path
+    hparams: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+    iteration_conflict: str | None = None
+
+    @classmethod
+    def of(cls, path: str | Path, checkpoint: dict[str, Any]) -> StoredCheckpoint:
+        """Keep the hyper-parameters, state-dict shapes and count check of a checkpoint."""
+        shapes = {
+            str(k): tuple(getattr(v, "shape", ())) for k, v in checkpoint["state_dict"].items()
+        }
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        return cls(Path(path), hparams, shapes, iteration_count_conflict(checkpoint, path))
+
+
+def checkpoint_conflict(checkpoint: StoredCheckpoint, model: Any) -> str | None:
+    """Why ``checkpoint``'s weights cannot be loaded into ``model``, or None when they can.
+
+    The settings of :data:`STRUCTURAL_SETTINGS` are compared first, so the message names the
+    setting in conflict and its two values; then every state-dict entry and shape.
+
+    Args:
+        checkpoint: The checkpoint's hyper-parameters and shapes.
+        model: The ``AdvMIMModule`` built for this run.
+
+    Returns:
+        One line naming the checkpoint, the setting (or state-dict entry) and both values.
+    """
+    head = f"checkpoint {checkpoint.path} does not fit this run"
+    current = dict(getattr(model, "hparams", {}))
+    for key, setting in STRUCTURAL_SETTINGS:
+        if key not in checkpoint.hparams or key not in current:
+            continue
+        difference = _first_difference(checkpoint.hparams[key], current[key], setting)
+        if difference is not None:
+            where, stored, here = difference
+            return f"{head}: {where} is {stored!r} in the checkpoint but {here!r} here"
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for key in sorted(shapes.keys() & checkpoint.shapes.keys()):
+        if shapes[key] != checkpoint.shapes[key]:
+            return (
+                f"{head}: state-dict entry {key} has shape {list(checkpoint.shapes[key])} in "
+                f"the checkpoint but {list(shapes[key])} in the model built here"
+            )
+    only_stored = sorted(checkpoint.shapes.keys() - shapes.keys())
+    only_here = sorted(shapes.keys() - checkpoint.shapes.keys())
+    if only_stored or only_here:
+        return (
+            f"{head}: state-dict entries only in the checkpoint: {_some(only_stored)}; only in "
+            f"the model built here: {_some(only_here)}"
+        )
+    return None
+
+
+def _first_difference(stored: Any, here: Any, where: str) -> tuple[str, Any, Any] | None:
+    """The first place where two hyper-parameter values differ: ``(where, stored, here)``.
+
+    A network's ``pretrained`` source is not compared: the checkpoint's weights replace the
+    initial ones (and the command line does not read that source when a checkpoint is given).
+    """
+    if where.endswith(".pretrained"):
+        return None
+    stored, here = _plain(stored), _plain(here)
+    if isinstance(stored, dict) and isinstance(here, dict):
+        for key in [*stored, *(k for k in here if k not in stored)]:
+            difference = _first_difference(stored.get(key), here.get(key), f"{where}.{key}")
+            if difference is not None:
+                return difference
+        return None
+    return None if stored == here else (where, stored, here)
+
+
+def _plain(value: Any, key: str = "") -> Any:
+    """``value`` made comparable: tuples as lists, namespaces as dicts, class paths canonical.
+
+    A ``class_path`` is written as the class's own module and name, so the same class named
+    through a package (``advmim_lightning.networks.UNet``) or its module
+    (``advmim_lightning.networks.unet.UNet``) compares equal.
+    """
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if key.rpartition(".")[2] == "class_path" and isinstance(value, str):
+        return _canonical_class_path(value)
+    return value
+
+
+def _class_named(class_path: str) -> type | None:
+    """The class a dotted path names (importing its module), or None when it names none."""
+    import importlib
+
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _canonical_class_path(class_path: str) -> str:
+    cls = _class_named(class_path)
+    return class_path if cls is None else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    if not names:
+        return "none"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def find_run_checkpoint(
+    subcommand: str,
+    ckpt_path: str | Path | None,
+    runs_dir: Path,
+    run_name: str,
+    allow_random_weights: bool = False,
+    own_checkpoint_callback: bool = False,
+) -> Path | None:
+    """The checkpoint file a subcommand uses, or None to start from initial weights.
+
+    - a path: that file (checked later, like every checkpoint);
+    - ``last``: ``<runs_dir>/<run_name>/checkpoints/last.ckpt``, or a newer SLURM requeue
+      checkpoint ``<run folder>/hpc_ckpt_<n>.ckpt``. When there is none, ``fit``
+      starts the run from iteration 0 (with a warning) and an evaluation is refused;
+    - ``best``: the ``checkpoints/best-*.ckpt`` file of the run with the highest stored
+      ``val/dice_mean`` (the run keeps one; several appear when a run was restarted without
+      resuming), the latest step on a tie;
+    - none: ``fit`` starts from initial weights; ``validate``/``test``/``predict`` are refused
+      unless ``allow_random_weights``.
+
+    Raises:
+        ValueError: Naming the run folder looked in and the runs that have checkpoints, when
+            the requested checkpoint is not there; on Lightning's ``hpc``/``registry`` values.
+    """
+    run_dir = runs_dir / run_name
+    folder = run_dir / "checkpoints"
+    if ckpt_path is None:
+        if subcommand not in EVALUATION_COMMANDS:
+            return None
+        if allow_random_weights:
+            log.warning(
+                "advmim %s runs with untrained (randomly initialised) networks: no "
+                "--ckpt_path and --allow_random_weights true",
+                subcommand,
+            )
+            return None
+        raise ValueError(
+            f"advmim {subcommand} needs trained weights and has no --ckpt_path: give last, "
+            f"best or a checkpoint file ({_checkpoints_of(run_dir, runs_dir)}), or "
+            "--allow_random_weights true to run untrained networks on purpose"
+        )
+    word = str(ckpt_path)
+    if word in ("hpc", "registry") or word.startswith("registry:"):
+        raise ValueError(
+            f"--ckpt_path {word} is not supported by advmim: give last, best or a checkpoint file"
+        )
+    if word not in ("last", "best"):
+        return Path(word)
+    if own_checkpoint_callback:
+        raise ValueError(
+            f"--ckpt_path {word} finds the checkpoints of the run's default checkpoint "
+            "callback, and this config gives its own ModelCheckpoint: give the file's path"
+        )
+    if word == "last":
+        # On SLURM, Lightning answers the preemption signal by saving hpc_ckpt_<n>.ckpt in the
+        # run folder before requeueing: the newest of those and last.ckpt is the run's state.
+        found = [p for p in (folder / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime)
+        if subcommand == "fit":
+            log.warning(
+                "--ckpt_path last: %s has no checkpoints/last.ckpt yet; the run starts at "
+                "iteration 0",
+                run_dir,
+            )
+            return None
+        raise ValueError(
+            f"--ckpt_path last: no checkpoints/last.ckpt in the run; "
+            f"{_checkpoints_of(run_dir, runs_dir)}"
+        )
+    candidates = sorted(folder.glob("best-*.ckpt")) if folder.is_dir() else []
+    if not candidates:
+        raise ValueError(
+            "--ckpt_path best: no checkpoints/best-*.ckpt in the run (one is saved at each "
+            f"validation that improves val/dice_mean); {_checkpoints_of(run_dir, runs_dir)}"
+        )
+    if len(candidates) == 1:
+        return candidates[0]
+    from advmim_lightning.run.checkpoints import read_checkpoint
+
+    ranked = []
+    for candidate in candidates:
+        try:
+            checkpoint = read_checkpoint(candidate)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"--ckpt_path best: {err}") from err
+        score = _stored_score(checkpoint)
+        if score is None:
+            raise ValueError(
+                f"--ckpt_path best: {candidate} stores no val/dice_mean score, so the best of "
+                f"{len(candidates)} best-*.ckpt files cannot be chosen; give the file's path"
+            )
+        ranked.append((score, int(checkpoint.get("global_step", 0)), candidate))
+    score, _, best = max(ranked)
+    log.info("--ckpt_path best: %s (val/dice_mean %.4f, of %d)", best, score, len(ranked))
+    return best
+
+
+def _refuse_a_second_run_in(run_dir: Path) -> None:
+    """Refuse a fit from initial weights into a run folder that holds checkpoints.
+
+    It would append a second training curve to ``metrics.csv``, replace ``config.yaml`` and
+    leave the old ``last.ckpt`` beside the new run's ``last-v1.ckpt``, so that ``--ckpt_path
+    last`` would then pick the old run's weights.
+
+    Raises:
+        ValueError: Naming the folder, its checkpoints and the ways out.
+    """
+    folder = run_dir / "checkpoints"
+    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if found:
+        raise ValueError(
+            f"the run folder {run_dir} already holds a run (checkpoints/"
+            f"{', checkpoints/'.join(found)}); a new fit would mix two runs in one record: "
+            "resume it with --ckpt_path last, or choose another --run_name (or delete the "
+            "folder to train it again)"
+        )
+
+
+def _stored_score(checkpoint: dict[str, Any]) -> float | None:
+    """The ``val/dice_mean`` a checkpoint callback recorded when it saved this file."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("monitor") == "val/dice_mean":
+            score = state.get("current_score")
+            return None if score is None else float(score)
+    return None
+
+
+def _checkpoints_of(run_dir: Path, runs_dir: Path) -> str:
+    """What ``run_dir`` holds, or which runs of ``runs_dir`` have checkpoints, for messages."""
+    folder = run_dir / "checkpoints"
+    here = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if here:
+        return f"the run folder {run_dir} holds checkpoints/{', checkpoints/'.join(here)}"
+    looked = f"the run folder {run_dir} has no checkpoint"
+    if not runs_dir.is_dir():
+        return f"{looked}, and the runs folder {runs_dir} does not exist"
+    runs = sorted(
+        p.name for p in runs_dir.iterdir() if p.is_dir() and any(p.glob("checkpoints/*.ckpt"))
+    )
+    if not runs:
+        return f"{looked}, nor has any other run in {runs_dir}"
+    return f"{looked}; runs with checkpoints in {runs_dir}: {_some(runs, 10)}"
+
+
+def stated_model_settings(given_args: list[Any]) -> set[str]:
+    """``model.*`` keys the config files or the command line state (not defaults).
+
+    Read from the words themselves (``--model.x``, ``--model.x=v`` and the ``model:``
+    sections of ``-c`` files), not by a second parse, which would fail on links whose
+    source is left at its default.
+    """
+    words = [str(w) for w in given_args]
+    stated: set[str] = set()
+    for index, word in enumerate(words):
+        if word.startswith("--model."):
+            stated.add(word[len("--model.") :].split("=", 1)[0])
+        elif word in ("-c", "--config") and index + 1 < len(words):
+            stated |= _model_keys_in_config(Path(words[index + 1]))
+        elif word == "--model" and index + 1 < len(words):
+            stated |= _model_keys_in_config(Path(words[index + 1]), section=None)
+        elif word.startswith("--config="):
+            stated |= _model_keys_in_config(Path(word.split("=", 1)[1]))
+    return stated
+
+
+def _gives_own_checkpoint_callback(config: Any) -> bool:
+    """Whether the trainer config lists its own ``ModelCheckpoint`` (or subclass)."""
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        cls = _class_named(str(getattr(callback, "class_path", None) or ""))
+        if cls is not None and issubclass(cls, ModelCheckpoint):
+            return True
+    return False
+
+
+def _model_keys_in_config(path: Path, section: str | None = "model") -> set[str]:
+    """Dotted keys of the ``model:`` section of a YAML config (empty when unreadable).
+
+    Also finds it under a subcommand (``fit: model: ...``); ``section=None`` reads a file
+    given to ``--model`` itself.
+    """
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return set()
+    if not isinstance(config, dict):
+        return set()
+    if section is None:
+        return set(_dotted_keys(config))
+    sections = [config, *(config[k] for k in ("fit", "validate", "test", "predict") if k in config)]
+    keys: set[str] = set()
+    for part in sections:
+        model = part.get("model") if isinstance(part, dict) else None
+        if isinstance(model, dict):
+            keys |= set(_dotted_keys(model))
+    return keys
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys += _dotted_keys(value, f"{dotted}.") if isinstance(value, dict) else [dotted]
+    return keys

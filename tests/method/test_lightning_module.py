@@ -1,0 +1,544 @@
+"""AdvMIMModule: method defaults, one training iteration per method, gradient isolation."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from advmim_lightning import AdvMIMModule
+from advmim_lightning.networks import Discriminator, UNet
+from tiny import (
+    TINY_CLASSES,
+    TINY_SIZE,
+    PairedBatches,
+    PoisonedAt,
+    StateSnapshots,
+    Volumes,
+    first_item,
+    fit,
+    full_state,
+    make_module,
+    tiny_batch,
+    tiny_swin,
+    tiny_unet,
+)
+
+
+def test_method_defaults_are_resolved_into_hparams():
+    advmim = make_module("advmim")
+    assert advmim.hparams.lr == 0.05
+    assert advmim.hparams.grad_clip_norm == 5.0
+    assert advmim.hparams.sup_weight == 1.0
+    assert advmim.hparams.adversarial_weight == 0.001
+    assert advmim.hparams.discriminator_weight == 0.1
+    assert advmim.hparams.cross_teaching_rampup is False
+    ctct = make_module("ctct")
+    assert ctct.hparams.lr == 0.01
+    assert ctct.hparams.grad_clip_norm == 0.0
+    assert ctct.hparams.sup_weight == 0.5
+    assert ctct.hparams.cross_teaching_rampup is True
+    assert "adversarial_weight" not in ctct.hparams
+    sup = make_module("supervised", lr=0.02)
+    assert sup.hparams.lr == 0.02
+    assert "cross_teaching_weight" not in sup.hparams
+
+
+def test_arguments_a_method_does_not_use_are_refused():
+    with pytest.raises(ValueError, match="adversarial_weight is not used by method='ctct'"):
+        make_module("ctct", adversarial_weight=0.1)
+    with pytest.raises(ValueError, match="method='semi' is not one of"):
+        make_module("semi")
+
+
+def test_network_mismatch_is_reported():
+    with pytest.raises(ValueError, match="cnn predicts 3 classes but num_classes=4"):
+        AdvMIMModule(cnn=tiny_unet(num_classes=3), transformer=tiny_swin(), image_size=64)
+    with pytest.raises(ValueError, match="img_size=\\(64, 64\\) but image_size=\\(128, 128\\)"):
+        AdvMIMModule(cnn=tiny_unet(), transformer=tiny_swin(), image_size=128)
+
+
+def test_hparams_store_network_specs_not_modules():
+    module = make_module()
+    spec = module.hparams.cnn
+    assert spec["class_path"] == "advmim_lightning.networks.unet.UNet"
+    assert spec["init_args"]["channels"] in ((4, 8, 8, 8, 8), [4, 8, 8, 8, 8])
+    rebuilt = AdvMIMModule(**{**module.hparams, "max_iterations": 10})
+    assert type(rebuilt.cnn) is type(module.cnn)
+    assert sum(p.numel() for p in rebuilt.transformer.parameters()) == sum(
+        p.numel() for p in module.transformer.parameters()
+    )
+
+
+def test_stored_specs_outside_the_library_are_refused():
+    with pytest.raises(ValueError, match=r"refusing to import network class 'os\.system'"):
+        AdvMIMModule(cnn={"class_path": "os.system", "init_args": {}}, image_size=64)
+
+
+@pytest.mark.parametrize(
+    ("method", "changed"),
+    [
+        ("advmim", {"transformer", "cnn", "disc_transformer", "disc_cnn"}),
+        ("ctct", {"transformer", "cnn"}),
+        ("supervised", {"transformer", "cnn"}),
+    ],
+)
+def test_one_iteration_updates_the_right_parameter_sets(method, changed):
+    torch.manual_seed(0)
+    module = make_module(method)
+    before = copy.deepcopy(module.state_dict())
+    trainer = fit(module, 1, labeled_only=method == "supervised")
+    assert module.iteration == 1
+    assert trainer.global_step == module.optimizer_steps_per_iteration
+    after = module.state_dict()
+    updated = {
+        key.split(".")[0]
+        for key, value in after.items()
+        if value.dtype.is_floating_point and not torch.equal(value, before[key])
+    }
+    # batch-norm buffers move with their network, so only the four top-level parts can appear
+    assert updated == changed
+
+
+def test_n_iterations_run_exactly_n_and_lr_follows_poly():
+    module = make_module("ctct", max_iterations=3)
+    trainer = fit(module, 5, max_epochs=3)
+    assert module.iteration == 3
+    assert trainer.global_step == 3 * 2
+    assert trainer.logged_metrics["train/lr"] == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9)
+    # The optimisers already hold the next iteration's rate (what lr monitors read before it).
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0
+
+
+def test_discriminator_step_leaves_segmenters_and_generator_step_leaves_discriminators():
+    torch.manual_seed(0)
+    module = make_module("advmim", discriminator_weight=0.1)
+    batch = tiny_batch()
+    x_l, y, x_u = batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
+    out = module._segmenter_losses(x_l, y, x_u)
+    total = torch.stack(list(out.weighted.values())).sum()
+    total.backward()
+    # the generator pass leaves no gradient on the discriminators (no stale gradients)
+    assert all(p.grad is None for p in module.disc_cnn.parameters())
+    assert all(p.grad is None for p in module.disc_transformer.parameters())
+    assert any(p.grad is not None for p in module.cnn.parameters())
+    for p in module.parameters():
+        p.grad = None
+    disc = module._discriminator_losses(out)
+    sum(disc.values()).backward()
+    assert all(p.grad is None for p in module.cnn.parameters())
+    assert all(p.grad is None for p in module.transformer.parameters())
+    assert all(p.grad is not None for p in module.disc_cnn.parameters())
+
+
+def test_pseudo_labels_carry_no_gradient_to_the_other_network():
+    torch.manual_seed(0)
+    module = make_module("ctct")
+    batch = tiny_batch()
+    x_l, y, x_u = batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
+    terms = module._segmenter_losses(x_l, y, x_u, ct_weight=0.1).terms
+    terms["cross_teaching_cnn"].backward()
+    # the CNN's cross-teaching Dice uses the transformer's pseudo-labels: only the CNN learns
+    assert all(p.grad is None for p in module.transformer.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.cnn.parameters())
+
+
+def test_every_term_is_logged_by_name():
+    module = make_module("advmim", loss_variant="paper")
+    trainer = fit(module, 1)
+    logged = set(trainer.logged_metrics)
+    for net in ("cnn", "transformer"):
+        for term in (
+            "sup_ce",
+            "sup_dice",
+            "masked_sup_ce",
+            "masked_sup_dice",
+            "cross_teaching",
+            "masked_pseudo_ce",
+            "masked_pseudo_dice",
+            "adv",
+            "disc",
+        ):
+            assert f"train/{term}_{net}" in logged
+    assert {"train/loss", "train/lr"} <= logged
+
+
+def test_public_code_variant_has_masked_dice_for_the_cnn_only():
+    module = make_module("advmim")
+    batch = tiny_batch()
+    terms = module._segmenter_losses(
+        batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
+    ).terms
+    assert "masked_sup_dice_cnn" in terms
+    assert "masked_sup_dice_transformer" not in terms
+    assert "masked_pseudo_dice_cnn" not in terms
+
+
+def test_ctct_rampup_weight():
+    module = make_module("ctct", max_iterations=100_000)
+    module.iteration = 150 * 100
+    assert module.current_cross_teaching_weight() == pytest.approx(0.1 * torch.e ** (-5 * 0.25))
+    advmim = make_module("advmim")
+    advmim.iteration = 0
+    assert advmim.current_cross_teaching_weight() == 0.1
+
+
+def test_masks_are_keyed_by_seed_rank_and_iteration_so_a_resume_repeats_them():
+    module = make_module("advmim")
+    first = module.draw_mask(3)
+    second = module.draw_mask(3)  # the second network's mask differs within an iteration
+    assert first.shape == (3, TINY_SIZE, TINY_SIZE)
+    assert not torch.equal(first, second)
+    module.iteration = 7
+    later = module.draw_mask(3)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["advmim"] == {"iteration": 7}
+    resumed = make_module("advmim")
+    resumed.on_load_checkpoint(checkpoint)
+    assert torch.equal(resumed.draw_mask(3), later)
+    other_seed = make_module("advmim", rng_seed=1)
+    assert not torch.equal(other_seed.draw_mask(3), first)
+
+
+def test_baselines_freeze_the_unused_mask_tokens():
+    module = make_module("ctct")
+    assert not module.cnn.mask_token.requires_grad
+    assert not module.transformer.mask_token.requires_grad
+    assert make_module("advmim").cnn.mask_token.requires_grad
+
+
+def test_plain_ddp_is_refused_for_advmim_with_the_fix_named():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    module = make_module("advmim")
+    trainer = pl.Trainer(accelerator="cpu", strategy=DDPStrategy(), devices=1, logger=False)
+    module.trainer = trainer
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
+        module.setup("fit")
+
+
+def test_validation_and_test_score_whole_volumes_and_write_csv(tmp_path):
+    module = make_module("ctct", class_names=["background", "RV", "Myo", "LV"])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    loader = DataLoader(Volumes(), batch_size=1, collate_fn=first_item)
+    (val,) = trainer.validate(module, dataloaders=loader)
+    for key in ("val/dice_mean", "val/hd95_mean", "val/asd_mean", "val/nsd_mean", "val/dice_LV"):
+        assert key in val
+    assert {"val/dice_mean_cnn", "val/dice_mean_transformer"} <= set(val)
+    assert 0.0 <= val["val/dice_mean"] <= 1.0
+    (test,) = trainer.test(module, dataloaders=loader)
+    rows = (tmp_path / "test_metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["case_id", "dice_RV", "dice_Myo"]
+    assert [r.split(",")[0] for r in rows[1:]] == ["vol0", "vol1", "mean"]
+    assert float(rows[-1].split(",")[rows[0].split(",").index("dice_mean")]) == pytest.approx(
+        test["test/dice_mean"], abs=1e-5
+    )
+
+
+def test_sixteen_bit_mixed_precision_is_refused_with_a_reason():
+    from lightning.pytorch.plugins import MixedPrecision
+
+    # On CPU Lightning turns "16-mixed" into bf16, so build the fp16 plugin with its scaler.
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    module = make_module("advmim")
+    with pytest.raises(ValueError, match="precision='16-mixed' is not supported"):
+        fit(module, 1, plugins=[plugin])
+
+
+def test_bf16_mixed_iteration_runs_and_keeps_float32_weights():
+    module = make_module("advmim")
+    trainer = fit(module, 1, precision="bf16-mixed")
+    assert module.iteration == 1
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    assert torch.isfinite(trainer.logged_metrics["train/loss"])
+
+
+def test_a_nonfinite_loss_raises_naming_the_iterations_terms_and_cases():
+    module = make_module("ctct")
+
+    class Poisoned(PairedBatches):
+        def __getitem__(self, i: int) -> dict:
+            batch = super().__getitem__(i)
+            if i == 1:
+                batch["labeled"]["image"][0, 0, 0, 0] = float("nan")
+            return batch
+
+    with pytest.raises(FloatingPointError) as err:
+        fit(module, dataset=Poisoned(4), log_every_n_steps=2)
+    message = str(err.value)
+    assert "iterations 0..1" in message
+    assert "sup_ce_transformer" in message and "case0" in message
+
+
+def test_a_short_cpu_run_on_the_phantom_lowers_the_supervised_loss():
+    from advmim_lightning import AdvMIMDataModule
+
+    torch.manual_seed(0)
+    data = AdvMIMDataModule(
+        layout="phantom",
+        phantom_cases=8,
+        phantom_slices=3,
+        phantom_size=64,
+        image_size=(64, 64),
+        labeled_cases=4,
+        labeled_batch_size=4,
+        num_workers=0,
+        require_unlabeled=False,
+        iterations_per_epoch=40,
+    )
+    module = make_module("supervised", max_iterations=40, lr=0.05)
+    losses: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(trainer.callback_metrics["train/sup_ce_cnn"]))
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        callbacks=[Record()],
+    )
+    trainer.fit(module, datamodule=data)
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+def test_skip_mode_undoes_an_overflowing_bf16_iteration_in_all_four_parts(caplog):
+    module = make_module("advmim", nonfinite_check="skip")
+    snapshots = StateSnapshots()
+    with caplog.at_level("WARNING", logger="advmim_lightning.method.nonfinite"):
+        trainer = fit(
+            module,
+            dataset=PoisonedAt(4, {2}),
+            precision="bf16-mixed",
+            log_every_n_steps=2,
+            callbacks=[snapshots],
+            enable_checkpointing=False,
+        )
+    states = snapshots.states
+    before, after = states["before2"], states["after2"]
+    assert before.keys() == after.keys()
+    assert any(k.startswith("disc_cnn.") for k in before) and any(
+        "running_var" in k for k in before
+    )
+    for key in before:  # segmenters, discriminators, batch-norm statistics and momenta
+        assert torch.equal(before[key], after[key]), key
+    changed = [k for k in before if not torch.equal(states["before3"][k], states["after3"][k])]
+    assert any(k.startswith("disc_transformer.") for k in changed)
+    assert any(k.startswith("cnn.") for k in changed)
+    assert module.iteration == 4
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert trainer.logged_metrics["train/skipped_iterations"] == 1
+    assert "iteration(s) 2 (0-based)" in caplog.text and "u0" in caplog.text
+
+
+def test_skip_mode_changes_nothing_when_all_is_finite():
+    def run(check: str) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        module = make_module("advmim", nonfinite_check=check)
+        fit(module, 3)
+        return full_state(module)
+
+    plain, guarded = run("raise"), run("skip")
+    assert plain.keys() == guarded.keys()
+    for key, value in plain.items():
+        assert torch.equal(value, guarded[key]), key
+
+
+def test_skip_mode_raises_once_too_many_iterations_in_a_row_were_skipped():
+    module = make_module("ctct", nonfinite_check="skip", max_skipped_in_a_row=2)
+    with pytest.raises(FloatingPointError, match=r"2 iterations in a row .* diverged"):
+        fit(module, dataset=PoisonedAt(4, {1, 2, 3}), log_every_n_steps=1)
+    assert module.iteration == 2  # the error came at the second skipped iteration's logging
+
+
+def trained_state(method: str = "advmim", **options) -> dict[str, torch.Tensor]:
+    """Two iterations without dropout (its masks follow the memory layout)."""
+    torch.manual_seed(0)
+    module = AdvMIMModule(
+        cnn=UNet(num_classes=TINY_CLASSES, channels=(4, 8, 8, 8, 8), dropout=(0.0,) * 5),
+        transformer=tiny_swin(),
+        image_size=(TINY_SIZE, TINY_SIZE),
+        method=method,
+        **options,
+    )
+    fit(module, 2, labeled_only=method == "supervised")
+    return full_state(module)
+
+
+@pytest.mark.parametrize("impl", ["for_loop", "foreach", "fused"])
+def test_sgd_implementations_give_the_same_advmim_update(impl):
+    reference, fast = trained_state(), trained_state(optimizer_impl=impl)
+    assert reference.keys() == fast.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(fast[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_channels_last_gives_the_same_update_up_to_rounding():
+    # Supervised: AdvMIM's pseudo-labels are argmaxes on near-ties at initialisation, where a
+    # rounding difference of the other memory layout flips pixels and so the loss.
+    reference = trained_state("supervised")
+    fast = trained_state("supervised", channels_last=True)
+    assert reference.keys() == fast.keys()
+    for key, value in reference.items():
+        error = torch.linalg.vector_norm(fast[key].double() - value.double())
+        assert error <= 1e-3 * torch.linalg.vector_norm(value.double()) + 1e-6, (key, error)
+    disc = Discriminator(TINY_CLASSES, 8)
+    maps = torch.rand(2, TINY_CLASSES, TINY_SIZE, TINY_SIZE)
+    expected = disc(maps)
+    disc.to(memory_format=torch.channels_last)
+    got = disc(maps.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_and_fused_sgd_are_applied():
+    module = make_module("advmim", channels_last=True, optimizer_impl="fused")
+    fit(module, 1)
+    weights = [p for p in module.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not all(w.is_contiguous() for w in weights)  # really another layout
+    assert all(opt.defaults["fused"] for opt in module.trainer.optimizers)
+
+
+def test_compile_networks_compiles_every_trained_part_once_when_fitting(monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw["mode"]))
+    module = make_module("advmim", compile_networks="reduce-overhead")
+    module.configure_model()  # outside a fit (a notebook, test, predict): nothing compiles
+    assert modes == []
+    fit(module, 1)
+    assert modes == ["reduce-overhead"] * 4
+    fit(module, 1, max_epochs=2)  # a second fit of the same module: compiled once
+    assert modes == ["reduce-overhead"] * 4
+    with pytest.raises(ValueError, match="compile_networks='fast' is not one of"):
+        make_module("advmim", compile_networks="fast")
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_like_eager_ones():
+    reference = trained_state("supervised")
+    compiled = trained_state("supervised", compile_networks="default")
+    for key, value in reference.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_fused_sgd_trains_under_bf16_mixed_with_clipping():
+    module = make_module("advmim", optimizer_impl="fused")
+    trainer = fit(module, 2, precision="bf16-mixed")
+    assert module.hparams.grad_clip_norm == 5.0 and module.iteration == 2
+    assert all(opt.param_groups[0]["fused"] for opt in trainer.optimizers)
+    assert torch.isfinite(trainer.logged_metrics["train/loss"])
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused"])
+def test_gradients_are_clipped_per_network_before_each_step(monkeypatch, impl):
+    norms = []
+    real_step = torch.optim.SGD.step
+
+    def recording_step(self, closure=None):
+        # Lightning passes a closure that runs on_before_optimizer_step (the clipping); SGD
+        # calls it first, then updates: record the gradients in between.
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return real_step(self)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    module = make_module("advmim", grad_clip_norm=0.01, optimizer_impl=impl)
+    fit(module, 1, precision="bf16-mixed")
+    assert len(norms) == 4 and max(norms) <= 0.01 * (1 + 1e-4)
+    assert min(norms) > 0.009  # the unclipped gradients are far larger: each was clipped
+
+
+def _batch_norm_statistics(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k
+    }
+
+
+@pytest.mark.parametrize("method, separate", [("advmim", True), ("ctct", False)])
+def test_batch_norm_sees_the_batches_as_the_published_code_feeds_them(method, separate):
+    """AdvMIM (public code): each network on x_l, then each on x_u; CTCT: one joint call."""
+    from advmim_lightning.method.randomness import iteration_seed
+
+    module = make_module(method)
+    assert module.hparams.forward_batching == ("separate" if separate else "joint")
+    reference = {name: copy.deepcopy(getattr(module, name)) for name in ("transformer", "cnn")}
+    fit(module, 1)
+
+    batch = tiny_batch(seed=0)  # what PairedBatches gave the single iteration
+    x_l, x_u = batch["labeled"]["image"], batch["unlabeled"]["image"]
+    module.iteration, module._mask_generator_iteration = 0, -1  # replay iteration 0's masks
+    torch.manual_seed(iteration_seed(module.hparams.rng_seed, 0, 0, 1))  # its dropout draws too
+    calls = [x_l, x_u] if separate else [torch.cat([x_l, x_u])]
+    for x in calls:
+        for name in ("transformer", "cnn"):  # the public code: model (Swin), then model2
+            mask = module.draw_mask(x.shape[0]) if method == "advmim" else None
+            reference[name].train()(x, mask=mask) if mask is not None else reference[name](x)
+    expected, got = _batch_norm_statistics(reference["cnn"]), _batch_norm_statistics(module.cnn)
+    assert expected.keys() == got.keys() and expected
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_forward_batching_is_a_switch_that_changes_the_batch_norm_statistics():
+    separate, joint = make_module("advmim"), make_module("advmim", forward_batching="joint")
+    joint.load_state_dict(separate.state_dict())
+    fit(separate, 1)
+    fit(joint, 1)
+    a, b = _batch_norm_statistics(separate.cnn), _batch_norm_statistics(joint.cnn)
+    assert any(not torch.equal(a[k], b[k]) for k in a if "running_mean" in k)
+    with pytest.raises(ValueError, match="forward_batching is not used by method='supervised'"):
+        make_module("supervised", forward_batching="joint")
+    with pytest.raises(ValueError, match="forward_batching"):
+        make_module("advmim", forward_batching="split")
+
+
+def test_a_ctct_run_shorter_than_its_ramp_up_warns_with_the_weight_it_ends_at():
+    module = make_module("ctct", max_iterations=3)  # ramp 200 x 150: weight ~ 0.1 * e^-5
+    with pytest.warns(UserWarning) as caught:
+        fit(module, 3)
+    messages = [str(w.message) for w in caught if "ramps up" in str(w.message)]
+    assert messages == [
+        "the cross-teaching weight ramps up over rampup_length x rampup_interval = 200 x 150 = "
+        "30000 iterations (CTCT's 200 x 150 = its 30000), but max_iterations=3: it ends at "
+        "0.000674, 0.67 % of cross_teaching_weight=0.1. To keep the published ramp's shape in "
+        "this shorter run, set model.rampup_interval=1 (max_iterations / rampup_length)."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "settings"),
+    [
+        ("ctct", {"max_iterations": 3, "rampup_length": 2, "rampup_interval": 1}),
+        ("ctct", {"max_iterations": 3, "cross_teaching_weight": 0.0}),  # nothing to ramp
+        ("advmim", {"max_iterations": 3}),  # constant weight: nothing to ramp
+        ("supervised", {"max_iterations": 3}),
+    ],
+)
+def test_no_ramp_up_warning_where_the_ramp_fits_or_there_is_none(method, settings):
+    import warnings
+
+    module = make_module(method, **settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(module, 3)
+    assert not [w for w in caught if "ramps up" in str(w.message)]
