@@ -110,7 +110,7 @@ def test_phantom_fit_validate_test_predict_and_resume(tmp_path):
     assert any(r.get("val/dice_mean") for r in rows)
     assert any(r.get("train/adv_cnn") for r in rows)
     assert (run_dir / "panels").is_dir() and list((run_dir / "panels").glob("*.png"))
-    assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 4
+    assert torch.load(last, weights_only=True)["state_dict"]["iteration"] == 4
 
     # resume the named run from its own last.ckpt and finish 6 iterations in all
     run(
@@ -123,7 +123,7 @@ def test_phantom_fit_validate_test_predict_and_resume(tmp_path):
         "--ckpt_path",
         "last",
     )
-    assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 6
+    assert torch.load(last, weights_only=True)["state_dict"]["iteration"] == 6
 
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]

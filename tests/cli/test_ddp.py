@@ -49,7 +49,7 @@ def one_node_run(tmp_path_factory) -> Path:
 
 def test_two_process_ddp_fit_writes_one_run_folder(one_node_run):
     assert sorted(p.name for p in (one_node_run / "checkpoints").iterdir())[-1] == "last.ckpt"
-    assert last_checkpoint(one_node_run)["advmim"]["iteration"] == 3
+    assert last_checkpoint(one_node_run)["state_dict"]["iteration"] == 3
     rows = list(csv.DictReader((one_node_run / "metrics.csv").open()))
     assert any(r.get("val/dice_mean") for r in rows)
     assert len([r for r in rows if r.get("train/loss")]) == 3  # rank 0 logs, once per iteration
@@ -84,7 +84,7 @@ def test_two_torchrun_nodes_train_the_same_weights_as_one_node(one_node_run, tmp
         assert node.returncode == 0, output[-3000:]
     assert "GLOBAL_RANK: 1" in outputs[1]  # node 1 ran the second rank
     nodes_state = last_checkpoint(tmp_path / "nodes")
-    assert nodes_state["advmim"]["iteration"] == 3
+    assert nodes_state["state_dict"]["iteration"] == 3
     assert_same_training_state(nodes_state, last_checkpoint(one_node_run))
 
 
@@ -97,7 +97,7 @@ def test_resuming_on_another_number_of_processes_is_refused(one_node_run, tmp_pa
     message = str(refused.value.code)
     assert "saved by a run with 2 process(es) and this run has 1" in message
     assert "--trainer.devices 2" in message
-    assert last_checkpoint(tmp_path / "ddp")["advmim"]["iteration"] == 3  # nothing trained
+    assert last_checkpoint(tmp_path / "ddp")["state_dict"]["iteration"] == 3  # nothing trained
 
     main(fit_words(tmp_path, "single", *one))  # 1 process, resumed by 2
     resumed = fit_words(tmp_path, "single", *DDP, "--trainer.devices", "2", *longer)
@@ -110,7 +110,7 @@ def test_resuming_on_another_number_of_processes_is_refused(one_node_run, tmp_pa
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "saved by a run with 1 process(es) and this run has 2" in done.stderr
-    assert last_checkpoint(tmp_path / "single")["advmim"]["iteration"] == 3
+    assert last_checkpoint(tmp_path / "single")["state_dict"]["iteration"] == 3
 
 
 def test_skip_mode_skips_an_iteration_on_every_rank_when_one_rank_overflows(tmp_path):

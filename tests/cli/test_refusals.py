@@ -245,7 +245,7 @@ def test_a_run_held_by_a_process_stops_a_second_one_and_a_killed_holder_blocks_n
     # refreshed, not a last-v1.ckpt beside a stale last.ckpt
     assert "last-v1.ckpt" not in [p.name for p in (run_dir / "checkpoints").iterdir()]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["advmim"]["iteration"] == 3
+    assert last["state_dict"]["iteration"] == 3
     assert (run_dir / ".advmim.lock").read_text() == ""  # no stale PID left behind
     run("test", *on(runs, "trained", "--ckpt_path", "last"))  # the next process gets the run
     assert (run_dir / "test_metrics.csv").is_file()

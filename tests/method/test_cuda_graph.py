@@ -16,8 +16,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from advmim_lightning import AdvMIMModule
-from advmim_lightning.method import cuda_graph
+from advmim_lightning.method import contracts, cuda_graph
 from advmim_lightning.method.cuda_graph import GraphedIteration, sgd_update
 from advmim_lightning.run.main import main
 from tiny import assert_same_training_state, cli_error, fit, full_state, make_module, tiny_batch
@@ -30,7 +29,7 @@ QUICKSTART = str(ROOT / "configs/quickstart.yaml")
 @pytest.fixture
 def graph_on_cpu(monkeypatch):
     """Let ``cuda_graph=True`` train on the CPU: the step function without capture."""
-    monkeypatch.setattr(AdvMIMModule, "_check_cuda_graph_trainer", lambda self: None)
+    monkeypatch.setattr(contracts, "check_cuda_graph_trainer", lambda trainer: None)
 
 
 def test_cuda_graph_is_refused_on_a_cpu_naming_the_device_and_the_fix(tmp_path):
@@ -178,10 +177,10 @@ def test_an_interrupted_static_step_run_resumes_bitwise(graph_on_cpu, tmp_path):
     # max_steps stops after 2 iterations only if the graph's optimiser steps are counted
     run_cli_fit(tmp_path, "resumed", "--trainer.max_steps", "8")
     first_part = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)
-    assert first_part["advmim"]["iteration"] == 2
+    assert first_part["state_dict"]["iteration"] == 2
     assert first_part["global_step"] == 8
     resumed = torch.load(run_cli_fit(tmp_path, "resumed", "--ckpt_path", "last"), weights_only=True)
-    assert resumed["advmim"]["iteration"] == straight["advmim"]["iteration"] == 5
+    assert resumed["state_dict"]["iteration"] == straight["state_dict"]["iteration"] == 5
     assert_same_training_state(resumed, straight)
 
 

@@ -28,7 +28,7 @@ def test_a_checkpoint_between_logging_iterations_never_saves_nonfinite_weights(
     if reported == "weights":
         assert "every loss term was finite: the update overflowed" in str(err.value)
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert last["advmim"]["iteration"] == 2  # saved after iterations 0 and 1, not after 2
+    assert last["state_dict"]["iteration"] == 2  # saved after iterations 0 and 1, not after 2
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
@@ -53,4 +53,4 @@ def test_a_crash_while_saving_leaves_the_previous_last_checkpoint_intact(tmp_pat
         fit(module, dataset=PairedBatches(4), log_every_n_steps=1, callbacks=[checkpoints])
     assert all(path.endswith(".tmp") for path in saves)  # written aside, renamed when complete
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert last["advmim"]["iteration"] == 1
+    assert last["state_dict"]["iteration"] == 1

@@ -3,7 +3,7 @@
 :class:`TrainingStream` is the part of :class:`~advmim_lightning.data.AdvMIMDataModule` that
 turns the labeled and unlabeled slice datasets into one paired batch per iteration
 (``train_dataloader``) and counts iterations for exact resuming (``start_iteration``,
-``next_iteration``, ``data_position``, ``state_dict``/``load_state_dict``).
+``data_position``, ``state_dict``/``load_state_dict``).
 :class:`TrainingLoader` is the training DataLoader that starts every iterator there.
 """
 
@@ -59,13 +59,10 @@ def check_resume_world_size(saved: int | None, current: int) -> None:
 
 
 class TrainingLoader(DataLoader):
-    """The training DataLoader, resumable for Lightning (it has ``state_dict``).
-
-    Its state is the data module's next iteration; Lightning stores it in checkpoints and loads
-    it before creating the first iterator of a resumed run, which tells Lightning that resuming
-    mid-epoch is exact. Inside a Trainer every iterator starts at
-    :meth:`TrainingStream.data_position` (the trained module's iteration count when it keeps
-    one), whatever epoch Lightning counts.
+    """The training DataLoader. Inside a Trainer every iterator starts at
+    :meth:`TrainingStream.data_position`, derived from the trained module's iteration count,
+    whatever epoch Lightning counts. It keeps no state of its own (an empty ``state_dict``
+    tells Lightning that resuming mid-epoch is exact): the position is never stored twice.
     """
 
     def __init__(self, *args: Any, datamodule: TrainingStream, **kwargs: Any) -> None:
@@ -83,11 +80,10 @@ class TrainingLoader(DataLoader):
         return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
-        return {"next_iteration": self._datamodule.next_iteration}
+        return {}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        if "next_iteration" in state_dict:
-            self._datamodule.set_start_iteration(int(state_dict["next_iteration"]))
+        """Nothing to restore (older checkpoints' ``next_iteration`` is not used)."""
 
 
 class TrainingStream(pl.LightningDataModule):
@@ -100,12 +96,12 @@ class TrainingStream(pl.LightningDataModule):
     size)``: identical with any ``num_workers``, never duplicated across DDP ranks within a pass,
     and exactly reproducible after a resume.
 
-    **Resuming**: every training iterator starts at :meth:`data_position`, the trained
-    LightningModule's ``iteration`` count when it keeps one (``AdvMIMModule`` does, and
-    restores it from checkpoints), so any checkpoint resumes exactly. For other
-    LightningModules :meth:`state_dict` stores the next iteration (saved in Lightning
-    checkpoints and restored with ``ckpt_path``), and :meth:`set_start_iteration` before the
-    epoch starts sets it. Lightning's ``overfit_batches`` replaces the sampler: the training
+    **Resuming**: every training iterator starts at :meth:`data_position`, derived from the
+    trained LightningModule's ``iteration`` count when it keeps one (``AdvMIMModule`` does,
+    and stores it once, with its weights), else from Lightning's own count of finished
+    batches; the data module stores no position of its own, so no two counts can disagree.
+    Outside a Trainer :meth:`set_start_iteration` sets where iterators start. Lightning's
+    ``overfit_batches`` replaces the sampler: the training
     set then reads integer index ``i`` as iteration ``i``. :meth:`on_before_batch_transfer`
     reads (and removes) the ``"iteration"`` entry of each training batch; batches read from the
     loader outside a Trainer still carry it.
@@ -127,7 +123,6 @@ class TrainingStream(pl.LightningDataModule):
     def __init__(self) -> None:
         super().__init__()
         self._start_iteration = 0
-        self._last_trained_iteration: int | None = None
         self._train_sampler: IterationSampler | None = None
 
     def _setup_training(self) -> None:
@@ -208,7 +203,6 @@ class TrainingStream(pl.LightningDataModule):
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
             raise ValueError(f"start_iteration must be an integer >= 0, got {iteration!r}")
         self._start_iteration = iteration
-        self._last_trained_iteration = None
         if self._train_sampler is not None:
             self._train_sampler.set_start_iteration(iteration)
 
@@ -220,31 +214,24 @@ class TrainingStream(pl.LightningDataModule):
         """Global iteration the next training iterator starts from.
 
         Inside a Trainer whose LightningModule counts its completed iterations in an integer
-        ``iteration`` attribute (:class:`~advmim_lightning.AdvMIMModule` does, and restores it
-        from checkpoints), that count alone: the batches then follow the model's progress
-        however the checkpoint was made (``ModelCheckpoint`` mid-epoch,
-        ``trainer.save_checkpoint`` after ``fit`` returned, an extended ``max_iterations``),
-        and Lightning's epoch counter, which a checkpoint saved after ``fit`` restores one
-        ahead, plays no part. Otherwise :attr:`next_iteration`.
+        ``iteration`` attribute (:class:`~advmim_lightning.AdvMIMModule` does), that count:
+        the batches then follow the model's progress however the checkpoint was made. For
+        other LightningModules, Lightning's count of finished training batches (which it
+        restores on resume). Outside a Trainer, :attr:`start_iteration`.
         """
-        module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        if self.trainer is None:
+            return self._start_iteration
+        module = getattr(self.trainer, "lightning_module", None)
         iteration = getattr(module, "iteration", None)
         if isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0:
             return iteration
-        return self.next_iteration
-
-    @property
-    def next_iteration(self) -> int:
-        """Global iteration of the next training batch: one past the last batch handed to the
-        LightningModule in this run, or ``start_iteration`` before any."""
-        if self._last_trained_iteration is None:
-            return self._start_iteration
-        return self._last_trained_iteration + 1
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.total
+        return self._start_iteration + int(progress.completed)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Records (and removes) the iteration index of training batches."""
+        """Removes the iteration index the training batches carry."""
         if isinstance(batch, dict) and ITERATION_KEY in batch and "labeled" in batch:
-            self._last_trained_iteration = int(batch.pop(ITERATION_KEY))
+            batch.pop(ITERATION_KEY)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -253,7 +240,6 @@ class TrainingStream(pl.LightningDataModule):
         sampler = self._train_sampler
         return {
             "version": _STATE_VERSION,
-            "next_iteration": self.next_iteration,
             "seed": self.seed,
             "labeled_batch_size": self.labeled_batch_size,
             "unlabeled_batch_size": self.unlabeled_batch_size,
@@ -262,7 +248,8 @@ class TrainingStream(pl.LightningDataModule):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores the next iteration; warns when settings that change the batches differ.
+        """Checks a resumed run's data settings (the position comes from :meth:`data_position`);
+        warns when settings that change the batches differ.
 
         Raises:
             ValueError: When resuming training with another number of processes than the
@@ -274,7 +261,6 @@ class TrainingStream(pl.LightningDataModule):
         world = self._rank_world()[1]
         if fitting:
             check_resume_world_size(state_dict.get("world_size"), world)
-        self.start_iteration = int(state_dict.get("next_iteration", 0))
         if not fitting:  # evaluation reads no training batches
             return
         current = {
@@ -290,6 +276,6 @@ class TrainingStream(pl.LightningDataModule):
         if changed:
             detail = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
             rank_zero_warn(
-                f"Resuming the data stream at iteration {self.start_iteration} with changed "
+                f"Resuming the data stream with changed "
                 f"settings ({detail}); the batches will differ from the interrupted run's."
             )

@@ -1,14 +1,17 @@
-"""The methods' published defaults and the checks of ``AdvMIMModule``'s arguments.
+"""The methods' published defaults, the checks of every setting, and the settings object.
 
-:func:`check_arguments` refuses an argument outside its allowed values before anything is
-built; :func:`resolve_settings` turns the per-method arguments (``None`` = the method's
-default) into the settings a run trains with (``AdvMIMModule.cfg``, also stored in
-``hparams``). ``docs/method.md`` says where each default comes from.
+:func:`build_settings` is the one way settings come to exist: it refuses a value outside its
+allowed range (:func:`check_arguments`), resolves the per-method arguments (``None`` = the
+method's default, :func:`resolve_settings`) and returns a frozen :class:`MethodSettings`. The
+plain model (:class:`~advmim_lightning.method.model.AdvMIMModel`) and the LightningModule both
+read that one object; ``AdvMIMModule.hparams`` is its record (:meth:`MethodSettings.hparams`).
+``docs/method.md`` says where each default comes from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 Method = Literal["advmim", "ctct", "supervised"]
@@ -158,3 +161,206 @@ def resolve_class_names(names: list[str] | None, num_classes: int) -> list[str]:
             f"class_names has {len(names)} entries {list(names)} but num_classes={num_classes}"
         )
     return [str(n) for n in names]
+
+
+#: Settings that shape the networks or the metrics: fixed once a model is built.
+STRUCTURAL_SETTINGS = (
+    "method",
+    "num_classes",
+    "in_channels",
+    "image_size",
+    "class_names",
+    "discriminator_base_channels",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSettings:
+    """Every setting of a run, validated and resolved (``AdvMIMModule``'s arguments document
+    each). Per-method settings the method does not use are ``None``."""
+
+    method: Method = "advmim"
+    num_classes: int = 4
+    in_channels: int = 1
+    image_size: tuple[int, int] = (224, 224)
+    class_names: tuple[str, ...] = ()
+    max_iterations: int = 30000
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    grad_clip_norm: float = 5.0
+    sup_weight: float = 1.0
+    cross_teaching_weight: float | None = 0.1
+    cross_teaching_rampup: bool | None = False
+    rampup_length: int = 200
+    rampup_interval: int = 150
+    masked_sup_weight: float | None = 1.0
+    masked_pseudo_weight: float | None = 1.0
+    adversarial_weight: float | None = 0.001
+    discriminator_weight: float | None = 0.1
+    forward_batching: str | None = "separate"
+    loss_variant: str = "public_code"
+    discriminator_real: str = "labeled"
+    mask_ratio: float = 0.7
+    mask_block_size: int = 32
+    discriminator_base_channels: int = 64
+    eval_network: str = "transformer"
+    eval_interpolation: str = "nearest"
+    eval_slice_batch: int = 16
+    nsd_tolerance: float = 1.0
+    rng_seed: int = 0
+    nonfinite_check: str = "raise"
+    max_skipped_in_a_row: int = 100
+    optimizer_impl: str = "auto"
+    channels_last: bool = False
+    compile_networks: str | None = None
+    cuda_graph: bool = False
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Whether the method trains on unlabeled images (not the supervised baseline)."""
+        return self.method != "supervised"
+
+    @property
+    def uses_masking(self) -> bool:
+        """Whether the method runs the masked domain and the discriminators (AdvMIM)."""
+        return self.method == "advmim"
+
+    def hparams(self) -> dict[str, Any]:
+        """The settings as plain values (lists, no tuples), leaving out those the method
+        does not use: what ``AdvMIMModule.hparams`` and checkpoints record."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in PER_METHOD_SETTINGS and field.name not in METHOD_DEFAULTS[self.method]:
+                continue
+            out[field.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes: Any) -> MethodSettings:
+        """These settings with ``changes`` applied, checked as :func:`build_settings` checks.
+
+        Raises:
+            ValueError: For a structural setting (:data:`STRUCTURAL_SETTINGS`), which the
+                built networks fix, an unknown name, or a value :func:`build_settings` refuses.
+        """
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a setting of "
+                f"AdvMIMModule; the settings are {sorted(names)}"
+            )
+        for name in STRUCTURAL_SETTINGS:
+            if name in changes and _plain(changes[name]) != _plain(getattr(self, name)):
+                raise ValueError(
+                    f"{name} cannot change once the networks are built (it is "
+                    f"{_plain(getattr(self, name))!r}, the edit asks for "
+                    f"{_plain(changes[name])!r}): build a new AdvMIMModule({name}=...), or "
+                    f"AdvMIMModule.load_from_checkpoint(path, {name}=...) where the weights fit"
+                )
+        given = self.hparams()
+        # Per-method values the user did not set stay "the method's default" (None).
+        for name in PER_METHOD_SETTINGS:
+            given[name] = changes.get(name, given.get(name))
+        given.update({k: v for k, v in changes.items() if k not in PER_METHOD_SETTINGS})
+        return build_settings(**given)
+
+
+#: Settings whose default depends on the method (``None`` arguments).
+PER_METHOD_SETTINGS = tuple(METHOD_DEFAULTS["advmim"])
+
+
+def build_settings(**arguments: Any) -> MethodSettings:
+    """Check and resolve ``AdvMIMModule``'s arguments (networks aside) into settings.
+
+    Args:
+        **arguments: Any field of :class:`MethodSettings`; per-method ones may be ``None``
+            (the method's default), ``class_names`` may be ``None`` (``class1 ...``).
+
+    Returns:
+        The frozen settings.
+
+    Raises:
+        ValueError: Naming the argument, the value given and what is allowed.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(MethodSettings)}
+    unknown = sorted(set(arguments) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; the settings are {sorted(defaults)}")
+    values = {**defaults, **{k: None for k in PER_METHOD_SETTINGS}, **arguments}
+    method = values["method"]
+    values["image_size"] = check_arguments(
+        **{name: values[name] for name in _CHECKED},
+    )
+    given = {name: values[name] for name in PER_METHOD_SETTINGS}
+    resolved = resolve_settings(method, given)
+    for name in PER_METHOD_SETTINGS:
+        values[name] = resolved.get(name)
+    names = values["class_names"] or None
+    values["class_names"] = tuple(resolve_class_names(names, values["num_classes"]))
+    return MethodSettings(**values)
+
+
+_CHECKED = (
+    "method",
+    "loss_variant",
+    "forward_batching",
+    "discriminator_real",
+    "eval_network",
+    "eval_interpolation",
+    "nonfinite_check",
+    "optimizer_impl",
+    "compile_networks",
+    "cuda_graph",
+    "max_skipped_in_a_row",
+    "num_classes",
+    "image_size",
+    "max_iterations",
+    "mask_ratio",
+    "mask_block_size",
+)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class SettingsRecord(dict):
+    """``AdvMIMModule.hparams``: the settings as a dict with attribute access, whose edits go
+    through ``edit`` (the settings' checks) and take effect, or are refused with their
+    message; nothing is recorded that does not train."""
+
+    def __init__(
+        self, record: Mapping[str, Any], edit: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        super().__init__(record)
+        object.__setattr__(self, "_edit", edit)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles are plain dicts
+        return (dict, (dict(self),))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError as err:
+            raise AttributeError(key) from err
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        changes = dict(*args, **kwargs)
+        record = self._edit(changes)
+        dict.clear(self)
+        dict.update(self, record)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def __delitem__(self, key: str) -> None:
+        raise ValueError(f"hparams.{key} is a setting of the run and cannot be removed")
+
+    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+        raise ValueError(f"hparams.{key} is a setting of the run and cannot be removed")

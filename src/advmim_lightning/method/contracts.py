@@ -2,9 +2,9 @@
 
 - :func:`check_network`: a segmenter's class count, input channels and image size against the
   module's (at construction).
-- :func:`watch_segmenter_contract`, :class:`ContractCheck`: a one-shot forward hook comparing
-  a segmenter's first output with the segmenter contract (README, "Swapping a network: the
-  segmenter contract").
+- :class:`ContractWatch`, :class:`ContractCheck`: a one-shot forward hook comparing a
+  segmenter's first output with the segmenter contract (docs/python-api.md, "Swapping a
+  network: the segmenter contract"); :func:`check_takes_a_mask`: AdvMIM's ``mask=`` argument.
 - :func:`check_training_batch`: a training batch is the paired dict.
 - :func:`check_fit_trainer`, :func:`check_cuda_graph_trainer`: the trainer can run the
   module's fit (precision, DDP; ``cuda_graph``).
@@ -14,6 +14,7 @@ Every refusal says what was given and what would work.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,6 @@ from advmim_lightning.run import lightning_private
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-
-    from advmim_lightning.method.lightning_module import AdvMIMModule
 
 
 def check_network(
@@ -87,48 +86,65 @@ def describe_output(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def watch_segmenter_contract(module: AdvMIMModule, mode: str) -> None:
-    """Check each segmenter's next output against the contract, once per ``mode``.
+class ContractWatch:
+    """Checks each segmenter's next output against the segmenter contract, once per mode.
 
-    A forward hook (removed after its first call) looks at what the network returns on the
-    first batch of training (``"train"``: ``net(x, mask=m)`` for AdvMIM) or evaluation
-    (``"eval"``: ``net(x)``): no extra forward pass, nothing on the device. Skipped for
-    networks compiled with ``compile_networks`` (a hook would be compiled into the graph).
+    :meth:`watch` puts a forward hook on every segmenter; the hook (:class:`ContractCheck`)
+    looks at what the network returns on the first batch of training (``"train"``:
+    ``net(x, mask=m)`` for AdvMIM) or evaluation (``"eval"``: ``net(x)``) and removes itself:
+    no extra forward pass, nothing on the device. The watch keeps its own state (the modes
+    checked, the hooks still waiting).
+
+    Args:
+        num_classes: The classes every segmenter must predict.
     """
-    if mode in module._contract_checked or getattr(module, "_networks_compiled", False):
-        return
-    for handle in module._contract_hooks.values():
-        handle.remove()
-    module._contract_hooks = {}
-    for name, net in module.segmenters.items():
-        module._contract_hooks[name] = net.register_forward_hook(
-            ContractCheck(module, name, mode), with_kwargs=True
-        )
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        #: Modes checked (``"train"``, ``"eval"``).
+        self.checked: set[str] = set()
+        self._hooks: dict[str, Any] = {}
+
+    def watch(self, segmenters: Mapping[str, nn.Module], mode: str) -> None:
+        """Check each segmenter's next output in ``mode`` (once per mode)."""
+        if mode in self.checked:
+            return
+        self.remove()
+        for name, net in segmenters.items():
+            self._hooks[name] = net.register_forward_hook(
+                ContractCheck(self, name, mode), with_kwargs=True
+            )
+
+    def remove(self) -> None:
+        """Remove the hooks still waiting (e.g. before networks are compiled)."""
+        for handle in self._hooks.values():
+            handle.remove()
+        self._hooks = {}
+
+    def done(self, name: str, mode: str) -> None:
+        """Called by the hook of ``name``: remove it, and mark ``mode`` once all have run."""
+        handle = self._hooks.pop(name, None)
+        if handle is not None:
+            handle.remove()
+        if not self._hooks:
+            self.checked.add(mode)
 
 
 class ContractCheck:
-    """Forward hook checking a segmenter's first output against the segmenter contract.
+    """Forward hook checking a segmenter's first output against the segmenter contract."""
 
-    It removes itself (``module._contract_hooks[name]``) on its first call and marks ``mode``
-    checked (``module._contract_checked``) once no hook of that mode is left.
-    """
-
-    def __init__(self, module: AdvMIMModule, name: str, mode: str) -> None:
-        self.module, self.name, self.mode = module, name, mode
+    def __init__(self, watch: ContractWatch, name: str, mode: str) -> None:
+        self.watch, self.name, self.mode = watch, name, mode
 
     def __call__(
         self, net: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        module = self.module
-        handle = module._contract_hooks.pop(self.name, None)
-        if handle is not None:
-            handle.remove()
-        if not module._contract_hooks:
-            module._contract_checked.add(self.mode)
+        self.watch.done(self.name, self.mode)
+        num_classes = self.watch.num_classes
         x = args[0] if args else kwargs.get("x")
         if not isinstance(x, Tensor) or x.ndim != 4:
             return  # not called the way the module calls it; nothing to compare with
-        expected = (x.shape[0], module.num_classes, *x.shape[-2:])
+        expected = (x.shape[0], num_classes, *x.shape[-2:])
         masked = kwargs.get("mask") is not None
         if masked:
             wanted = f"a pair (logits, masked_logits) of tensors of shape {expected}"
@@ -146,9 +162,30 @@ class ContractCheck:
         raise (ValueError if ok_type else TypeError)(
             f"The {self.name} network ({type(net).__name__}) breaks the segmenter contract: "
             f"given {given} it returned {describe_output(output)}; expected {wanted} "
-            f"(B x num_classes={module.num_classes} x H x W, the input's resolution). See "
-            "'Swapping a network: the segmenter contract' in the README."
+            f"(B x num_classes={num_classes} x H x W, the input's resolution). See "
+            "'Swapping a network: the segmenter contract' in docs/python-api.md."
         )
+
+
+def check_takes_a_mask(name: str, net: nn.Module) -> None:
+    """Refuse (for AdvMIM) a segmenter whose ``forward`` has no ``mask`` argument.
+
+    Raises:
+        TypeError: Naming the network, the contract and the wrapper in docs/python-api.md.
+    """
+    try:
+        parameters = inspect.signature(net.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward without a signature: nothing to check
+        return
+    if any(p.name == "mask" or p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    raise TypeError(
+        f"method='advmim' calls each segmenter as net(x, mask=m) and the {name} network "
+        f"({type(net).__name__}) takes no mask argument (forward{inspect.signature(net.forward)})."
+        " The segmenter contract (docs/python-api.md, 'Swapping a network: the segmenter "
+        "contract') asks for net(x, mask=m) -> (logits, masked_logits); wrap your network as "
+        "shown there (PixelMaskedSegmenter), or train it with method='ctct' or 'supervised'."
+    )
 
 
 def check_fit_trainer(trainer: pl.Trainer, uses_masking: bool) -> None:

@@ -1,5 +1,9 @@
 """The whole training iteration as one CUDA graph (``AdvMIMModule(cuda_graph=True)``).
 
+:class:`GraphedIteration` is the second runner of the model's iteration
+(:meth:`~advmim_lightning.method.model.AdvMIMModel.iteration_losses`), beside the
+LightningModule's eager step: it is given that call and the optimisers, nothing else.
+
 An AdvMIM iteration launches thousands of small kernels: two segmenters forward and backward
 on two streams each, every loss term, two discriminator passes, the clipping and four SGD
 updates. At 8 + 8 images a GPU finishes many of them faster than Python can launch them, so
@@ -30,16 +34,16 @@ check it against the module's eager ``training_step``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from advmim_lightning.method.model import IterationLosses
 from advmim_lightning.method.optim import clip_gradients
 
-if TYPE_CHECKING:
-    from advmim_lightning.method.lightning_module import AdvMIMModule
+#: The iteration's loss call: ``(x_l, y, x_u, masks, ct_weight) -> IterationLosses``.
+LossCall = Callable[[Tensor, Tensor, "Tensor | None", Sequence[Tensor], Tensor], IterationLosses]
 
 __all__ = ["WARMUP_ITERATIONS", "GraphedIteration", "sgd_update"]
 
@@ -101,29 +105,37 @@ def _descend(params: list[Tensor], steps: list[Tensor], lr: Tensor) -> None:
 
 
 class GraphedIteration:
-    """Runs a module's training iteration from static buffers, captured as one CUDA graph.
+    """Runs a training iteration from static buffers, captured as one CUDA graph.
 
     Args:
-        module: The module being fitted (its optimisers exist: call from ``on_train_start`` or
-            later).
+        losses: The iteration's loss call (the model's ``iteration_losses``).
+        optimizers: One SGD per trained part, in the order they step (their momentum buffers
+            are the run's: checkpoints save them as without the graph).
+        device: Where the buffers live.
         capture: Capture and replay after the warm-up (CUDA only). False runs the step function
             eagerly every iteration.
         warmup: Eager iterations before the capture.
     """
 
     def __init__(
-        self, module: AdvMIMModule, capture: bool = True, warmup: int = WARMUP_ITERATIONS
+        self,
+        losses: LossCall,
+        optimizers: Sequence[torch.optim.Optimizer],
+        device: torch.device,
+        capture: bool = True,
+        warmup: int = WARMUP_ITERATIONS,
     ) -> None:
-        self.module = module
+        self.losses = losses
+        self.device = device
         self.capture = capture
         self.warmup = warmup
-        self.optimizers: list[torch.optim.Optimizer] = list(module.trainer.optimizers)
+        self.optimizers: list[torch.optim.Optimizer] = list(optimizers)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager_iterations = 0
         self._static: dict[str, Tensor] | None = None
         self._static_masks: list[Tensor] = []
         self._outputs: tuple[dict[str, Tensor], Tensor] | None = None
-        self._stream = torch.cuda.Stream(module.device) if capture else None
+        self._stream = torch.cuda.Stream(device) if capture else None
 
     def run(
         self,
@@ -172,7 +184,7 @@ class GraphedIteration:
     # ------------------------------------------------------------------ buffers
     def _fill(self, inputs: dict[str, Tensor], masks: list[Tensor], lr: float, ct: float) -> None:
         if self._static is None:
-            device = self.module.device
+            device = self.device
             self._static = {k: v.detach().clone() for k, v in inputs.items()}
             self._static["lr"] = torch.tensor(lr, dtype=torch.float32, device=device)
             self._static["ct_weight"] = torch.tensor(ct, dtype=torch.float32, device=device)
@@ -204,7 +216,7 @@ class GraphedIteration:
         if self._stream is None:
             return self._step()
         # Warm-up on the capture's side stream, as PyTorch asks of whole-network capture.
-        current = torch.cuda.current_stream(self.module.device)
+        current = torch.cuda.current_stream(self.device)
         self._stream.wait_stream(current)
         with torch.cuda.stream(self._stream):
             outputs = self._step()
@@ -213,20 +225,18 @@ class GraphedIteration:
 
     def _step(self) -> tuple[dict[str, Tensor], Tensor]:
         """The step function: everything between the batch and the updated weights."""
-        module, static = self.module, self._static
+        static = self._static
         assert static is not None
-        terms, total = module._losses_and_backward(
-            static["x_l"],
-            static["y"],
-            static.get("x_u"),
-            static["ct_weight"],
-            list(self._static_masks),
-            Tensor.backward,
+        out = self.losses(
+            static["x_l"], static["y"], static.get("x_u"), self._static_masks, static["ct_weight"]
         )
+        out.segmenter_total.backward()
+        if out.discriminator_total is not None:
+            out.discriminator_total.backward()
         for optimizer in self.optimizers:  # transformer, CNN, then the discriminators
             clip_gradients(optimizer)
             sgd_update(optimizer, static["lr"])
-        return terms, total
+        return out.terms, out.segmenter_total
 
 
 def _check_same(name: str, value: Tensor, static: Tensor | None) -> None:

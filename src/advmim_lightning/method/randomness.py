@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import struct
 
-__all__ = ["iteration_seed", "keyed_uniforms", "sample_seed"]
+import torch
+
+__all__ = ["IterationRandomness", "iteration_seed", "keyed_uniforms", "sample_seed"]
 
 _MASK_64 = 0xFFFFFFFFFFFFFFFF
 _INV_2_53 = 1.0 / float(1 << 53)
@@ -80,3 +82,52 @@ def keyed_uniforms(count: int, *values: int) -> list[float]:
     return [
         (int.from_bytes(raw[8 * i : 8 * i + 8], "little") >> 11) * _INV_2_53 for i in range(count)
     ]
+
+
+class IterationRandomness:
+    """The training step's random draws, keyed by ``(rng_seed, rank, iteration)``.
+
+    :meth:`mask_generator` gives the masked domain's device generator seeded for an
+    iteration (re-seeded once per iteration, a host-side operation without device sync);
+    :meth:`seed_global` keys torch's global generators, which dropout and drop path draw from,
+    by ``(rng_seed, rank, iteration, 1)``. Nothing needs saving: a resumed run repeats the
+    interrupted one exactly.
+
+    Args:
+        rng_seed: The run's seed (``AdvMIMModule(rng_seed=...)``).
+    """
+
+    def __init__(self, rng_seed: int) -> None:
+        self.rng_seed = rng_seed
+        self._generator: torch.Generator | None = None
+        self._key: tuple[int, int] | None = None
+        self._kept: tuple[torch.Tensor, list[torch.Tensor] | None] | None = None
+
+    def mask_generator(self, device: torch.device, rank: int, iteration: int) -> torch.Generator:
+        """The mask generator on ``device``, seeded for ``(rank, iteration)``."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._key = None
+        if self._key != (rank, iteration):
+            self._generator.manual_seed(iteration_seed(self.rng_seed, rank, iteration))
+            self._key = (rank, iteration)
+        return self._generator
+
+    def seed_global(self, rank: int, iteration: int) -> None:
+        """Seed torch's global generators (dropout, drop path) for ``(rank, iteration)``."""
+        torch.manual_seed(iteration_seed(self.rng_seed, rank, iteration, 1))
+
+    def keep_global_state(self) -> None:
+        """Remember torch's global generator states (CPU and CUDA) before the training steps
+        re-seed them; :meth:`restore_global_state` puts them back when the fit ends."""
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self._kept = (torch.get_rng_state(), cuda)
+
+    def restore_global_state(self) -> None:
+        """Put back the states :meth:`keep_global_state` remembered (nothing if none)."""
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return
+        torch.set_rng_state(kept[0])
+        if kept[1] is not None:
+            torch.cuda.set_rng_state_all(kept[1])

@@ -122,3 +122,28 @@ def ctct_consistency_weight(
             f"got {iterations_per_unit}."
         )
     return weight * sigmoid_rampup(iteration // iterations_per_unit, rampup_length)
+
+
+def ramp_outlasts_run(
+    weight: float, rampup_length: int, rampup_interval: int, max_iterations: int
+) -> str | None:
+    """A warning when CTCT's ramp-up is longer than the run (the weight is never reached).
+
+    Returns:
+        The message naming the weight the run ends at and the ``rampup_interval`` that fits
+        the ramp into the run, or None when the ramp fits (or there is no weight to ramp).
+    """
+    length, interval, iterations = rampup_length, rampup_interval, max_iterations
+    if not weight or length * interval <= iterations:
+        return None
+    last = ctct_consistency_weight(
+        iterations - 1, weight=weight, rampup_length=length, iterations_per_unit=interval
+    )
+    return (
+        f"the cross-teaching weight ramps up over rampup_length x rampup_interval = "
+        f"{length} x {interval} = {length * interval} iterations (CTCT's 200 x 150 = its "
+        f"30000), but max_iterations={iterations}: it ends at {last:.3g}, "
+        f"{100 * last / weight:.2g} % of cross_teaching_weight={weight}. To keep the "
+        "published ramp's shape in this shorter run, set model.rampup_interval="
+        f"{max(iterations // length, 1)} (max_iterations / rampup_length)."
+    )

@@ -11,8 +11,8 @@ class runs its module's code. One rule, :func:`is_trusted_class`, decides every 
   in a checkpoint's hyper-parameters, an ``advmim export`` file): classes in
   ``advmim_lightning`` only. A network of your own is passed as an instance instead.
 
-The state-dict hooks at the end store ``AdvMIMModule.iteration`` with the weights, and
-:func:`iteration_count_conflict` refuses to resume from a file whose saved counts disagree.
+The state-dict hooks at the end store ``AdvMIMModule.iteration`` with the weights, the run's
+one stored iteration count.
 """
 
 from __future__ import annotations
@@ -226,14 +226,24 @@ def network_spec(net: nn.Module) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": config}
 
 
-def save_iteration(
+#: The AdvMIMModule's children whose weights are saved under their own names (``cnn.*``,
+#: not ``model.cnn.*``): the checkpoint format stays that of the published runs.
+_MODEL_PARTS = ("cnn", "transformer", "disc_cnn", "disc_transformer")
+
+
+def save_model_state(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
 ) -> None:
-    """State-dict post-hook: store ``module.iteration`` as ``<prefix>iteration`` (int64)."""
+    """State-dict post-hook of ``AdvMIMModule``: the model's networks under their own names
+    (``<prefix>cnn.*`` ...) and the iteration count as ``<prefix>iteration`` (int64), the
+    run's one stored count."""
+    inner = prefix + "model."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
     state_dict[prefix + "iteration"] = torch.tensor(module.iteration, dtype=torch.int64)
 
 
-def load_iteration(
+def load_model_state(
     module: nn.Module,
     state_dict: dict[str, Any],
     prefix: str,
@@ -243,75 +253,14 @@ def load_iteration(
     unexpected_keys: list[str],
     error_msgs: list[str],
 ) -> None:
-    """Load pre-hook: take ``<prefix>iteration`` back out (older state dicts have none)."""
+    """Load pre-hook of ``AdvMIMModule``, the inverse of :func:`save_model_state`."""
     value = state_dict.pop(prefix + "iteration", None)
     if value is not None:
         module.iteration = int(value)
-        module._mask_generator_iteration = -1
-
-
-def saved_iteration_counts(checkpoint: Mapping[str, Any]) -> dict[str, int]:
-    """Every training-iteration count a Lightning checkpoint of this library stores.
-
-    ``AdvMIMModule.iteration`` is the run's one iteration count; it is saved as
-    ``advmim.iteration`` and with the weights (``state_dict["iteration"]``). The data stream
-    keeps a copy of its position: ``next_iteration`` in the data module's state and in the
-    training loader's (``loops.fit_loop.state_dict.combined_loader``). On resume the data
-    stream starts at the module's count (``AdvMIMDataModule.data_position``), so in a
-    consistent checkpoint all of them are equal.
-
-    Returns:
-        The counts found, by where they are stored (the module's own first); absent ones (an
-        older file, another data module) are left out.
-    """
-    counts: dict[str, int] = {}
-    own = checkpoint.get("advmim")
-    if isinstance(own, Mapping) and own.get("iteration") is not None:
-        counts["advmim.iteration"] = int(own["iteration"])
-    weights = checkpoint.get("state_dict")
-    if isinstance(weights, Mapping) and weights.get("iteration") is not None:
-        counts["state_dict['iteration']"] = int(weights["iteration"])
-    for key, state in checkpoint.items():
-        if isinstance(state, Mapping) and state.get("next_iteration") is not None:
-            counts[f"{key}.next_iteration"] = int(state["next_iteration"])
-    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
-    loaders = (fit_loop.get("state_dict") or {}).get("combined_loader") or []
-    for index, state in enumerate(loaders if isinstance(loaders, list) else []):
-        if isinstance(state, Mapping) and state.get("next_iteration") is not None:
-            where = f"loops.fit_loop.state_dict.combined_loader[{index}].next_iteration"
-            counts[where] = int(state["next_iteration"])
-    return counts
-
-
-def iteration_count_conflict(checkpoint: Mapping[str, Any], path: str | Path | None) -> str | None:
-    """Why a checkpoint cannot resume training because its saved counts disagree, or None.
-
-    The module's ``advmim.iteration`` is authoritative; every other count of
-    :func:`saved_iteration_counts` must equal it, except that the data stream's position may
-    be one ahead: a batch is handed over before the module counts it, and Lightning's SLURM
-    requeue handler saves ``hpc_ckpt_<n>.ckpt`` at whatever moment the signal comes (the run
-    then resumes at the module's count). Any other difference means a file that was edited or
-    saved by a mismatched module / data module pair, whose data stream would resume at
-    another position than the one its weights were trained to.
-
-    Returns:
-        One line naming the file, both counts and where each is stored.
-    """
-    counts = saved_iteration_counts(checkpoint)
-    if not counts:
-        return None
-    owner, owned = next(iter(counts.items()))
-    for where, count in counts.items():
-        in_progress = where.endswith("next_iteration") and count == owned + 1
-        if count != owned and not in_progress:
-            return (
-                f"checkpoint {path} cannot resume training: its iteration counts disagree, "
-                f"{owner} = {owned} (the module's count, which the run follows) but {where} = "
-                f"{count}; the data stream would not continue where the weights left off. The "
-                "file was edited or saved by a mismatched module and data module: resume from "
-                "another checkpoint, or start a new run without --ckpt_path"
-            )
-    return None
+    for key in list(state_dict):
+        rest = key[len(prefix) :]
+        if key.startswith(prefix) and rest.split(".", 1)[0] in _MODEL_PARTS:
+            state_dict[prefix + "model." + rest] = state_dict.pop(key)
 
 
 def _names_a_module(value: str) -> bool:

@@ -157,21 +157,16 @@ class AdvMIMCLI(SubcommandParserHook):
         ``val/dice_mean`` there, which is where ``--ckpt_path last`` looks.
 
         When a subcommand runs, the checkpoint is first checked against the model built
-        (:func:`checkpoint_conflict`), and a resumed ``fit`` also checks that its saved
-        iteration counts agree (:func:`~advmim_lightning.run.checkpoints.iteration_count_conflict`),
-        before the trainer exists and anything is written. An
+        (:func:`checkpoint_conflict`) before the trainer exists and anything is written. An
         evaluation's config and hyper-parameters go to ``<subcommand>_config.yaml`` and
         ``<subcommand>_hparams.yaml``; the fit's are never rewritten by it.
 
         Raises:
-            ValueError: When the checkpoint does not fit the model built for this run, or a
-                resumed fit's checkpoint holds disagreeing iteration counts.
+            ValueError: When the checkpoint does not fit the model built for this run.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand and self._checkpoint is not None:
             conflict = checkpoint_conflict(self._checkpoint, self.model)
-            if conflict is None and self.subcommand == "fit":
-                conflict = self._checkpoint.iteration_conflict  # resuming follows the counts
             if conflict:
                 raise ValueError(conflict)
         run_dir = Path(config["runs_dir"]) / config["run_name"]

@@ -17,8 +17,6 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from advmim_lightning.run.checkpoints import iteration_count_conflict
-
 log = logging.getLogger(__name__)
 
 #: Model settings that ``validate``/``test``/``predict``/a resumed ``fit`` may change from the
@@ -61,23 +59,20 @@ class StoredCheckpoint:
         path: The file.
         hparams: Its stored ``hyper_parameters``.
         shapes: Shape of every ``state_dict`` entry.
-        iteration_conflict: Why its saved iteration counts cannot resume training, or None
-            (:func:`advmim_lightning.run.checkpoints.iteration_count_conflict`).
     """
 
     path: Path
     hparams: dict[str, Any]
     shapes: dict[str, tuple[int, ...]]
-    iteration_conflict: str | None = None
 
     @classmethod
     def of(cls, path: str | Path, checkpoint: dict[str, Any]) -> StoredCheckpoint:
-        """Keep the hyper-parameters, state-dict shapes and count check of a checkpoint."""
+        """Keep the hyper-parameters and state-dict shapes of a checkpoint."""
         shapes = {
             str(k): tuple(getattr(v, "shape", ())) for k, v in checkpoint["state_dict"].items()
         }
         hparams = dict(checkpoint.get("hyper_parameters") or {})
-        return cls(Path(path), hparams, shapes, iteration_count_conflict(checkpoint, path))
+        return cls(Path(path), hparams, shapes)
 
 
 def checkpoint_conflict(checkpoint: StoredCheckpoint, model: Any) -> str | None:
