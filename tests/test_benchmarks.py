@@ -55,9 +55,9 @@ def test_train_step_benchmark_times_real_iterations_on_cpu(capsys, tmp_path):
     assert [r["option"] for r in stored] == ["baseline", "fused_sgd", "cuda_graph"]
     assert stored[0]["networks"] == "small" and stored[0]["precision"] == "32-true"
     # the CPU refusal of cuda_graph is back in place after the rehearsal row
-    from advmim_lightning import AdvMIMModule
+    from advmim_lightning.method import contracts
 
-    assert AdvMIMModule._check_cuda_graph_trainer.__name__ == "_check_cuda_graph_trainer"
+    assert contracts.check_cuda_graph_trainer.__name__ == "check_cuda_graph_trainer"
 
 
 def test_gpu_report_checks_each_target_and_lists_what_was_not_measured(tmp_path):

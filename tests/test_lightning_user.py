@@ -150,7 +150,7 @@ def test_the_end_of_run_last_checkpoint_extended_to_more_iterations_reads_the_ne
         make_model(max_iterations=2), datamodule=make_data()
     )
     last = tmp_path / "ckpt" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 2
+    assert torch.load(last, weights_only=True)["state_dict"]["iteration"] == 2
 
     # The learning rate now decays to 0 at 5: weights differ from a 5-iteration run's, data not.
     batches = Batches()
@@ -182,9 +182,10 @@ def test_a_run_ending_mid_epoch_is_validated_and_its_last_checkpoint_holds_the_e
     trainer.fit(model, datamodule=make_data())
     assert [it for it, _ in batches.seen] == [0, 1, 2, 3, 4]  # no sixth batch is read
     assert validations.at == [3, 5]
-    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["advmim"] == {
-        "iteration": 5
-    }
+    assert (
+        torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]["iteration"]
+        == 5
+    )
     assert "val/dice_mean" in trainer.callback_metrics
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "last.ckpt",
@@ -409,7 +410,7 @@ def test_after_ddp_spawn_the_main_process_knows_the_iteration(tmp_path):
     trainer.fit(model, datamodule=make_data())
     assert model.iteration == 2
     trainer.save_checkpoint(tmp_path / "spawned.ckpt")
-    assert torch.load(tmp_path / "spawned.ckpt", weights_only=True)["advmim"]["iteration"] == 2
+    assert torch.load(tmp_path / "spawned.ckpt", weights_only=True)["state_dict"]["iteration"] == 2
 
 
 @pytest.mark.slow

@@ -69,10 +69,10 @@ def test_num_classes_and_image_size_are_stated_once_and_linked():
         ],
         run=False,
     )
-    assert cli.model.num_classes == cli.datamodule.num_classes == 4
+    assert cli.model.settings.num_classes == cli.datamodule.num_classes == 4
     assert cli.model.cnn.num_classes == 4 and cli.model.transformer.num_classes == 4
     assert cli.model.transformer.img_size == (64, 64)
-    assert cli.model.image_size == (64, 64)
+    assert cli.model.settings.image_size == (64, 64)
     assert cli.model.class_names == cli.datamodule.class_names
     with pytest.raises(SystemExit):  # linked: the model side cannot be set on its own
         build_cli(
@@ -95,7 +95,7 @@ def test_supervised_method_sets_require_unlabeled_false():
         run=False,
     )
     assert cli.datamodule.require_unlabeled is False
-    assert cli.model.method == "supervised"
+    assert cli.model.settings.method == "supervised"
 
 
 def test_phantom_fit_validate_test_predict_and_resume(tmp_path):

@@ -314,7 +314,7 @@ def test_two_channel_nifti_trains_with_the_quickstart_networks(tmp_path):
     words = [*QUICKSTART, *common(tmp_path), "--data.layout", "nifti", "--data.root", root]
     words = [str(w) for w in words]
     cli = build_cli(words, run=False)
-    assert cli.datamodule.in_channels == 2 and cli.model.in_channels == 2
+    assert cli.datamodule.in_channels == 2 and cli.model.settings.in_channels == 2
     assert cli.model.cnn.in_channels == cli.model.transformer.in_channels == 2
     assert cli.model.cnn.in_block.conv1.in_channels == 2
     run("fit", *words, "--model.max_iterations", "1", "--trainer.limit_val_batches", "0")

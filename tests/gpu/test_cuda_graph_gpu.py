@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from advmim_lightning import AdvMIMModule
+from advmim_lightning.method import contracts
 from advmim_lightning.networks import SwinUNet, UNet
 from tiny import TINY_SIZE, tiny_swin, tiny_unet
 
@@ -36,7 +37,7 @@ BATCH = 2 if REHEARSAL else 8
 @pytest.fixture(autouse=True)
 def _rehearse_on_cpu(monkeypatch):
     if REHEARSAL:
-        monkeypatch.setattr(AdvMIMModule, "_check_cuda_graph_trainer", lambda self: None)
+        monkeypatch.setattr(contracts, "check_cuda_graph_trainer", lambda trainer: None)
 
 
 def make_module(max_iterations: int = 1000, **options) -> AdvMIMModule:

@@ -480,3 +480,106 @@ def test_no_ramp_up_warning_where_the_ramp_fits_or_there_is_none(method, setting
         warnings.simplefilter("always")
         fit(module, 3)
     assert not [w for w in caught if "ramps up" in str(w.message)]
+
+
+def test_an_edit_of_hparams_before_fit_trains_and_is_what_the_checkpoint_records(tmp_path):
+    module = make_module("advmim", max_iterations=2)
+    module.hparams.lr = 0.2
+    module.hparams["adversarial_weight"] = 0.5
+    module.hparams.update(grad_clip_norm=1.0)
+    assert module.settings.lr == 0.2 and module.model.settings.adversarial_weight == 0.5
+    trainer = fit(module, 2, default_root_dir=tmp_path)
+    # the poly rate of iteration 2 of 2 from the edited base rate, on every optimiser
+    assert trainer.logged_metrics["train/lr"] == pytest.approx(0.2 * (1 - 1 / 2) ** 0.9)
+    assert {g["clip_norm"] for o in trainer.optimizers for g in o.param_groups} == {1.0}
+    trainer.save_checkpoint(tmp_path / "edited.ckpt")
+    saved = torch.load(tmp_path / "edited.ckpt", weights_only=True)["hyper_parameters"]
+    assert (saved["lr"], saved["adversarial_weight"], saved["grad_clip_norm"]) == (0.2, 0.5, 1.0)
+    assert module.hparams_initial["lr"] == 0.2  # what loggers record at fit start
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"num_classes": 5}, r"num_classes cannot change once the networks are built \(it is 4"),
+        ({"method": "ctct"}, r"method cannot change once the networks are built"),
+        ({"eval_network": "both"}, r"eval_network='both' is not one of"),
+        ({"learning_rate": 0.1}, r"learning_rate is not a setting of AdvMIMModule"),
+        ({"max_iterations": 0}, r"max_iterations must be >= 1, got 0"),
+    ],
+)
+def test_an_edit_of_hparams_that_cannot_train_is_refused_and_changes_nothing(edit, message):
+    module = make_module("advmim")
+    before = dict(module.hparams)
+    with pytest.raises(ValueError, match=message):
+        module.hparams.update(edit)
+    assert dict(module.hparams) == before and module.settings.hparams() == {
+        k: v for k, v in before.items() if k not in ("cnn", "transformer")
+    }
+    with pytest.raises(ValueError, match="cannot be removed"):
+        del module.hparams["lr"]
+
+
+def test_a_baseline_refuses_an_edit_of_a_setting_it_does_not_use():
+    module = make_module("ctct")
+    with pytest.raises(ValueError, match=r"masked_sup_weight is not used by method='ctct'"):
+        module.hparams.masked_sup_weight = 1.0
+    assert "masked_sup_weight" not in module.hparams
+
+
+def test_without_class_names_the_metrics_take_the_data_modules(tmp_path):
+    from advmim_lightning import AdvMIMDataModule
+
+    module = make_module("advmim")
+    assert module.class_names == ["background", "class1", "class2", "class3"]
+    data = AdvMIMDataModule(layout="phantom", image_size=(64, 64), cache_dir=str(tmp_path))
+    data.setup("validate")
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.datamodule = data
+    module.trainer = trainer
+    module.setup("validate")
+    assert (
+        module.class_names == list(data.class_names) != ["background", "class1", "class2", "class3"]
+    )
+    assert module.val_metrics.class_names == tuple(data.class_names[1:])
+    assert module.hparams.class_names == list(data.class_names)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true"])
+def test_advmim_trains_at_every_true_precision(precision):
+    dtype = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
+    module = make_module("advmim", max_iterations=1)
+    trainer = fit(module, 1, precision=precision)
+    assert module.iteration == 1
+    assert module.discriminators["cnn"].conv1.weight.dtype == dtype[precision]
+    assert torch.isfinite(trainer.logged_metrics["train/disc_cnn"])
+    assert torch.isfinite(trainer.logged_metrics["train/adv_transformer"])
+
+
+def test_a_segmenter_without_a_mask_argument_is_refused_naming_the_contract_and_wrapper():
+    from monai.networks.nets import UNet as MonaiUNet
+
+    bare = MonaiUNet(spatial_dims=2, in_channels=1, out_channels=4, channels=(4, 8), strides=(2,))
+    with pytest.raises(TypeError) as info:
+        AdvMIMModule(cnn=bare, transformer=tiny_swin(), image_size=(TINY_SIZE, TINY_SIZE))
+    message = str(info.value)
+    assert "the cnn network (UNet) takes no mask argument" in message
+    assert "net(x, mask=m)" in message and "PixelMaskedSegmenter" in message
+    assert "docs/python-api.md" in message
+    # the baselines never pass a mask: the bare network is welcome there
+    AdvMIMModule(cnn=bare, transformer=tiny_swin(), image_size=(64, 64), method="ctct")
+
+
+def test_one_network_instance_in_both_slots_is_refused():
+    net = tiny_unet()
+    with pytest.raises(ValueError, match="cnn and transformer are the same UNet instance"):
+        AdvMIMModule(cnn=net, transformer=net, image_size=(TINY_SIZE, TINY_SIZE))
+
+
+def test_fit_restores_torchs_global_generator_it_reseeds_every_iteration():
+    module = make_module("ctct", max_iterations=2)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    fit(module, 2)
+    assert torch.equal(torch.rand(3), expected)

@@ -29,6 +29,7 @@ from advmim_lightning.data.validation import (
     check_case_split,
     check_training_pools,
 )
+from advmim_lightning.run import lightning_private
 
 __all__ = ["LAYOUTS", "AdvMIMDataModule", "check_resume_world_size"]
 
@@ -213,6 +214,10 @@ class AdvMIMDataModule(TrainingStream):
         if source is None:  # the hyper-parameter keeps the pattern in use (ACDC's default)
             case_pattern = self.source.case_pattern
         self.save_hyperparameters(ignore="source")
+        # Plain lists in hparams.yaml (a tuple is written with a Python tag that
+        # yaml.safe_load refuses), equal to AdvMIMModule's when Lightning merges both.
+        self.hparams["image_size"] = list(image_size)
+        lightning_private.set_hparams_initial(self, dict(self.hparams))
 
         self.root = root
         self.layout = layout if source is None else type(source).__name__

@@ -3,7 +3,7 @@
 :class:`TrainingStream` is the part of :class:`~advmim_lightning.data.AdvMIMDataModule` that
 turns the labeled and unlabeled slice datasets into one paired batch per iteration
 (``train_dataloader``) and counts iterations for exact resuming (``start_iteration``,
-``data_position``, ``state_dict``/``load_state_dict``).
+``next_iteration``, ``data_position``, ``state_dict``/``load_state_dict``).
 :class:`TrainingLoader` is the training DataLoader that starts every iterator there.
 """
 
@@ -60,9 +60,9 @@ def check_resume_world_size(saved: int | None, current: int) -> None:
 
 class TrainingLoader(DataLoader):
     """The training DataLoader. Inside a Trainer every iterator starts at
-    :meth:`TrainingStream.data_position`, derived from the trained module's iteration count,
-    whatever epoch Lightning counts. It keeps no state of its own (an empty ``state_dict``
-    tells Lightning that resuming mid-epoch is exact): the position is never stored twice.
+    :meth:`TrainingStream.data_position`, whatever epoch Lightning counts. It keeps no state
+    of its own (an empty ``state_dict`` tells Lightning that resuming mid-epoch is exact):
+    the position is never stored twice.
     """
 
     def __init__(self, *args: Any, datamodule: TrainingStream, **kwargs: Any) -> None:
@@ -83,7 +83,7 @@ class TrainingLoader(DataLoader):
         return {}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Nothing to restore (older checkpoints' ``next_iteration`` is not used)."""
+        """Nothing to restore (an older checkpoint's ``next_iteration`` is not used)."""
 
 
 class TrainingStream(pl.LightningDataModule):
@@ -96,12 +96,13 @@ class TrainingStream(pl.LightningDataModule):
     size)``: identical with any ``num_workers``, never duplicated across DDP ranks within a pass,
     and exactly reproducible after a resume.
 
-    **Resuming**: every training iterator starts at :meth:`data_position`, derived from the
-    trained LightningModule's ``iteration`` count when it keeps one (``AdvMIMModule`` does,
-    and stores it once, with its weights), else from Lightning's own count of finished
-    batches; the data module stores no position of its own, so no two counts can disagree.
-    Outside a Trainer :meth:`set_start_iteration` sets where iterators start. Lightning's
-    ``overfit_batches`` replaces the sampler: the training
+    **Resuming**: every training iterator starts at :meth:`data_position`, the trained
+    LightningModule's ``iteration`` count when it keeps one (``AdvMIMModule`` does, and
+    stores it with its weights), so any checkpoint resumes exactly; the data module then
+    stores no position of its own, so no two counts can disagree. For other LightningModules,
+    which keep no count, :meth:`state_dict` stores the next iteration (restored with
+    ``ckpt_path``), and :meth:`set_start_iteration` before the epoch starts sets it.
+    Lightning's ``overfit_batches`` replaces the sampler: the training
     set then reads integer index ``i`` as iteration ``i``. :meth:`on_before_batch_transfer`
     reads (and removes) the ``"iteration"`` entry of each training batch; batches read from the
     loader outside a Trainer still carry it.
@@ -123,6 +124,7 @@ class TrainingStream(pl.LightningDataModule):
     def __init__(self) -> None:
         super().__init__()
         self._start_iteration = 0
+        self._last_trained_iteration: int | None = None
         self._train_sampler: IterationSampler | None = None
 
     def _setup_training(self) -> None:
@@ -203,6 +205,7 @@ class TrainingStream(pl.LightningDataModule):
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
             raise ValueError(f"start_iteration must be an integer >= 0, got {iteration!r}")
         self._start_iteration = iteration
+        self._last_trained_iteration = None
         if self._train_sampler is not None:
             self._train_sampler.set_start_iteration(iteration)
 
@@ -210,35 +213,45 @@ class TrainingStream(pl.LightningDataModule):
         """Makes the next training iterator start at global ``iteration`` (same as the setter)."""
         self.start_iteration = iteration
 
+    def _module_iteration(self) -> int | None:
+        """The trained LightningModule's own iteration count, where it keeps one."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        iteration = getattr(module, "iteration", None)
+        if isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0:
+            return iteration
+        return None
+
     def data_position(self) -> int:
         """Global iteration the next training iterator starts from.
 
         Inside a Trainer whose LightningModule counts its completed iterations in an integer
-        ``iteration`` attribute (:class:`~advmim_lightning.AdvMIMModule` does), that count:
-        the batches then follow the model's progress however the checkpoint was made. For
-        other LightningModules, Lightning's count of finished training batches (which it
-        restores on resume). Outside a Trainer, :attr:`start_iteration`.
+        ``iteration`` attribute (:class:`~advmim_lightning.AdvMIMModule` does), that count
+        alone: the batches then follow the model's progress however the checkpoint was made
+        (``ModelCheckpoint`` mid-epoch, ``trainer.save_checkpoint`` after ``fit`` returned, an
+        extended ``max_iterations``). Otherwise :attr:`next_iteration`.
         """
-        if self.trainer is None:
+        iteration = self._module_iteration()
+        return self.next_iteration if iteration is None else iteration
+
+    @property
+    def next_iteration(self) -> int:
+        """Global iteration of the next training batch: one past the last batch handed to the
+        LightningModule in this run, or ``start_iteration`` before any."""
+        if self._last_trained_iteration is None:
             return self._start_iteration
-        module = getattr(self.trainer, "lightning_module", None)
-        iteration = getattr(module, "iteration", None)
-        if isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0:
-            return iteration
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.total
-        return self._start_iteration + int(progress.completed)
+        return self._last_trained_iteration + 1
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Removes the iteration index the training batches carry."""
+        """Records (and removes) the iteration index of training batches."""
         if isinstance(batch, dict) and ITERATION_KEY in batch and "labeled" in batch:
-            batch.pop(ITERATION_KEY)
+            self._last_trained_iteration = int(batch.pop(ITERATION_KEY))
         return batch
 
     def state_dict(self) -> dict[str, Any]:
         """Resume state (plain Python values, loadable with ``weights_only=True``)."""
         world = self._rank_world()[1]
         sampler = self._train_sampler
-        return {
+        state = {
             "version": _STATE_VERSION,
             "seed": self.seed,
             "labeled_batch_size": self.labeled_batch_size,
@@ -246,10 +259,13 @@ class TrainingStream(pl.LightningDataModule):
             "world_size": world,
             "iterations_per_epoch": sampler.iterations_per_epoch if sampler is not None else None,
         }
+        if self._module_iteration() is None:  # the module keeps no count: this is the one
+            state["next_iteration"] = self.next_iteration
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Checks a resumed run's data settings (the position comes from :meth:`data_position`);
-        warns when settings that change the batches differ.
+        """Restores the next iteration (modules without a count of their own); warns when
+        settings that change the batches differ.
 
         Raises:
             ValueError: When resuming training with another number of processes than the
@@ -261,6 +277,8 @@ class TrainingStream(pl.LightningDataModule):
         world = self._rank_world()[1]
         if fitting:
             check_resume_world_size(state_dict.get("world_size"), world)
+        if self._module_iteration() is None and "next_iteration" in state_dict:
+            self.start_iteration = int(state_dict["next_iteration"])
         if not fitting:  # evaluation reads no training batches
             return
         current = {

@@ -361,7 +361,9 @@ class AdvMIMModule(pl.LightningModule):
             self._build_metrics()
 
     def on_fit_start(self) -> None:
-        """Warn (rank 0) when a fresh fit starts a Swin-T sized Swin-UNet from random weights."""
+        """Keep torch's generator states (given back at fit end); warn (rank 0) when a fresh
+        fit starts a Swin-T sized Swin-UNet from random weights."""
+        self.randomness.keep_global_state()
         if self.trainer.ckpt_path is not None or self.restored_from_checkpoint:
             return
         message = random_init_warning(self.transformer)
@@ -392,7 +394,6 @@ class AdvMIMModule(pl.LightningModule):
                 self.device,
                 capture=self.device.type == "cuda",
             )
-        self.randomness.keep_global_state()
         if self.iteration >= s.max_iterations:
             rank_zero_warn(
                 f"AdvMIMModule has already trained max_iterations={s.max_iterations} "
@@ -410,8 +411,8 @@ class AdvMIMModule(pl.LightningModule):
             if message is not None:
                 rank_zero_warn(message)
 
-    def on_train_end(self) -> None:
-        self.randomness.restore_global_state()
+    def on_fit_end(self) -> None:
+        self.randomness.restore_global_state()  # the steps re-seeded torch's generators
 
     def on_validation_start(self) -> None:
         self.contract_watch.watch(self.segmenters, "eval")

@@ -177,7 +177,7 @@ def segmenter_losses(
         masked_unlabeled_probs[name] = m_probs[n_l:]
         disc = discriminators[name]
         with frozen(disc):
-            adv = lsgan_loss(disc(m_probs[n_l:]), target_is_real=True)
+            adv = lsgan_loss(judge(disc, m_probs[n_l:]), target_is_real=True)
         terms[f"adv_{name}"] = adv
         weighted[f"adv_{name}"] = settings["adversarial_weight"] * adv
     return SegmenterOutputs(terms, weighted, probs, masked_unlabeled_probs, n_l)
@@ -200,10 +200,20 @@ def discriminator_losses(
     for name in NETWORK_NAMES:
         disc = discriminators[name]
         real_probs = probs[name][:n_l] if real == "labeled" else (probs[name][n_l:])
-        real_term = lsgan_loss(disc(real_probs.detach()), target_is_real=True)
-        fake = lsgan_loss(disc(masked_unlabeled_probs[name].detach()), target_is_real=False)
+        real_term = lsgan_loss(judge(disc, real_probs.detach()), target_is_real=True)
+        fake = lsgan_loss(judge(disc, masked_unlabeled_probs[name].detach()), target_is_real=False)
         terms[f"disc_{name}"] = real_term + fake
     return terms
+
+
+def judge(disc: nn.Module, probs: Tensor) -> Tensor:
+    """The discriminator's float32 map of ``probs`` (float32 softmax maps), computed in the
+    discriminator's own dtype: under ``precision="bf16-true"`` or ``"64-true"`` its weights
+    are bf16 / float64, under ``"bf16-mixed"`` and 32 they are float32 (no cast)."""
+    weight = next(disc.parameters(), None)
+    if weight is not None and weight.dtype != probs.dtype:
+        return disc(probs.to(weight.dtype)).float()
+    return disc(probs)
 
 
 @contextmanager

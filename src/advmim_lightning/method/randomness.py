@@ -88,7 +88,7 @@ class IterationRandomness:
     """The training step's random draws, keyed by ``(rng_seed, rank, iteration)``.
 
     :meth:`mask_generator` gives the masked domain's device generator seeded for an
-    iteration (re-seeded once per iteration, a host-side operation without device sync);
+    iteration (a host-side re-seed, without device sync);
     :meth:`seed_global` keys torch's global generators, which dropout and drop path draw from,
     by ``(rng_seed, rank, iteration, 1)``. Nothing needs saving: a resumed run repeats the
     interrupted one exactly.
@@ -100,17 +100,14 @@ class IterationRandomness:
     def __init__(self, rng_seed: int) -> None:
         self.rng_seed = rng_seed
         self._generator: torch.Generator | None = None
-        self._key: tuple[int, int] | None = None
         self._kept: tuple[torch.Tensor, list[torch.Tensor] | None] | None = None
 
     def mask_generator(self, device: torch.device, rank: int, iteration: int) -> torch.Generator:
-        """The mask generator on ``device``, seeded for ``(rank, iteration)``."""
+        """The mask generator on ``device``, freshly seeded for ``(rank, iteration)``: draw all
+        of an iteration's masks from one call's generator."""
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
-            self._key = None
-        if self._key != (rank, iteration):
-            self._generator.manual_seed(iteration_seed(self.rng_seed, rank, iteration))
-            self._key = (rank, iteration)
+        self._generator.manual_seed(iteration_seed(self.rng_seed, rank, iteration))
         return self._generator
 
     def seed_global(self, rank: int, iteration: int) -> None:
