@@ -20,7 +20,10 @@ reports them:
   ``asd(prediction, label)`` that SSL4MIS reports (not the symmetric ``assd``).
 - ``nsd``: the normalised surface Dice at ``nsd_tolerance`` (Nikolov et al., 2021): the share
   of surface voxels of both masks within the tolerance of the other surface (MONAI's
-  ``compute_surface_dice`` without sub-voxels).
+  ``compute_surface_dice`` without sub-voxels). The tolerance is one number for every class
+  or one per foreground class (the published ACDC evaluation: 5, 3, 3 mm for RV, Myo, LV).
+  With ``nsd_zero_below_dice=t`` a class whose Dice is below ``t`` scores NSD 0 (the
+  published evaluation uses 0.2); the default ``None`` keeps the NSD as measured.
 - ``dice``: ``2 |P & G| / (|P| + |G|)`` (MONAI's ``compute_dice``).
 
 Distances (HD95, ASD) and the NSD tolerance are in physical units (mm) when a voxel spacing is
@@ -88,6 +91,79 @@ def _check_spacing(spacing: Sequence[float] | Tensor | None, ndim: int) -> tuple
     return values
 
 
+def _check_nsd_options(
+    nsd_tolerance: float | Sequence[float],
+    nsd_zero_below_dice: float | None,
+    num_classes: int,
+    where: str,
+) -> tuple[tuple[float, ...], float | None]:
+    """Validate the NSD tolerance(s) and the Dice threshold.
+
+    Args:
+        nsd_tolerance: one finite number >= 0 for every foreground class, or a sequence of
+            ``num_classes - 1`` such numbers (classes 1 .. C-1).
+        nsd_zero_below_dice: ``None``, or a finite number in ``[0, 1]``.
+        num_classes: number of classes including background.
+        where: the caller, for the messages.
+
+    Returns:
+        The tolerance of each foreground class (length ``num_classes - 1``) and the threshold.
+
+    Raises:
+        ValueError: on a tolerance that is not finite and >= 0, a sequence of the wrong length,
+            or a threshold outside ``[0, 1]``.
+    """
+    count = num_classes - 1
+    if isinstance(nsd_tolerance, (str, bytes)):
+        raise ValueError(
+            f"metrics.py {where}: nsd_tolerance must be a finite number >= 0 or {count} such "
+            f"numbers (one per foreground class), got {nsd_tolerance!r}."
+        )
+    if hasattr(nsd_tolerance, "tolist"):  # a tensor or NumPy array (or scalar)
+        nsd_tolerance = nsd_tolerance.tolist()
+    per_class = isinstance(nsd_tolerance, Sequence)
+    if per_class:
+        if len(nsd_tolerance) != count:
+            raise ValueError(
+                f"metrics.py {where}: nsd_tolerance must give one value per foreground class "
+                f"1..{count} ({count} values), got {len(nsd_tolerance)}: {list(nsd_tolerance)}."
+            )
+        raw = list(nsd_tolerance)
+    else:
+        raw = [nsd_tolerance] * count
+    tolerances: list[float] = []
+    for position, value in enumerate(raw):
+        which = f" (class {position + 1})" if per_class else ""
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"metrics.py {where}: nsd_tolerance must be a finite number >= 0, got "
+                f"{value!r}{which}."
+            ) from error
+        if not (math.isfinite(number) and number >= 0):
+            raise ValueError(
+                f"metrics.py {where}: nsd_tolerance must be a finite number >= 0, got "
+                f"{number}{which}."
+            )
+        tolerances.append(number)
+    threshold = nsd_zero_below_dice
+    if threshold is not None:
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"metrics.py {where}: nsd_zero_below_dice must be None or a number in [0, 1], "
+                f"got {nsd_zero_below_dice!r}."
+            ) from error
+        if not (0.0 <= threshold <= 1.0):
+            raise ValueError(
+                f"metrics.py {where}: nsd_zero_below_dice must be None or a number in [0, 1] "
+                f"(the published evaluation uses 0.2), got {threshold}."
+            )
+    return tuple(tolerances), threshold
+
+
 def _check_metric_names(metric_names: Sequence[str], where: str) -> tuple[str, ...]:
     names = tuple(metric_names)
     unknown = [n for n in names if n not in METRIC_NAMES]
@@ -152,8 +228,9 @@ def compute_case_metrics(
     label: Tensor,
     num_classes: int,
     spacing: Sequence[float] | Tensor | None = None,
-    nsd_tolerance: float = 1.0,
+    nsd_tolerance: float | Sequence[float] = 1.0,
     metric_names: Sequence[str] = METRIC_NAMES,
+    nsd_zero_below_dice: float | None = None,
 ) -> Tensor:
     """Dice, HD95, ASD and NSD of every foreground class of one volume.
 
@@ -167,9 +244,15 @@ def compute_case_metrics(
         num_classes: number of classes including background (class 0, which is not scored).
         spacing: voxel size per axis in the same axis order as the volume (e.g. mm), or ``None``
             for distances in voxels.
-        nsd_tolerance: NSD tolerance, in the units of ``spacing`` (voxels without spacing).
+        nsd_tolerance: NSD tolerance, in the units of ``spacing`` (voxels without spacing):
+            one number for every class, or a sequence of ``num_classes - 1`` numbers, one per
+            foreground class 1 .. C-1 (the published ACDC evaluation: ``(5, 3, 3)`` mm).
         metric_names: which rows to compute, in this order; a subset of :data:`METRIC_NAMES`
             (e.g. ``("dice",)`` skips the surface-distance computations).
+        nsd_zero_below_dice: ``None`` (default): NSD as measured. A number ``t`` in
+            ``[0, 1]``: a class whose Dice is below ``t`` scores NSD 0 (the published
+            evaluation's rule, ``t = 0.2``). Dice is computed for this even when
+            ``metric_names`` leaves it out.
 
     Returns:
         float64 CPU tensor of shape 4 x (num_classes - 1) (``len(metric_names)`` rows in
@@ -179,15 +262,15 @@ def compute_case_metrics(
 
     Raises:
         ValueError: on mismatched shapes, fewer than 2 classes, labels out of range, a bad
-            spacing, a negative tolerance or unknown metric names.
+            spacing, a negative tolerance, a tolerance sequence of the wrong length, a Dice
+            threshold outside ``[0, 1]`` or unknown metric names.
         TypeError: if ``prediction`` or ``label`` is not an integer tensor.
     """
     if num_classes < 2:
         raise ValueError(f"metrics.py: num_classes must be >= 2, got {num_classes}.")
-    if not (math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
-        raise ValueError(
-            f"metrics.py: nsd_tolerance must be a finite number >= 0, got {nsd_tolerance}."
-        )
+    tolerances, zero_below = _check_nsd_options(
+        nsd_tolerance, nsd_zero_below_dice, num_classes, "compute_case_metrics"
+    )
     if prediction.shape != label.shape or prediction.ndim not in (2, 3):
         raise ValueError(
             "metrics.py: prediction and label must be volumes of equal shape D x H x W (or H x W), "
@@ -239,20 +322,29 @@ def compute_case_metrics(
         # MONAI is imported here, at evaluation, so training needs no MONAI (GPU images).
         from monai.metrics import compute_dice
 
-        if "dice" in rows:
+        zero_nsd = zero_below is not None and "nsd" in rows
+        dice = None
+        if "dice" in rows or zero_nsd:
             # MONAI wants one-hot B x C x spatial; all classes present in both go in one call.
-            rows["dice"][both] = compute_dice(
+            dice = compute_dice(
                 pred_oh[both].unsqueeze(0).to(torch.float32),
                 lab_oh[both].unsqueeze(0).to(torch.float32),
                 include_background=True,
                 ignore_empty=False,
             )[0].to(torch.float64)
+            if "dice" in rows:
+                rows["dice"][both] = dice
         if any(name != "dice" for name in rows):
             for c in both.tolist():
-                values = _surface_metrics(pred_oh[c], lab_oh[c], sp, nsd_tolerance, c + 1)
+                values = _surface_metrics(pred_oh[c], lab_oh[c], sp, tolerances[c], c + 1)
                 for name, row in rows.items():
                     if name != "dice":
                         row[c] = values[name]
+        if zero_nsd and dice is not None:
+            # The published rule: NSD 0 where Dice < threshold (classes empty in prediction or
+            # label already score NSD 0 with Dice 0, or NSD 1 with Dice 1).
+            low = both[dice < zero_below]
+            rows["nsd"][low] = 0.0
     table = torch.stack([rows[name] for name in names])
     return table
 
@@ -272,14 +364,18 @@ class SegmentationMetrics(Metric):
         num_classes: number of classes including background.
         class_names: names of the foreground classes 1 .. C-1 used in the result keys
             (``dice_<name>``); default ``class1`` .. ``class<C-1>``.
-        nsd_tolerance: NSD tolerance in mm (voxels when a case has no spacing).
+        nsd_tolerance: NSD tolerance in mm (voxels when a case has no spacing): one number for
+            every class, or one per foreground class 1 .. C-1 (published ACDC: ``(5, 3, 3)``).
         metric_names: the metrics to compute, a subset of :data:`METRIC_NAMES` (default all);
             e.g. ``("dice",)`` for a cheap Dice-only tracker. Tables and keys follow this order.
+        nsd_zero_below_dice: ``None`` (default, NSD as measured) or a Dice threshold in
+            ``[0, 1]`` below which a class scores NSD 0 (published evaluation: 0.2).
         **kwargs: passed to :class:`torchmetrics.Metric` (``dist_sync_fn``, ...).
 
     Raises:
         ValueError: on ``num_classes < 2``, a wrong number of class names, empty or duplicate
-            names, a negative tolerance or unknown metric names.
+            names, a negative tolerance, a tolerance sequence of the wrong length, a Dice
+            threshold outside ``[0, 1]`` or unknown metric names.
     """
 
     is_differentiable = False
@@ -293,8 +389,9 @@ class SegmentationMetrics(Metric):
         self,
         num_classes: int,
         class_names: Sequence[str] | None = None,
-        nsd_tolerance: float = 1.0,
+        nsd_tolerance: float | Sequence[float] = 1.0,
         metric_names: Sequence[str] = METRIC_NAMES,
+        nsd_zero_below_dice: float | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
@@ -318,14 +415,18 @@ class SegmentationMetrics(Metric):
                     "metrics.py SegmentationMetrics: class_names must be non-empty and unique, "
                     f"got {names}."
                 )
-        if not (math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
-            raise ValueError(
-                "metrics.py SegmentationMetrics: nsd_tolerance must be a finite number >= 0, "
-                f"got {nsd_tolerance}."
-            )
+        tolerances, zero_below = _check_nsd_options(
+            nsd_tolerance, nsd_zero_below_dice, num_classes, "SegmentationMetrics"
+        )
         self.num_classes = num_classes
         self.class_names = names
-        self.nsd_tolerance = float(nsd_tolerance)
+        #: The NSD tolerance of each foreground class 1 .. C-1.
+        self.nsd_tolerances: tuple[float, ...] = tolerances
+        #: One float when every class has the same tolerance, else the per-class tuple.
+        self.nsd_tolerance: float | tuple[float, ...] = (
+            tolerances if len(set(tolerances)) > 1 else tolerances[0]
+        )
+        self.nsd_zero_below_dice = zero_below
         self.metric_names = _check_metric_names(metric_names, "SegmentationMetrics")
         self.add_state("case_index", default=[], dist_reduce_fx="cat")
         self.add_state("values", default=[], dist_reduce_fx="cat")
@@ -351,8 +452,9 @@ class SegmentationMetrics(Metric):
             label,
             self.num_classes,
             spacing=spacing,
-            nsd_tolerance=self.nsd_tolerance,
+            nsd_tolerance=self.nsd_tolerances,
             metric_names=self.metric_names,
+            nsd_zero_below_dice=self.nsd_zero_below_dice,
         )
         index = int(case_index)
         self.case_index.append(torch.tensor([index], dtype=torch.int64, device=self.device))
