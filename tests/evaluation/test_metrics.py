@@ -205,7 +205,7 @@ def test_segmentation_metrics_gathered_states_are_deduplicated():
     other.update(p1, l1, case_index=2)
     other.update(p0, l0, case_index=0)
     other_states = {
-        torch.int64: torch.cat(other.case_index),
+        torch.int64: torch.cat(other.case_keys),
         torch.float64: torch.cat(other.values),
     }
 
@@ -223,7 +223,7 @@ def test_segmentation_metrics_gathered_states_are_deduplicated():
     assert indices.tolist() == [0, 1, 2]
     assert values.shape == (3, 4, 2)
     # Local states are restored after synchronisation.
-    assert len(metric.case_index) == 2
+    assert len(metric.case_keys) == 2
 
 
 def test_segmentation_metrics_empty_state_raises_and_reset():

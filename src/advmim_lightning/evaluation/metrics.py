@@ -1,7 +1,9 @@
 """3D evaluation metrics: per-class Dice, HD95, average surface distance and NSD.
 
 :func:`compute_case_metrics` scores one whole volume; :class:`SegmentationMetrics` accumulates
-cases (gathered across processes under DDP, de-duplicated by case index) and reports means.
+cases (gathered across processes under DDP, de-duplicated by ``(dataloader_idx, case_index)``)
+and reports means, pooled or per evaluation loader; :func:`logged_names` names a loader's
+values as Lightning does (``val/dice_mean/dataloader_idx_1``).
 
 Definitions, per foreground class of a volume, as the published code (medpy via SSL4MIS)
 reports them:
@@ -51,8 +53,8 @@ predicted, which rewards missing it; this library does not.)
 These functions run at evaluation time and synchronise with the host (volumes are moved to the
 CPU, where MONAI uses a KD-tree for surface distances).
 
-The file is slightly longer than about 400 lines because it is one concern: the definitions
-above (about 50 lines), the per-case scoring and the metric that accumulates it.
+The file is longer than about 400 lines because it is one concern: the definitions above (about
+60 lines), the checks of the options, the per-case scoring and the metric that accumulates it.
 """
 
 from __future__ import annotations
@@ -353,9 +355,13 @@ class SegmentationMetrics(Metric):
     """Per-case Dice / HD95 / ASD / NSD, accumulated over volumes and gathered under DDP.
 
     Each :meth:`update` scores one whole volume with :func:`compute_case_metrics` and stores its
-    case index and 4 x (C - 1) table in list states reduced by concatenation, so under DDP every
-    process sees all cases after synchronisation. Padded distributed samplers repeat volumes;
-    :meth:`compute` and :meth:`per_case` keep one entry per case index (the first occurrence).
+    key ``(dataloader_idx, case_index)`` and 4 x (C - 1) table in list states reduced by
+    concatenation, so under DDP every process sees all cases after synchronisation. Padded
+    distributed samplers repeat volumes; :meth:`compute` and :meth:`per_case` keep one entry per
+    key (the first occurrence). Several evaluation loaders share one metric: their case indices
+    may overlap (each starts at 0) and all are kept; :meth:`compute_by_loader` gives each
+    loader's means and :func:`advmim_lightning.evaluation.loaders.logged_names` the names to
+    log them under.
 
     Under DDP every process must call :meth:`update` at least once before :meth:`compute`
     (Lightning's padded ``DistributedSampler`` guarantees this whenever there is one case).
@@ -382,7 +388,7 @@ class SegmentationMetrics(Metric):
     higher_is_better = None
     full_state_update = False
 
-    case_index: list[Tensor]
+    case_keys: list[Tensor]
     values: list[Tensor]
 
     def __init__(
@@ -428,7 +434,8 @@ class SegmentationMetrics(Metric):
         )
         self.nsd_zero_below_dice = zero_below
         self.metric_names = _check_metric_names(metric_names, "SegmentationMetrics")
-        self.add_state("case_index", default=[], dist_reduce_fx="cat")
+        # One 1 x 2 int64 (dataloader_idx, case_index) per update.
+        self.add_state("case_keys", default=[], dist_reduce_fx="cat")
         self.add_state("values", default=[], dist_reduce_fx="cat")
 
     def update(
@@ -437,6 +444,7 @@ class SegmentationMetrics(Metric):
         label: Tensor,
         case_index: int | Tensor,
         spacing: Sequence[float] | Tensor | None = None,
+        dataloader_idx: int = 0,
     ) -> None:
         """Score one volume and store its table.
 
@@ -446,7 +454,28 @@ class SegmentationMetrics(Metric):
             case_index: the volume's index in the evaluation dataset (int or 0-d tensor); used
                 to drop repeats of padded distributed samplers.
             spacing: voxel size per axis (same order), or ``None`` for voxels.
+            dataloader_idx: the evaluation loader the volume came from (Lightning's
+                ``dataloader_idx``); volumes are keyed by ``(dataloader_idx, case_index)``, so
+                loaders whose case indices overlap (each starts at 0) are all kept.
+
+        Raises:
+            ValueError: on a ``case_index`` that is not one integer, or a negative
+                ``dataloader_idx``.
         """
+        if isinstance(case_index, Tensor) and case_index.numel() != 1:
+            raise ValueError(
+                "metrics.py SegmentationMetrics.update: case_index must be one integer (an int "
+                f"or a 0-d tensor), got a tensor of shape {tuple(case_index.shape)}."
+            )
+        if (
+            isinstance(dataloader_idx, bool)
+            or not isinstance(dataloader_idx, int)
+            or (dataloader_idx < 0)
+        ):
+            raise ValueError(
+                "metrics.py SegmentationMetrics.update: dataloader_idx must be an int >= 0 "
+                f"(Lightning's dataloader_idx), got {dataloader_idx!r}."
+            )
         table = compute_case_metrics(
             prediction,
             label,
@@ -456,26 +485,43 @@ class SegmentationMetrics(Metric):
             metric_names=self.metric_names,
             nsd_zero_below_dice=self.nsd_zero_below_dice,
         )
-        index = int(case_index)
-        self.case_index.append(torch.tensor([index], dtype=torch.int64, device=self.device))
+        key = [[dataloader_idx, int(case_index)]]
+        self.case_keys.append(torch.tensor(key, dtype=torch.int64, device=self.device))
         self.values.append(table.unsqueeze(0).to(self.device))
 
-    def _deduplicated(self) -> tuple[Tensor, Tensor]:
+    def _deduplicated(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(dataloader indices, case indices, values)``, one entry per key, sorted by key."""
         if isinstance(self.values, list) and len(self.values) == 0:
             raise RuntimeError(
                 "metrics.py SegmentationMetrics: no case was scored; call update() with at "
                 "least one volume before compute() or per_case()."
             )
-        indices = dim_zero_cat(self.case_index).to(torch.int64).reshape(-1)
+        keys = dim_zero_cat(self.case_keys).to(torch.int64).reshape(-1, 2)
         values = dim_zero_cat(self.values).reshape(-1, len(self.metric_names), self.num_classes - 1)
-        # Stable sort keeps the first occurrence of each index at the start of its run.
-        sorted_indices, order = torch.sort(indices, stable=True)
-        first = torch.ones_like(sorted_indices, dtype=torch.bool)
-        first[1:] = sorted_indices[1:] != sorted_indices[:-1]
-        return sorted_indices[first], values[order[first]]
+        # Stable sorts (case, then loader) keep the first occurrence of each key first in its run.
+        order = torch.sort(keys[:, 1], stable=True).indices
+        order = order[torch.sort(keys[order, 0], stable=True).indices]
+        keys = keys[order]
+        first = torch.ones(keys.shape[0], dtype=torch.bool)
+        first[1:] = (keys[1:] != keys[:-1]).any(dim=1)
+        return keys[first, 0], keys[first, 1], values[order[first]]
 
-    def per_case(self) -> tuple[Tensor, Tensor]:
+    def _synchronised(self) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_deduplicated` over the states of every process (one synchronisation)."""
+        from advmim_lightning.run.lightning_private import metric_sync_flags
+
+        should_sync, should_unsync = metric_sync_flags(self)
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, should_sync=should_sync, should_unsync=should_unsync
+        ):
+            return tuple(t.clone() for t in self._deduplicated())  # type: ignore[return-value]
+
+    def per_case(self, dataloader_idx: int | None = None) -> tuple[Tensor, Tensor]:
         """Per-case tables after de-duplication (synchronised across processes under DDP).
+
+        Args:
+            dataloader_idx: the loader whose cases to return; ``None`` (default) when every
+                case came from one loader (the usual single evaluation loader).
 
         Returns:
             ``(case_indices, values)``: int64 indices sorted ascending, shape N, and float64
@@ -483,19 +529,42 @@ class SegmentationMetrics(Metric):
             N x len(metric_names) x (C - 1)).
 
         Raises:
-            RuntimeError: if no case was scored.
+            RuntimeError: if no case was scored (of that loader).
+            ValueError: if ``dataloader_idx`` is None and cases of several loaders were scored
+                (their case indices overlap: choose one).
         """
-        from advmim_lightning.run.lightning_private import metric_sync_flags
+        loaders, indices, values = self._synchronised()
+        seen = sorted(set(loaders.tolist()))
+        if dataloader_idx is None:
+            if len(seen) > 1:
+                raise ValueError(
+                    "metrics.py SegmentationMetrics.per_case: cases of the evaluation loaders "
+                    f"{seen} were scored and their case indices overlap; pass dataloader_idx "
+                    "(one of them) to get one loader's table."
+                )
+            return indices, values
+        chosen = loaders == dataloader_idx
+        if not bool(chosen.any()):
+            raise RuntimeError(
+                f"metrics.py SegmentationMetrics.per_case: no case of dataloader_idx "
+                f"{dataloader_idx} was scored (loaders scored: {seen})."
+            )
+        return indices[chosen], values[chosen]
 
-        should_sync, should_unsync = metric_sync_flags(self)
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=should_sync, should_unsync=should_unsync
-        ):
-            indices, values = self._deduplicated()
-            return indices.clone(), values.clone()
+    def _means(self, values: Tensor) -> dict[str, Tensor]:
+        per_class = values.mean(dim=0)  # len(metric_names) x (C - 1)
+        result: dict[str, Tensor] = {}
+        for row, metric in enumerate(self.metric_names):
+            result[f"{metric}_mean"] = per_class[row].mean()
+            for column, name in enumerate(self.class_names):
+                result[f"{metric}_{name}"] = per_class[row, column]
+        return result
 
     def compute(self) -> dict[str, Tensor]:
         """Means over cases (each case counted once), then over classes.
+
+        With several evaluation loaders the cases of all loaders are pooled (each
+        ``(dataloader_idx, case_index)`` once); :meth:`compute_by_loader` gives each loader's.
 
         Returns:
             Scalar float64 tensors: ``<metric>_mean`` for each metric in ``metric_names``
@@ -505,11 +574,21 @@ class SegmentationMetrics(Metric):
         Raises:
             RuntimeError: if no case was scored (an empty state has no meaningful mean).
         """
-        _, values = self._deduplicated()
-        per_class = values.mean(dim=0)  # len(metric_names) x (C - 1)
-        result: dict[str, Tensor] = {}
-        for row, metric in enumerate(self.metric_names):
-            result[f"{metric}_mean"] = per_class[row].mean()
-            for column, name in enumerate(self.class_names):
-                result[f"{metric}_{name}"] = per_class[row, column]
-        return result
+        _, _, values = self._deduplicated()
+        return self._means(values)
+
+    def compute_by_loader(self) -> dict[int, dict[str, Tensor]]:
+        """:meth:`compute`'s means for each evaluation loader (one synchronisation under DDP).
+
+        Returns:
+            ``{dataloader_idx: {"dice_mean": ..., "dice_<class>": ..., ...}}`` for every loader
+            with a scored case, in ascending order; a single loader gives ``{0: compute()}``.
+
+        Raises:
+            RuntimeError: if no case was scored.
+        """
+        loaders, _, values = self._synchronised()
+        return {
+            int(loader): self._means(values[loaders == loader])
+            for loader in sorted(set(loaders.tolist()))
+        }
