@@ -205,7 +205,7 @@ def test_segmentation_metrics_gathered_states_are_deduplicated():
     other.update(p1, l1, case_index=2)
     other.update(p0, l0, case_index=0)
     other_states = {
-        torch.int64: torch.cat(other.case_index),
+        torch.int64: torch.cat(other.case_keys),
         torch.float64: torch.cat(other.values),
     }
 
@@ -223,7 +223,7 @@ def test_segmentation_metrics_gathered_states_are_deduplicated():
     assert indices.tolist() == [0, 1, 2]
     assert values.shape == (3, 4, 2)
     # Local states are restored after synchronisation.
-    assert len(metric.case_index) == 2
+    assert len(metric.case_keys) == 2
 
 
 def test_segmentation_metrics_empty_state_raises_and_reset():
@@ -395,3 +395,130 @@ def test_hd95_pools_both_directions_in_2d_and_per_class():
         pooled = np.hstack((to_label, surface_distances(g, p, (0.5, 2.0))))
         assert table[1, column].item() == pytest.approx(np.percentile(pooled, 95), rel=1e-6)
         assert table[2, column].item() == pytest.approx(to_label.mean(), rel=1e-6)
+
+
+def two_cubes(z0: int, wide: tuple[int, int, int] = (8, 16, 32)) -> torch.Tensor:
+    """Class 1: a 4 x 8 x 8 cube at x 4..12; class 2: the same cube at x 20..28."""
+    volume = torch.zeros(wide, dtype=torch.long)
+    volume[z0 : z0 + 4, 4:12, 4:12] = 1
+    volume[z0 : z0 + 4, 4:12, 20:28] = 2
+    return volume
+
+
+def test_per_class_nsd_tolerance_in_voxels():
+    # Each class: ground truth z in [2, 6), prediction z in [4, 8) (as in the shifted-cube
+    # test): 240 of the 368 pooled surface distances are <= 1 voxel, all are <= 2.
+    prediction, label = two_cubes(4), two_cubes(2)
+    scalar = compute_case_metrics(prediction, label, num_classes=3, nsd_tolerance=1.0)
+    assert scalar[3].tolist() == pytest.approx([240 / 368, 240 / 368], rel=1e-6)
+    per_class = compute_case_metrics(prediction, label, num_classes=3, nsd_tolerance=(1.0, 2.0))
+    assert per_class[3].tolist() == pytest.approx([240 / 368, 1.0], rel=1e-6)
+    swapped = compute_case_metrics(prediction, label, 3, nsd_tolerance=torch.tensor([2.0, 1.0]))
+    assert swapped[3].tolist() == pytest.approx([1.0, 240 / 368], rel=1e-6)
+    # Dice, HD95 and ASD do not depend on the tolerance.
+    assert torch.equal(per_class[:3], scalar[:3])
+    # The same value for every class equals the scalar (default numbers do not move).
+    assert torch.equal(compute_case_metrics(prediction, label, 3, nsd_tolerance=[1.0, 1.0]), scalar)
+    assert torch.equal(compute_case_metrics(prediction, label, 3), scalar)
+
+
+@pytest.mark.filterwarnings("ignore:.*always_return_as_numpy.*:FutureWarning")
+def test_per_class_nsd_tolerance_in_mm_matches_scipy_reference():
+    import numpy as np
+
+    # ACDC-like: three classes, tolerances 5, 3, 3 mm, anisotropic spacing.
+    spacing = (2.5, 1.0, 0.8)
+    shape = (8, 16, 48)
+    label = torch.zeros(shape, dtype=torch.long)
+    prediction = torch.zeros(shape, dtype=torch.long)
+    for c, x0 in ((1, 4), (2, 20), (3, 36)):
+        label[2:6, 4:12, x0 : x0 + 8] = c
+        prediction[3:7, 5:13, x0 + c : x0 + c + 8] = c  # shifted along all three axes
+    tolerances = (5.0, 3.0, 3.0)
+    table = compute_case_metrics(prediction, label, 4, spacing=spacing, nsd_tolerance=tolerances)
+    # 1.0, 0.995, 0.951 here; at 1 mm every class is near 0.4-0.55.
+    assert table[3, 2].item() < table[3, 1].item() < table[3, 0].item() == 1.0
+    for c, tolerance in zip((1, 2, 3), tolerances, strict=True):
+        p, g = (prediction == c).numpy(), (label == c).numpy()
+        pooled = np.concatenate(
+            [surface_distances(p, g, spacing), surface_distances(g, p, spacing)]
+        )
+        expected = float((pooled <= tolerance).mean())
+        assert table[3, c - 1].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_nsd_zero_below_dice_published_rule():
+    # Class 1: label z [0, 4), prediction z [4, 8): touching, no overlap -> Dice 0 but
+    # the facing surfaces lie 1 voxel apart, so NSD(tol 1) > 0. Class 2: shifted by 2 -> Dice 0.5.
+    label = torch.zeros(8, 16, 32, dtype=torch.long)
+    prediction = torch.zeros_like(label)
+    label[0:4, 4:12, 4:12] = 1
+    prediction[4:8, 4:12, 4:12] = 1
+    label[2:6, 4:12, 20:28] = 2
+    prediction[4:8, 4:12, 20:28] = 2
+    measured = compute_case_metrics(prediction, label, num_classes=3)
+    assert measured[0].tolist() == pytest.approx([0.0, 0.5])
+    assert measured[3, 0].item() > 0.0
+    assert measured[3, 1].item() == pytest.approx(240 / 368, rel=1e-6)
+
+    published = compute_case_metrics(prediction, label, num_classes=3, nsd_zero_below_dice=0.2)
+    assert published[3].tolist() == pytest.approx([0.0, 240 / 368], rel=1e-6)
+    assert torch.equal(published[:3], measured[:3])  # only NSD changes
+    # Strictly below: Dice 0.5 is kept at threshold 0.5 and zeroed above it.
+    assert compute_case_metrics(prediction, label, 3, nsd_zero_below_dice=0.5)[3, 1].item() > 0
+    assert compute_case_metrics(prediction, label, 3, nsd_zero_below_dice=0.51)[3, 1].item() == 0
+    # Dice is computed for the rule even when it is not reported.
+    nsd_only = compute_case_metrics(
+        prediction, label, 3, metric_names=("nsd",), nsd_zero_below_dice=0.2
+    )
+    assert nsd_only.shape == (1, 2)
+    assert nsd_only[0].tolist() == pytest.approx([0.0, 240 / 368], rel=1e-6)
+    # Empty-mask rule unchanged: both empty -> NSD 1 (Dice 1), one empty -> NSD 0.
+    empty = compute_case_metrics(
+        torch.zeros_like(label), torch.zeros_like(label), 3, None, 1.0, nsd_zero_below_dice=0.2
+    )
+    assert empty[3].tolist() == [1.0, 1.0]
+
+
+def test_segmentation_metrics_per_class_tolerance_and_dice_rule():
+    label = torch.zeros(8, 16, 32, dtype=torch.long)
+    prediction = torch.zeros_like(label)
+    label[0:4, 4:12, 4:12] = 1
+    prediction[4:8, 4:12, 4:12] = 1  # Dice 0, NSD(1) > 0
+    label[2:6, 4:12, 20:28] = 2
+    prediction[4:8, 4:12, 20:28] = 2  # Dice 0.5, NSD(1) = 240/368, NSD(2) = 1
+    metric = SegmentationMetrics(
+        3, ["rv", "myo"], nsd_tolerance=[1.0, 2.0], nsd_zero_below_dice=0.2
+    )
+    assert metric.nsd_tolerances == (1.0, 2.0)
+    assert metric.nsd_tolerance == (1.0, 2.0)
+    assert metric.nsd_zero_below_dice == 0.2
+    metric.update(prediction, label, case_index=0)
+    result = metric.compute()
+    assert result["nsd_rv"].item() == 0.0
+    assert result["nsd_myo"].item() == pytest.approx(1.0)
+    assert result["nsd_mean"].item() == pytest.approx(0.5)
+    default = SegmentationMetrics(3)
+    assert default.nsd_tolerance == 1.0 and default.nsd_zero_below_dice is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"nsd_tolerance": [5.0, 3.0]},
+            r"one value per foreground class 1\.\.3 \(3 values\), got 2",
+        ),
+        ({"nsd_tolerance": [5.0, -3.0, 3.0]}, r"finite number >= 0, got -3\.0 \(class 2\)"),
+        ({"nsd_tolerance": [5.0, 3.0, float("inf")]}, r"got inf \(class 3\)"),
+        ({"nsd_tolerance": [5.0, "a", 3.0]}, r"got 'a' \(class 2\)"),
+        ({"nsd_tolerance": "5"}, r"or 3 such numbers"),
+        ({"nsd_zero_below_dice": 1.5}, r"nsd_zero_below_dice must be None or a number in \[0, 1\]"),
+        ({"nsd_zero_below_dice": -0.1}, r"got -0\.1"),
+    ],
+)
+def test_nsd_options_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SegmentationMetrics(num_classes=4, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        compute_case_metrics(cube(), cube(), num_classes=4, **kwargs)

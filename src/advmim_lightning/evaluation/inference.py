@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advmim_lightning.evaluation.items import case_index, describe_item, item_spacing
 from advmim_lightning.evaluation.metrics import METRIC_NAMES
 from advmim_lightning.evaluation.resize import zoom_nearest
 from advmim_lightning.method.config import NETWORK_NAMES
@@ -77,10 +78,21 @@ def predict_volume(
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def case_index_and_spacing(item: Mapping[str, Any]) -> tuple[int, Any]:
-    """An evaluation item's case index, and its spacing (None when unknown: voxel units)."""
-    spacing = item["spacing"] if item.get("spacing_known", True) else None
-    return int(item["case_index"]), spacing
+def case_index_and_spacing(
+    item: Mapping[str, Any], where: str = "validation"
+) -> tuple[int, tuple[float, ...] | None]:
+    """An evaluation item's case index, and its spacing (None when unknown: voxel units).
+
+    Cheap (no tensor is read); :func:`advmim_lightning.evaluation.items.check_evaluation_item`
+    checks the whole item. An item without ``spacing``, or with ``spacing_known=False``, is
+    scored in voxels.
+
+    Raises:
+        ValueError: When ``case_index`` is missing or batched, or ``spacing`` is not three
+            positive finite numbers; naming the item.
+    """
+    name = describe_item(item, where)
+    return case_index(item, name), item_spacing(item, name)
 
 
 def write_test_csv(
