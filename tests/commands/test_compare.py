@@ -452,3 +452,19 @@ def test_a_combination_ends_with_the_comparison(tmp_path, how):
         for child in children:  # an orphan of a failed test is not left running
             if _running(child):
                 os.kill(child, signal.SIGKILL)
+
+
+def test_compare_refuses_a_settings_record_it_cannot_read(tmp_path, capsys):
+    output = tmp_path / "compare"
+    run = output / "supervised-l1-s0"
+    fake_finished(run)
+    for text, expected in (
+        ("{not json", "is not a readable settings record of advmim compare"),
+        ('{"settings": {}}', "is not a settings record of advmim compare (no format"),
+    ):
+        (run / "compare_settings.json").write_text(text)
+        assert compare_one(output) == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'compare_settings.json'} {expected}" in err, err
+        assert "remove the file to accept the run as it is" in err
+    assert not (output / "summary.md").exists()
