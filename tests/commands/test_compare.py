@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -235,3 +241,230 @@ def test_compare_refuses_what_it_sets_itself_and_a_split_file_fixing_the_labeled
         main(["compare", "-c", str(tmp_path / "missing.yaml"), "--output", output])
     assert f"config file {tmp_path / 'missing.yaml'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+# ---------------------------------------------------------------- reruns, report files, stopping
+CONFIGS = [str(ROOT / "configs/quickstart.yaml"), TINY]
+
+
+def compare_one(output: Path, *words: str) -> int:
+    """``advmim compare`` of the supervised baseline, 1 labeled case, seed 0 unless given."""
+    seeds = [] if "--seeds" in words else ["--seeds", "0"]
+    try:
+        main(
+            [
+                "compare",
+                *(w for c in CONFIGS for w in ("-c", c)),
+                "--methods",
+                "supervised",
+                "--labeled_cases",
+                "1",
+                *seeds,
+                "--output",
+                str(output),
+                "--wandb_mode",
+                "disabled",
+                *words,
+            ]
+        )
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def fake_finished(run: Path, dice: float = 0.5) -> Path:
+    """A complete ``test_metrics.csv`` in ``run``: the combination counts as finished."""
+    run.mkdir(parents=True, exist_ok=True)
+    metrics = ("dice", "hd95", "asd", "nsd")
+    header = ["case_id"] + [f"{m}_{c}" for m in metrics for c in ("LV", "mean")]
+    values = ",".join(str(v) for v in (dice, dice, 1.5, 1.5, 0.5, 0.5, dice, dice))
+    path = run / "test_metrics.csv"
+    path.write_text(",".join(header) + f"\ncase000,{values}\nmean,{values}\n")
+    return path
+
+
+def record_settings(output: Path, name: str, *overrides: str, checkpoint: str = "best") -> Path:
+    """The settings record compare writes for the combination ``name`` given ``overrides``."""
+    from advmim_lightning.commands.compare_jobs import write_settings
+    from advmim_lightning.commands.compare_plan import (
+        Combination,
+        combination_settings,
+        stated_settings,
+    )
+
+    method, cases, seed = name.split("-")
+    combo = Combination(method, int(cases[1:]), int(seed[1:]))
+    stated, from_files = stated_settings(CONFIGS, ["--wandb_mode", "disabled", *overrides])
+    settings = combination_settings(combo, stated, from_files, checkpoint)
+    return write_settings(output / name, settings, "advmim compare ...")
+
+
+def test_compare_refuses_a_rerun_with_other_settings_unless_retrain(
+    tmp_path, capsys, subprocess_env
+):
+    output = tmp_path / "compare"
+    fake_finished(output / "supervised-l1-s0", dice=0.25)
+    record = record_settings(output, "supervised-l1-s0", "--model.max_iterations", "4")
+    assert compare_one(output, "--model.max_iterations", "4") == 0  # same settings: pooled
+    summary = (output / "summary.md").read_text()
+    assert "| supervised | 1 | 1 | 25.0 |" in summary
+    capsys.readouterr()
+
+    for seeds in (["--seeds", "0"], ["--seeds", "0", "1"]):
+        status = compare_one(output, *seeds, "--model.max_iterations", "6", "--model.lr", "0.1")
+        err = capsys.readouterr().err
+        assert status == 2
+        assert (
+            f"the combination supervised-l1-s0 was trained with other settings than this "
+            f"command gives ({record}): model.lr (not set) there, 0.1 here; "
+            "model.max_iterations 4 there, 6 here; its results would be pooled with runs of "
+            "other settings" in err
+        ), err
+        assert "--retrain" in err
+        assert (output / "summary.md").read_text() == summary
+        assert not (output / "supervised-l1-s1").exists()  # nothing ran
+    # Another --checkpoint is another setting too.
+    assert compare_one(output, "--model.max_iterations", "4", "--checkpoint", "last") == 2
+    assert "--checkpoint best there, last here" in capsys.readouterr().err
+
+    # --retrain: the combination is trained again with the new settings (2 iterations).
+    new = ["--model.max_iterations", "2", "--trainer.val_check_interval", "2", "--retrain"]
+    status = compare_one(output, *new)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "note: supervised-l1-s0 was trained with other settings; training it again" in out
+    assert "[1/1] supervised-l1-s0: done in" in out
+    recorded = json.loads(record.read_text())["settings"]
+    assert recorded["model.max_iterations"] == 2 and recorded["--checkpoint"] == "best"
+    assert recorded["trainer.val_check_interval"] == 2
+    summary = (output / "summary.md").read_text()
+    assert "--model.max_iterations 2" in summary and "| supervised | 1 | 1 | 25.0 |" not in summary
+    # The same command again (without --retrain): nothing differs, nothing runs.
+    assert compare_one(output, *new[:-1]) == 0
+    assert "finished earlier, skipped" in capsys.readouterr().out
+
+
+def test_compare_does_not_replace_report_files_it_did_not_write(tmp_path, capsys):
+    output = tmp_path / "compare"
+    fake_finished(output / "supervised-l1-s0")
+    for name in ("summary.md", "compare.csv", "compare.png"):
+        mine = output / name
+        mine.write_text("my own notes\n")
+        assert compare_one(output) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"{mine} exists and was not written by advmim compare (no record of it in "
+            f"{output / 'compare_manifest.json'}); it is not replaced" in err
+        ), err
+        assert mine.read_text() == "my own notes\n"
+        mine.unlink()
+    capsys.readouterr()
+    assert compare_one(output) == 0
+    out = capsys.readouterr().out
+    assert "finished without a record of their settings" in out  # a run made by hand
+    manifest = json.loads((output / "compare_manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["compare.csv", "compare.png", "summary.md"]
+    assert compare_one(output) == 0  # its own files are replaced
+    # A file of the report edited since compare wrote it is kept.
+    with (output / "compare.csv").open("a") as handle:
+        handle.write("edited\n")
+    assert compare_one(output) == 2
+    err = capsys.readouterr().err
+    assert f"{output / 'compare.csv'} was changed since advmim compare wrote it" in err
+    assert (output / "compare.csv").read_text().endswith("edited\n")
+
+
+def test_compare_removes_the_stale_error_file_of_a_finished_combination(tmp_path, capsys):
+    output = tmp_path / "compare"
+    run = output / "supervised-l1-s0"
+    fake_finished(run)
+    (run / "compare_error.txt").write_text("ValueError: an old failure\n")
+
+    assert compare_one(output) == 0
+
+    assert not (run / "compare_error.txt").exists()
+    assert "Failed" not in (output / "summary.md").read_text()
+    assert "failed" not in capsys.readouterr().out
+
+
+def _combination_children(pid: int) -> list[int]:
+    """The processes of ``pid`` that run a combination (not other short-lived helpers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and b"compare_jobs import run_job" in command:
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_combination_ends_with_the_comparison(tmp_path, how):
+    """The comparison killed (-9) or terminated: its child training ends too, no orphan."""
+    output = tmp_path / "compare"
+    script = "import sys; from advmim_lightning.run.main import main; main(sys.argv[1:])"
+    words = ["compare", *(w for c in CONFIGS for w in ("-c", c)), "--methods", "supervised"]
+    words += ["--labeled_cases", "1", "--seeds", "0", "--output", str(output)]
+    words += ["--model.max_iterations", "100000", "--wandb_mode", "disabled"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    import advmim_lightning
+
+    package_root = str(Path(advmim_lightning.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, *words],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not children and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.2)
+            children = _combination_children(parent.pid)
+        assert children, "the comparison started no combination"
+        time.sleep(1.0)  # the child is running (importing or training)
+        os.kill(parent.pid, how)
+        code = parent.wait(timeout=60)
+        assert code == (-signal.SIGKILL if how == signal.SIGKILL else 143)
+        deadline = time.monotonic() + 60
+        while any(_running(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(c) for c in children), "the combination outlived the comparison"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for child in children:  # an orphan of a failed test is not left running
+            if _running(child):
+                os.kill(child, signal.SIGKILL)
+
+
+def test_compare_refuses_a_settings_record_it_cannot_read(tmp_path, capsys):
+    output = tmp_path / "compare"
+    run = output / "supervised-l1-s0"
+    fake_finished(run)
+    for text, expected in (
+        ("{not json", "is not a readable settings record of advmim compare"),
+        ('{"settings": {}}', "is not a settings record of advmim compare (no format"),
+    ):
+        (run / "compare_settings.json").write_text(text)
+        assert compare_one(output) == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'compare_settings.json'} {expected}" in err, err
+        assert "remove the file to accept the run as it is" in err
+    assert not (output / "summary.md").exists()

@@ -24,28 +24,56 @@ method's runs with a note instead of failing them.
 ``checkpoints/last.ckpt`` and no test result resumes from it; a failing one is recorded
 (``summary.md``, the printed report, ``<run>/compare_error.txt``) and the others go on. The
 exit status is 1 when any failed. Run the same command again to resume or retry.
+
+**Same settings for every run.** Each combination records the settings it is trained with
+(:func:`~advmim_lightning.commands.compare_plan.combination_settings`) in
+``<run>/compare_settings.json``.
+A later call whose settings differ for a combination that has a run already (finished or not)
+is refused, naming the combination, the setting and both values, so that runs of other
+settings are never pooled into one table; ``--retrain`` (``retrain=True``) deletes those run
+folders and trains them again. ``compare.csv``, ``summary.md`` and ``compare.png`` are listed in
+``compare_manifest.json``; such a file that ``compare`` did not write is not replaced.
+
+**Stopping.** Each combination runs in a child interpreter that ends with the comparison:
+Ctrl-C or SIGTERM stops the child first, and on Linux the child gets SIGTERM when the
+comparison ends in any way (also ``kill -9``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from advmim_lightning.commands.compare_jobs import LOG_FILE, TEST_CSV, run_job_in_subprocess
+from advmim_lightning.commands.compare_jobs import (
+    ERROR_FILE,
+    LOG_FILE,
+    SETTINGS_FILE,
+    TEST_CSV,
+    CompareTerminated,
+    read_settings,
+    run_job_in_subprocess,
+    write_settings,
+)
 from advmim_lightning.commands.compare_plan import (
     Combination,
     check_lists,
     check_split_file,
     combination_job,
+    combination_settings,
     notes_on_settings,
+    settings_conflicts,
     stated_settings,
 )
 from advmim_lightning.commands.compare_report import (
+    check_report_files,
     read_test_means,
+    record_report_files,
     rows_of_run,
     summary_markdown,
     summary_table,
@@ -82,6 +110,7 @@ def run_comparison(
     output: str | Path = "runs/compare",
     overrides: Sequence[str] = (),
     checkpoint: Literal["best", "last"] = "best",
+    retrain: bool = False,
 ) -> ComparisonRows:
     """Train and test every (method, labeled cases, seed) and tabulate the test scores.
 
@@ -104,6 +133,8 @@ def run_comparison(
             given to every combination (and to its ``advmim test``).
         checkpoint: The checkpoint each combination is tested with: ``"best"`` (the best
             ``val/dice_mean``, as SSL4MIS, CTCT and AdvMIM evaluate) or ``"last"``.
+        retrain: Delete and train again the combinations whose recorded settings
+            (``compare_settings.json``) differ from this call's (off: refuse).
 
     Returns:
         The rows of ``compare.csv`` (``method``, ``labeled_cases``, ``seed``, ``class``,
@@ -112,7 +143,9 @@ def run_comparison(
 
     Raises:
         ValueError: On an unknown method, repeated values, a count below 1, an override of a
-            setting the comparison sets itself, or a split file that fixes the labeled cases.
+            setting the comparison sets itself, a split file that fixes the labeled cases, a
+            combination recorded with other settings (unless ``retrain``), or a
+            ``compare.csv`` / ``summary.md`` / ``compare.png`` that compare did not write.
         FileNotFoundError: When a config file does not exist.
         OSError: When ``output`` cannot be written.
     """
@@ -128,10 +161,43 @@ def run_comparison(
     for note in notes:
         print(f"note: {note}")
 
+    check_report_files(output)
+    command = "advmim compare " + shlex.join(
+        [
+            *(w for c in configs for w in ("-c", c)),
+            "--methods",
+            *methods,
+            "--labeled_cases",
+            *map(str, labeled_cases),
+            "--seeds",
+            *map(str, seeds),
+            "--output",
+            str(output),
+            "--checkpoint",
+            checkpoint,
+            *overrides,
+        ]
+    )
+
     combinations = [
         Combination(m, n, s) for s in seeds for n in labeled_cases for m in methods
     ]  # a seed at a time: after the first pass every cell of the table has a value
+    settings = {c: combination_settings(c, stated, from_files, checkpoint) for c in combinations}
+    _refuse_or_retrain_other_settings(combinations, settings, output, retrain)
     pending = {c for c in combinations if read_test_means(output / c.name / TEST_CSV) is None}
+    for combo in combinations:
+        if combo not in pending:  # finished: an error file left from before is stale
+            (output / combo.name / ERROR_FILE).unlink(missing_ok=True)
+    unknown = [
+        c.name
+        for c in combinations
+        if c not in pending and not (output / c.name / SETTINGS_FILE).is_file()
+    ]
+    if unknown:
+        print(
+            f"note: {', '.join(unknown)} finished without a record of their settings "
+            f"({SETTINGS_FILE}, written since this check exists); they are pooled unchecked"
+        )
     durations: list[float] = []  # of this call's runs; the finished ones estimate the rest
     done: list[float] = []
     failed: dict[str, str] = {}
@@ -143,6 +209,7 @@ def run_comparison(
             status = "finished earlier, skipped"
         else:
             job = combination_job(combo, configs, overrides, stated, from_files, output, checkpoint)
+            write_settings(output / combo.name, settings[combo], command)
             resuming = " (resuming from checkpoints/last.ckpt)" if job["resume"] else ""
             print(f"{prefix} fit + test{resuming} ...", flush=True)
             began = time.monotonic()
@@ -173,28 +240,13 @@ def run_comparison(
         if means is not None:
             rows += rows_of_run(combo.method, combo.labeled_cases, combo.seed, means)
     details = [
-        "command: `advmim compare "
-        + shlex.join(
-            [
-                *(w for c in configs for w in ("-c", c)),
-                "--methods",
-                *methods,
-                "--labeled_cases",
-                *map(str, labeled_cases),
-                "--seeds",
-                *map(str, seeds),
-                "--output",
-                str(output),
-                "--checkpoint",
-                checkpoint,
-                *overrides,
-            ]
-        )
-        + "`",
+        f"command: `{command}`",
         "tested checkpoint: "
         + ("best validation Dice (`best-*.ckpt`)" if checkpoint == "best" else "`last.ckpt`"),
         *notes,
     ]
+    finished = {c.name for c in combinations if read_test_means(output / c.name / TEST_CSV)}
+    failed = {name: error for name, error in failed.items() if name not in finished}
     write_csv(rows, output / "compare.csv")
     (output / "summary.md").write_text(
         summary_markdown(rows, methods, labeled_cases, seeds, failed, details)
@@ -202,6 +254,7 @@ def run_comparison(
     written = [output / "compare.csv", output / "summary.md"]
     if rows:
         written.append(write_plot(rows, methods, labeled_cases, output / "compare.png"))
+    record_report_files(output, written)
     print()
     print(summary_table(rows, methods, labeled_cases))
     print()
@@ -213,6 +266,46 @@ def run_comparison(
         for name, error in failed.items():
             print(f"  {name}: {error} (log: {output / name / LOG_FILE})")
     return ComparisonRows(rows, failed, output)
+
+
+def _refuse_or_retrain_other_settings(
+    combinations: Sequence[Combination],
+    settings: dict[Combination, dict[str, Any]],
+    output: Path,
+    retrain: bool,
+) -> None:
+    """Refuse (or, with ``retrain``, delete) the runs recorded with other settings."""
+    differing: dict[Combination, list[tuple[str, Any, Any]]] = {}
+    for combo in combinations:
+        recorded = read_settings(output / combo.name)
+        if recorded is not None:
+            conflicts = settings_conflicts(recorded, settings[combo])
+            if conflicts:
+                differing[combo] = conflicts
+    if not differing:
+        return
+    if retrain:
+        for combo in differing:
+            print(f"note: {combo.name} was trained with other settings; training it again")
+            shutil.rmtree(output / combo.name)
+        return
+    combo, conflicts = next(iter(differing.items()))
+    shown = "; ".join(
+        f"{key} {_shown(old)} there, {_shown(new)} here" for key, old, new in conflicts
+    )
+    others = [c.name for c in differing if c != combo]
+    more = f" (and {len(others)} more combination(s): {', '.join(others)})" if others else ""
+    raise ValueError(
+        f"the combination {combo.name} was trained with other settings than this command "
+        f"gives ({output / combo.name / SETTINGS_FILE}): {shown}{more}; its results would be "
+        "pooled with runs of other settings: give the settings it was trained with, choose "
+        "another --output, or train the differing combinations again with --retrain (their "
+        "run folders are deleted)"
+    )
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _duration(seconds: float) -> str:
@@ -259,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         default="best",
         help="checkpoint to test: best val/dice_mean (default, as the papers) or last",
     )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train again (deleting their run folders) the combinations whose recorded "
+        "settings differ from this command's (off: refuse)",
+    )
     args, overrides = parser.parse_known_args(argv)
     stray = [w for w in overrides[:1] if not w.startswith("--")]
     if stray:
@@ -272,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
             output=args.output,
             overrides=overrides,
             checkpoint=args.checkpoint,
+            retrain=args.retrain,
         )
     except (ValueError, OSError) as err:
         parser.exit(2, f"advmim compare: error: {err}\n")
+    except CompareTerminated:
+        print("\nadvmim compare: terminated; run the same command again to resume", flush=True)
+        return 143
     except KeyboardInterrupt:
         print("\nadvmim compare: interrupted; run the same command again to resume", flush=True)
         return 130

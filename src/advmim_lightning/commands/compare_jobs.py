@@ -2,11 +2,16 @@
 
 :func:`run_job_in_subprocess` writes the combination's ``compare_job.json`` and starts a fresh
 Python on it; there :func:`run_job` runs ``advmim fit`` then ``advmim test`` and records a
-failure's first line in ``<run>/compare_error.txt``.
+failure's first line in ``<run>/compare_error.txt`` (removed again when the combination
+starts or finishes). The child dies with the comparison: on Linux the kernel sends it SIGTERM
+when its parent ends in any way (``PR_SET_PDEATHSIG``), and the parent stops it on Ctrl-C and
+SIGTERM. :func:`write_settings` / :func:`read_settings` keep the settings a combination was
+trained with (``<run>/compare_settings.json``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
@@ -24,6 +29,8 @@ TEST_CSV = "test_metrics.csv"
 LOG_FILE = "compare.log"
 JOB_FILE = "compare_job.json"
 ERROR_FILE = "compare_error.txt"
+SETTINGS_FILE = "compare_settings.json"
+_SETTINGS_FORMAT = "advmim-compare-settings"
 #: The subprocess of one combination (the job path is taken out of ``sys.argv``, which
 #: LightningCLI would otherwise see beside its ``args``).
 _WORKER = (
@@ -32,8 +39,86 @@ _WORKER = (
 )
 
 
+class CompareTerminated(KeyboardInterrupt):
+    """The comparison received SIGTERM while a combination ran (the child was stopped)."""
+
+
+def write_settings(run_dir: Path, settings: dict[str, Any], command: str) -> Path:
+    """Record the settings a combination is trained with (``<run>/compare_settings.json``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / SETTINGS_FILE
+    record = {"format": _SETTINGS_FORMAT, "settings": settings, "command": command}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The recorded settings of a combination, or None when it has no record.
+
+    Raises:
+        ValueError: Naming the file, when it is not a settings record of ``advmim compare``.
+    """
+    path = run_dir / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a readable settings record of advmim compare ({err}); expected the "
+            "JSON it writes: remove the file to accept the run as it is, or the run folder to "
+            "train it again"
+        ) from err
+    if not isinstance(record, dict) or record.get("format") != _SETTINGS_FORMAT:
+        raise ValueError(
+            f"{path} is not a settings record of advmim compare (no format "
+            f"{_SETTINGS_FORMAT!r}); remove the file to accept the run as it is, or the run "
+            "folder to train it again"
+        )
+    return dict(record.get("settings") or {})
+
+
+def _die_with_parent(parent: int) -> Any:
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` ends (Linux; else nothing)."""
+
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:  # looked up here, before the fork
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+
+    def preexec() -> None:
+        if prctl is None:
+            return
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent ended before the request: end now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def _stop(process: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the child and wait for it (30 s), then kill it."""
+    try:
+        process.send_signal(sig)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    except OSError:  # already gone
+        pass
+
+
 def run_job_in_subprocess(job: dict[str, Any], run_dir: Path) -> str | None:
-    """Run one combination in a fresh interpreter; its error line, or None on success."""
+    """Run one combination in a fresh interpreter; its error line, or None on success.
+
+    The combination succeeded when its test result is complete (a stale error file is then
+    removed). Ctrl-C or SIGTERM to this process stops the child first (SIGINT / SIGTERM, then
+    SIGKILL after 30 s) and is raised again (SIGTERM as :class:`CompareTerminated`).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     job_path = run_dir / JOB_FILE
     job_path.write_text(json.dumps(job, indent=1))
@@ -51,24 +136,44 @@ def run_job_in_subprocess(job: dict[str, Any], run_dir: Path) -> str | None:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=_die_with_parent(os.getpid()),
         )
-        try:
-            code = process.wait()
-        except KeyboardInterrupt:
-            # The terminal's Ctrl-C reaches the child too; let it stop, then go.
-            try:
-                process.send_signal(signal.SIGINT)
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            raise
-    if code == 0:
+        code = _wait(process)
+    if read_test_means(run_dir / TEST_CSV) is not None:
+        error_path.unlink(missing_ok=True)
         return None
     if error_path.is_file():
         return error_path.read_text().strip() or f"exit status {code}"
+    if code == 0:
+        return f"exit status 0 without a complete {TEST_CSV} (log: {log_path})"
     if code < 0:
         return f"killed by signal {-code} (log: {log_path})"
     return f"exit status {code} (log: {log_path})"
+
+
+def _wait(process: subprocess.Popen) -> int:
+    """The child's exit status; on Ctrl-C or SIGTERM here, stop it and raise."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise CompareTerminated
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: no handler (the child still dies with us)
+        pass
+    try:
+        return process.wait()
+    except CompareTerminated:
+        _stop(process, signal.SIGTERM)
+        raise
+    except BaseException:
+        # The terminal's Ctrl-C reaches the child too; let it stop, then go.
+        _stop(process, signal.SIGINT)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_job(job_path: str | Path) -> int:
@@ -85,6 +190,7 @@ def run_job(job_path: str | Path) -> int:
     """
     job = json.loads(Path(job_path).read_text())
     run_dir = Path(job["run_dir"])
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
     from advmim_lightning.run.main import main
 
     try:

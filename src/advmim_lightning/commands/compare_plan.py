@@ -5,7 +5,9 @@ are read (:func:`stated_settings`), per-method settings are put back to each met
 or out of its way (:data:`PER_METHOD_SETTINGS`, :data:`SETTING_USERS`,
 :func:`notes_on_settings`), and :func:`combination_job` writes the ``advmim fit`` /
 ``advmim test`` words of one :class:`Combination` (:mod:`advmim_lightning.commands.compare`
-explains the rules).
+explains the rules). :func:`combination_settings` is what a combination is trained with, recorded
+beside its run (``compare_settings.json``) and compared by :func:`settings_conflicts` when the
+command runs again.
 """
 
 from __future__ import annotations
@@ -217,3 +219,72 @@ def combination_job(
         "checkpoint": checkpoint,
         "resume": resume,
     }
+
+
+#: Settings that change how a run is shown or saved, not its results: never compared.
+_NOT_RESULTS = ("wandb_mode", "wandb_project", "checkpoint_every", "data.num_workers")
+_NOT_RESULTS_PREFIXES = ("panels.", "prediction_writer.")
+_NOT_RESULTS_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+#: The value a settings comparison shows for a setting one side does not state.
+NOT_SET = "(not set)"
+
+
+def _affects_results(key: str) -> bool:
+    if key in _NOT_RESULTS or key in _CONTROLLED or key.startswith(_NOT_RESULTS_PREFIXES):
+        return False
+    return key.removeprefix("trainer.") not in _NOT_RESULTS_TRAINER
+
+
+def _typed(value: Any) -> Any:
+    """An override's text as the command line reads it (``"6"`` -> 6, ``"null"`` -> None)."""
+    import yaml
+
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def combination_settings(
+    combo: Combination,
+    stated: dict[str, Any],
+    from_files: set[str],
+    checkpoint: str,
+) -> dict[str, Any]:
+    """The settings one combination is trained and tested with, as plain JSON data.
+
+    Every setting the config files and overrides state (override text read as YAML, as the
+    command line does), except what ``compare`` varies itself (method, labeled cases, seeds,
+    run folder) and what changes no result (logging, progress bar, ``data.num_workers``, ...).
+    A per-method setting this combination does not take as stated is ``None`` (the method's
+    default), and ``checkpoint`` is recorded as ``--checkpoint``.
+
+    Returns:
+        ``{"--checkpoint": "best", "model.max_iterations": 4, ...}``, keys sorted.
+    """
+    settings: dict[str, Any] = {"--checkpoint": checkpoint}
+    for key, value in stated.items():
+        if not _affects_results(key):
+            continue
+        name = key.removeprefix("model.")
+        if key.startswith("model.") and name in PER_METHOD_SETTINGS:
+            if name not in METHOD_DEFAULTS[combo.method] or key in from_files:
+                value = None  # the method's default (combination_job gives null)
+        settings[key] = value if key in from_files else _typed(value)
+    return json.loads(json.dumps(dict(sorted(settings.items())), default=str))
+
+
+def settings_conflicts(
+    recorded: dict[str, Any], current: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """``(setting, recorded value, current value)`` of every setting that differs.
+
+    A setting stated on one side only shows :data:`NOT_SET` on the other.
+    """
+    return [
+        (key, recorded.get(key, NOT_SET), current.get(key, NOT_SET))
+        for key in sorted(set(recorded) | set(current))
+        if recorded.get(key, NOT_SET) != current.get(key, NOT_SET)
+    ]

@@ -8,11 +8,17 @@ so the report can be rebuilt from finished run folders alone. A *row* is one val
 
 where ``class`` is a foreground class name or ``"mean"`` (the mean over classes) and the value
 is the mean over the test cases, read from the ``mean`` row of the run's ``test_metrics.csv``.
+
+The files ``compare`` writes are listed with their SHA-256 in ``compare_manifest.json``
+(:func:`record_report_files`); :func:`check_report_files` refuses to replace a ``compare.csv``,
+``summary.md`` or ``compare.png`` that it did not write (or that was changed since).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +28,11 @@ from advmim_lightning.evaluation.metrics import METRIC_NAMES
 
 __all__ = [
     "COLUMNS",
+    "MANIFEST",
+    "REPORT_FILES",
+    "check_report_files",
     "read_test_means",
+    "record_report_files",
     "summary_markdown",
     "summary_table",
     "write_csv",
@@ -35,6 +45,73 @@ COLUMNS = ("method", "labeled_cases", "seed", "class", "metric", "value")
 _PERCENT = {"dice", "nsd"}
 _HEADERS = {"dice": "Dice (%)", "hd95": "HD95", "asd": "ASD", "nsd": "NSD (%)"}
 BASELINE = "supervised"
+#: The files of the report, in the comparison folder.
+REPORT_FILES = ("compare.csv", "summary.md", "compare.png")
+#: What ``compare`` wrote into the comparison folder: ``{"files": {name: sha256}}``.
+MANIFEST = "compare_manifest.json"
+_MANIFEST_FORMAT = "advmim-compare-manifest"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _manifest_files(output: Path) -> dict[str, str]:
+    try:
+        record = json.loads((output / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("format") != _MANIFEST_FORMAT:
+        return {}
+    files = record.get("files")
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+
+
+def check_report_files(output: Path) -> None:
+    """Refuse report files in ``output`` that ``compare`` did not write, before anything runs.
+
+    Raises:
+        ValueError: Naming the file, when a ``compare.csv``, ``summary.md`` or ``compare.png``
+            exists that ``compare_manifest.json`` does not list, or whose content differs
+            from what it lists (edited since).
+    """
+    written = _manifest_files(output)
+    for name in REPORT_FILES:
+        path = output / name
+        if not path.exists():
+            continue
+        if name not in written:
+            raise ValueError(
+                f"{path} exists and was not written by advmim compare (no record of it in "
+                f"{output / MANIFEST}); it is not replaced: move it away or choose another "
+                "--output"
+            )
+        if not path.is_file() or _sha256(path) != written[name]:
+            raise ValueError(
+                f"{path} was changed since advmim compare wrote it (it differs from its record "
+                f"in {output / MANIFEST}); it is not replaced: move it away or choose another "
+                "--output"
+            )
+
+
+def record_report_files(output: Path, paths: Sequence[Path]) -> Path:
+    """List the report files just written (name and SHA-256) in ``compare_manifest.json``.
+
+    A report file not among ``paths`` (``compare.png`` when nothing finished) is removed when
+    the manifest listed it, so no stale plot stays beside new tables.
+    """
+    listed = _manifest_files(output)
+    names = {Path(p).name for p in paths}
+    for name in REPORT_FILES:
+        if name in listed and name not in names:
+            (output / name).unlink(missing_ok=True)
+    record = {
+        "format": _MANIFEST_FORMAT,
+        "files": {Path(p).name: _sha256(Path(p)) for p in paths},
+    }
+    manifest = output / MANIFEST
+    manifest.write_text(json.dumps(record, indent=1) + "\n")
+    return manifest
 
 
 def read_test_means(path: Path) -> dict[str, dict[str, float]] | None:
