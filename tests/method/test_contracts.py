@@ -10,12 +10,13 @@ from torch import nn
 
 from advmim_lightning.method.contracts import (
     ContractCheck,
+    ContractWatch,
     check_cuda_graph_trainer,
     check_fit_trainer,
     check_network,
+    check_takes_a_mask,
     check_training_batch,
     describe_output,
-    watch_segmenter_contract,
 )
 
 
@@ -100,76 +101,79 @@ def test_describe_output():
     assert describe_output(None) == "a NoneType"
 
 
-# --------------------------------------------------------------------------- ContractCheck
-def stub_module(**nets: nn.Module) -> SimpleNamespace:
-    """What watch_segmenter_contract and ContractCheck read of AdvMIMModule."""
-    return SimpleNamespace(
-        num_classes=4, segmenters=nets, _contract_checked=set(), _contract_hooks={}
-    )
-
-
+# --------------------------------------------------------------------------- ContractWatch
 def test_contract_check_passes_and_removes_itself():
-    module = stub_module(cnn=Net(), transformer=Net())
-    watch_segmenter_contract(module, "eval")
-    assert set(module._contract_hooks) == {"cnn", "transformer"}
+    nets = {"cnn": Net(), "transformer": Net()}
+    watch = ContractWatch(num_classes=4)
+    watch.watch(nets, "eval")
     x = torch.zeros(2, 1, 8, 8)
-    module.segmenters["cnn"](x)
-    assert set(module._contract_hooks) == {"transformer"}
-    assert module._contract_checked == set()  # one hook left
-    module.segmenters["transformer"](x)
-    assert module._contract_hooks == {} and module._contract_checked == {"eval"}
-    assert not module.segmenters["cnn"]._forward_hooks  # removed from the network
-    watch_segmenter_contract(module, "eval")  # checked once per mode
-    assert module._contract_hooks == {}
+    nets["cnn"](x)
+    assert watch.checked == set()  # one hook left
+    assert not nets["cnn"]._forward_hooks and nets["transformer"]._forward_hooks
+    nets["transformer"](x)
+    assert watch.checked == {"eval"} and not nets["transformer"]._forward_hooks
+    watch.watch(nets, "eval")  # checked once per mode
+    assert not nets["cnn"]._forward_hooks
 
 
 def test_contract_check_refuses_wrong_class_count():
-    module = stub_module(cnn=Net(out=3))
-    watch_segmenter_contract(module, "eval")
+    nets = {"cnn": Net(out=3)}
+    ContractWatch(num_classes=4).watch(nets, "eval")
     with pytest.raises(ValueError) as error:
-        module.segmenters["cnn"](torch.zeros(2, 1, 8, 8))
+        nets["cnn"](torch.zeros(2, 1, 8, 8))
     assert str(error.value) == (
         "The cnn network (Net) breaks the segmenter contract: given x of shape (2, 1, 8, 8) it "
         "returned a tensor of shape (2, 3, 8, 8); expected one tensor of logits of shape "
         "(2, 4, 8, 8) (B x num_classes=4 x H x W, the input's resolution). See 'Swapping a "
-        "network: the segmenter contract' in the README."
+        "network: the segmenter contract' in docs/python-api.md."
     )
-    assert module._contract_hooks == {}  # the hook removed itself before refusing
-    module.segmenters["cnn"](torch.zeros(2, 1, 8, 8))  # no second check
+    assert not nets["cnn"]._forward_hooks  # the hook removed itself before refusing
+    nets["cnn"](torch.zeros(2, 1, 8, 8))  # no second check
 
 
 def test_contract_check_refuses_a_pair_in_evaluation_and_one_tensor_when_masked():
-    module = stub_module(cnn=Net(pair=True))
-    watch_segmenter_contract(module, "eval")
+    nets = {"cnn": Net(pair=True)}
+    ContractWatch(4).watch(nets, "eval")
     with pytest.raises(TypeError, match=r"returned a tuple of 2 \(a tensor of shape"):
-        module.segmenters["cnn"](torch.zeros(1, 1, 8, 8))
+        nets["cnn"](torch.zeros(1, 1, 8, 8))
 
-    module = stub_module(cnn=Net())
-    watch_segmenter_contract(module, "train")
+    nets = {"cnn": Net()}
+    ContractWatch(4).watch(nets, "train")
     mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     with pytest.raises(TypeError) as error:
-        module.segmenters["cnn"](torch.zeros(1, 1, 8, 8), mask=mask)
+        nets["cnn"](torch.zeros(1, 1, 8, 8), mask=mask)
     message = str(error.value)
     assert "given x of shape (1, 1, 8, 8) and mask= (a B x H x W bool mask)" in message
     assert "expected a pair (logits, masked_logits) of tensors of shape (1, 4, 8, 8)" in message
 
 
 def test_contract_check_accepts_the_masked_pair_and_skips_other_calls():
-    module = stub_module(cnn=Net(pair=True))
-    watch_segmenter_contract(module, "train")
-    module.segmenters["cnn"](torch.zeros(1, 1, 8, 8), mask=torch.zeros(1, 8, 8, dtype=torch.bool))
-    assert module._contract_checked == {"train"}
+    nets = {"cnn": Net(pair=True)}
+    watch = ContractWatch(4)
+    watch.watch(nets, "train")
+    nets["cnn"](torch.zeros(1, 1, 8, 8), mask=torch.zeros(1, 8, 8, dtype=torch.bool))
+    assert watch.checked == {"train"}
     # Not called as the module calls it (no 4-D x): nothing to compare, no refusal.
-    check = ContractCheck(stub_module(), "cnn", "eval")
+    check = ContractCheck(ContractWatch(4), "cnn", "eval")
     check(Net(), (torch.zeros(3),), {}, "anything")
 
 
-def test_compiled_networks_are_not_watched():
-    module = stub_module(cnn=Net(out=3))
-    module._networks_compiled = True
-    watch_segmenter_contract(module, "eval")
-    assert module._contract_hooks == {}
-    module.segmenters["cnn"](torch.zeros(1, 1, 8, 8))  # no refusal
+def test_removed_hooks_check_nothing():
+    nets = {"cnn": Net(out=3)}
+    watch = ContractWatch(4)
+    watch.watch(nets, "eval")
+    watch.remove()  # what compile_networks does before compiling
+    nets["cnn"](torch.zeros(1, 1, 8, 8))  # no refusal
+
+
+def test_a_segmenter_must_take_a_mask_for_advmim():
+    class Bare(nn.Module):
+        def forward(self, x):
+            return x
+
+    check_takes_a_mask("cnn", Net())  # forward(x, mask=None)
+    with pytest.raises(TypeError, match=r"the transformer network \(Bare\) takes no mask"):
+        check_takes_a_mask("transformer", Bare())
 
 
 # --------------------------------------------------------------------------- trainers

@@ -136,9 +136,9 @@ def test_every_term_is_logged_by_name():
 def test_ctct_rampup_weight():
     module = make_module("ctct", max_iterations=100_000)
     module.iteration = 150 * 100
-    weight = module.cross_teaching_weight_at(module.iteration)
+    weight = module.settings.cross_teaching_weight_at(module.iteration)
     assert weight == pytest.approx(0.1 * torch.e ** (-5 * 0.25))
-    assert make_module("advmim").cross_teaching_weight_at(0) == 0.1
+    assert make_module("advmim").settings.cross_teaching_weight_at(0) == 0.1
 
 
 def test_baselines_freeze_the_unused_mask_tokens():

@@ -28,31 +28,20 @@ from typing import Any
 import torch
 from torch import nn
 
-# The checkpoint reading and trust rule live in advmim_lightning.run.checkpoints; these names stay
-# importable from here, where they were first.
+from advmim_lightning.networks.specs import is_trusted_class, rebuild
 from advmim_lightning.run.checkpoints import (
-    LIGHTNING_INSTANTIATOR,
     NETWORK_KEYS,
-    TRUSTED_CLASSES_ENV,
-    is_trusted_class,
     read_checkpoint,
-    rebuild,
     refuse_untrusted_classes,
-    trusted_class_prefixes,
 )
 from advmim_lightning.run.folders import LOCK_FILE, ensure_writable_folder
 
 __all__ = [
     "FORMAT",
-    "LIGHTNING_INSTANTIATOR",
-    "TRUSTED_CLASSES_ENV",
     "VERSION",
     "export_segmenter",
     "load_segmenter",
     "main",
-    "read_checkpoint",
-    "refuse_untrusted_classes",
-    "trusted_class_prefixes",
 ]
 
 FORMAT = "advmim-segmenter"

@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from advmim_lightning.method.schedules import ctct_consistency_weight, poly_lr
+
 Method = Literal["advmim", "ctct", "supervised"]
 
 #: The two segmenters, in the order every loop over them runs (the order of their RNG draws).
@@ -208,7 +210,8 @@ class MethodSettings:
     eval_network: str = "transformer"
     eval_interpolation: str = "nearest"
     eval_slice_batch: int = 16
-    nsd_tolerance: float = 1.0
+    nsd_tolerance: float | list[float] = 1.0
+    nsd_zero_below_dice: float | None = None
     rng_seed: int = 0
     nonfinite_check: str = "raise"
     max_skipped_in_a_row: int = 100
@@ -226,6 +229,22 @@ class MethodSettings:
     def uses_masking(self) -> bool:
         """Whether the method runs the masked domain and the discriminators (AdvMIM)."""
         return self.method == "advmim"
+
+    def lr_at(self, iteration: int) -> float:
+        """The poly learning rate at ``iteration`` (0-based)."""
+        return poly_lr(self.lr, iteration, self.max_iterations, self.poly_power)
+
+    def cross_teaching_weight_at(self, iteration: int) -> float:
+        """The cross-teaching weight at ``iteration`` (0-based; ramped for CTCT)."""
+        weight = self.cross_teaching_weight or 0.0
+        if not self.cross_teaching_rampup:
+            return weight
+        return ctct_consistency_weight(
+            iteration,
+            weight=weight,
+            rampup_length=self.rampup_length,
+            iterations_per_unit=self.rampup_interval,
+        )
 
     def hparams(self) -> dict[str, Any]:
         """The settings as plain values (lists, no tuples), leaving out those the method

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from advmim_lightning.method.config import pair
-from advmim_lightning.run import lightning_private
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -54,10 +53,16 @@ _TRAINING_BATCH = (
 )
 
 
-def check_training_batch(batch: Any) -> None:
-    """Refuse a training batch that is not the paired dict (cheap: no tensor is read)."""
+def check_training_batch(batch: Any, method: str = "advmim") -> None:
+    """Refuse a training batch that is not the paired dict (cheap: no tensor is read), or
+    that lacks the unlabeled images ``method`` trains on."""
     labeled = batch.get("labeled") if isinstance(batch, Mapping) else None
     if isinstance(labeled, Mapping) and "image" in labeled and "label" in labeled:
+        if method != "supervised" and "unlabeled" not in batch:
+            raise ValueError(
+                f"method={method!r} needs unlabeled images but the batch has only "
+                f"{sorted(batch)}; set data.require_unlabeled=true and give unlabeled cases"
+            )
         return
     if isinstance(batch, Mapping):
         found = f"a dict with keys {sorted(map(str, batch))}"
@@ -195,6 +200,8 @@ def check_fit_trainer(trainer: pl.Trainer, uses_masking: bool) -> None:
         ValueError: For ``16-mixed`` precision, and for AdvMIM under DDP without
             ``find_unused_parameters``.
     """
+    from advmim_lightning.run import lightning_private  # Lightning only where a trainer is
+
     precision = getattr(trainer, "precision_plugin", None)
     if getattr(precision, "scaler", None) is not None:
         raise ValueError(

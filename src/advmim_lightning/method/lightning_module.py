@@ -24,16 +24,19 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from advmim_lightning.evaluation import inference
-from advmim_lightning.evaluation.metrics import SegmentationMetrics
+from advmim_lightning.evaluation.evaluator import Evaluator
+from advmim_lightning.evaluation.items import check_evaluation_item
 from advmim_lightning.method import config, contracts, optim, records
 from advmim_lightning.method.config import NETWORK_NAMES, Method, MethodSettings
 from advmim_lightning.method.cuda_graph import GraphedIteration
 from advmim_lightning.method.model import AdvMIMModel
 from advmim_lightning.method.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
 from advmim_lightning.method.randomness import IterationRandomness
-from advmim_lightning.method.schedules import ctct_consistency_weight, poly_lr, ramp_outlasts_run
-from advmim_lightning.networks import SwinUNet, UNet, random_init_warning
+from advmim_lightning.method.schedules import (
+    fit_start_warnings,
+    trainer_stop_iteration,
+)
+from advmim_lightning.networks import random_init_warning, specs
 from advmim_lightning.run import checkpoints, lightning_private
 
 __all__ = ["AdvMIMModule"]
@@ -87,7 +90,10 @@ class AdvMIMModule(pl.LightningModule):
         eval_network: ``"transformer"``, ``"cnn"`` or ``"ensemble"``: what evaluation reports.
         eval_interpolation: ``"nearest"`` (SSL4MIS) or ``"bilinear"`` resizing at evaluation.
         eval_slice_batch: Slices predicted at once during evaluation.
-        nsd_tolerance: Normalised surface Dice tolerance (mm where spacing is known).
+        nsd_tolerance: Normalised surface Dice tolerance (mm where spacing is known), one
+            value or one per foreground class (published ACDC: ``[5, 3, 3]``).
+        nsd_zero_below_dice: Score NSD 0 where a class's Dice is below this (published: 0.2);
+            None keeps the NSD as measured.
         rng_seed: Seed of masks, dropout and drop path, keyed by (rank, iteration).
         nonfinite_check: ``"raise"``, ``"skip"`` (undo an update with non-finite gradients)
             or ``"off"`` (docs/reliability.md).
@@ -135,7 +141,8 @@ class AdvMIMModule(pl.LightningModule):
         eval_network: Literal["transformer", "cnn", "ensemble"] = "transformer",
         eval_interpolation: Literal["nearest", "bilinear"] = "nearest",
         eval_slice_batch: int = 16,
-        nsd_tolerance: float = 1.0,
+        nsd_tolerance: float | list[float] = 1.0,
+        nsd_zero_below_dice: float | None = None,
         rng_seed: int = 0,
         nonfinite_check: Literal["raise", "skip", "off"] = "raise",
         max_skipped_in_a_row: int = 100,
@@ -147,25 +154,7 @@ class AdvMIMModule(pl.LightningModule):
         super().__init__()
         arguments = {k: v for k, v in locals().items() if k not in ("self", "cnn", "transformer")}
         arguments.pop("__class__", None)
-        settings = config.build_settings(**arguments)
-        s = settings
-        nets = {
-            "cnn": checkpoints.build_network(
-                cnn, UNet, in_channels=s.in_channels, num_classes=s.num_classes
-            ),
-            "transformer": checkpoints.build_network(
-                transformer,
-                SwinUNet,
-                in_channels=s.in_channels,
-                num_classes=s.num_classes,
-                img_size=s.image_size,
-            ),
-        }
-        for name in NETWORK_NAMES:
-            contracts.check_network(name, nets[name], s.num_classes, s.in_channels, s.image_size)
-            if s.uses_masking:
-                contracts.check_takes_a_mask(name, nets[name])
-        self.model = AdvMIMModel(settings, cnn=nets["cnn"], transformer=nets["transformer"])
+        self.model = AdvMIMModel(config.build_settings(**arguments), cnn, transformer)
         self.automatic_optimization = False
         self._class_names_given = class_names is not None
         self.save_hyperparameters(ignore=["cnn", "transformer"])
@@ -178,8 +167,8 @@ class AdvMIMModule(pl.LightningModule):
         self.restored_from_checkpoint = False
         self.register_state_dict_post_hook(checkpoints.save_model_state)
         self.register_load_state_dict_pre_hook(checkpoints.load_model_state)
-        self.randomness = IterationRandomness(s.rng_seed)
-        self.contract_watch = contracts.ContractWatch(s.num_classes)
+        self.randomness = IterationRandomness(self.settings.rng_seed)
+        self.contract_watch = contracts.ContractWatch(self.settings.num_classes)
         self._monitor = NonFiniteMonitor()
         self._skipper: UpdateSkipper | None = None  # built at train start (needs optimisers)
         self._graphed: GraphedIteration | None = None  # cuda_graph's runner (train start)
@@ -199,15 +188,14 @@ class AdvMIMModule(pl.LightningModule):
 
     def _network_specs(self) -> dict[str, Any]:
         return {
-            name: checkpoints.network_spec(self.model.segmenters[name])
-            for name in ("cnn", "transformer")
+            name: specs.network_spec(self.model.segmenters[name]) for name in ("cnn", "transformer")
         }
 
     def _edit_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply an edit of ``hparams`` to the settings, or refuse it (``ValueError``)."""
-        specs = self._network_specs()
-        for name in set(changes) & set(specs):
-            if changes.pop(name) != specs[name]:
+        networks = self._network_specs()
+        for name in set(changes) & set(networks):
+            if changes.pop(name) != networks[name]:
                 raise ValueError(
                     f"hparams.{name} describes the {name} network that was built; it cannot be "
                     f"edited: pass another network, AdvMIMModule({name}=...)"
@@ -216,22 +204,20 @@ class AdvMIMModule(pl.LightningModule):
             raise ValueError("the settings cannot change while a captured CUDA graph trains")
         self.model.settings = self.settings.replace(**changes)
         self.randomness.rng_seed = self.settings.rng_seed
-        record = {**self.settings.hparams(), **specs}
+        record = {**self.settings.hparams(), **networks}
         lightning_private.set_hparams_initial(self, record)
         return record
 
     def _build_metrics(self) -> None:
         s = self.settings
-        names = list(s.class_names[1:])
-        self.val_metrics = SegmentationMetrics(s.num_classes, names, nsd_tolerance=s.nsd_tolerance)
-        self.test_metrics = SegmentationMetrics(s.num_classes, names, nsd_tolerance=s.nsd_tolerance)
-        self.val_dice_per_network = nn.ModuleDict(
-            {
-                n: SegmentationMetrics(s.num_classes, names, metric_names=("dice",))
-                for n in NETWORK_NAMES
-            }
+        self.evaluator = Evaluator(
+            s.num_classes,
+            s.in_channels,
+            s.class_names,
+            NETWORK_NAMES,
+            nsd_tolerance=s.nsd_tolerance,
+            nsd_zero_below_dice=s.nsd_zero_below_dice,
         )
-        self._test_case_ids: dict[int, str] = {}
 
     # ------------------------------------------------------------------ the model's parts
     @property
@@ -243,33 +229,13 @@ class AdvMIMModule(pl.LightningModule):
         return self.model.transformer
 
     @property
-    def segmenters(self) -> dict[str, nn.Module]:
-        """The two segmenters by name (``transformer``, ``cnn``)."""
-        return self.model.segmenters
-
-    @property
-    def discriminators(self) -> dict[str, nn.Module]:
-        """AdvMIM's discriminators by the segmenter they judge (empty for the baselines)."""
-        return self.model.discriminators
-
-    @property
-    def trained_parts(self) -> list[nn.Module]:
-        """The networks with an optimiser: segmenters (and discriminators for AdvMIM)."""
-        return self.model.trained_parts
-
-    @property
-    def trained_part_names(self) -> list[str]:
-        """Names of :attr:`trained_parts` (``lr-<name>`` in learning-rate monitors)."""
-        return self.model.trained_part_names
-
-    @property
     def class_names(self) -> list[str]:
         return list(self.settings.class_names)
 
     @property
     def optimizer_steps_per_iteration(self) -> int:
         """Optimiser steps (and so Lightning ``global_step`` increments) per iteration."""
-        return len(self.trained_parts)
+        return len(self.model.trained_parts)
 
     def forward(self, x: Tensor) -> Tensor:
         """``B x num_classes x H x W`` probabilities of ``eval_network`` for ``x``."""
@@ -288,8 +254,8 @@ class AdvMIMModule(pl.LightningModule):
         """
         s = self.settings
         return optim.build_optimizers(
-            self.trained_parts,
-            self.trained_part_names,
+            self.model.trained_parts,
+            self.model.trained_part_names,
             lr=s.lr,
             momentum=s.momentum,
             weight_decay=s.weight_decay,
@@ -299,24 +265,6 @@ class AdvMIMModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         optim.clip_gradients(optimizer)  # Lightning calls this inside optimizer.step()
-
-    def lr_at(self, iteration: int) -> float:
-        """The poly learning rate at ``iteration`` (0-based)."""
-        s = self.settings
-        return poly_lr(s.lr, iteration, s.max_iterations, s.poly_power)
-
-    def cross_teaching_weight_at(self, iteration: int) -> float:
-        """The cross-teaching weight at ``iteration`` (0-based; ramped for CTCT)."""
-        s = self.settings
-        weight = s.cross_teaching_weight or 0.0
-        if not s.cross_teaching_rampup:
-            return weight
-        return ctct_consistency_weight(
-            iteration,
-            weight=weight,
-            rampup_length=s.rampup_length,
-            iterations_per_unit=s.rampup_interval,
-        )
 
     def _set_learning_rates(self, lr: float) -> None:
         for optimizer in self.trainer.optimizers:
@@ -329,13 +277,13 @@ class AdvMIMModule(pl.LightningModule):
         """Memory layout (every stage) and compilation (fit only) of the trained parts."""
         s = self.settings
         if s.channels_last:
-            for part in self.trained_parts:
+            for part in self.model.trained_parts:
                 part.to(memory_format=torch.channels_last)
         fitting = lightning_private.has_trainer(self) and self.trainer.state.fn == "fit"
         if s.compile_networks is not None and fitting and not getattr(self, "_compiled", False):
             self.contract_watch.remove()
             self.contract_watch.checked |= {"train", "eval"}  # a hook would be compiled in
-            for part in self.trained_parts:
+            for part in self.model.trained_parts:
                 part.compile(mode=s.compile_networks)
             self._compiled = True
 
@@ -377,15 +325,15 @@ class AdvMIMModule(pl.LightningModule):
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
                 group.update(flags)
-        parts = dict(zip(self.trained_part_names, self.trained_parts, strict=True))
+        parts = dict(zip(self.model.trained_part_names, self.model.trained_parts, strict=True))
         self._monitor = NonFiniteMonitor(first_iteration=self.iteration, parts=parts)
         self._skipper = None
         if s.nonfinite_check == "skip":
             self._skipper = UpdateSkipper(
-                self.trained_parts, self.trainer.optimizers, s.max_skipped_in_a_row
+                self.model.trained_parts, self.trainer.optimizers, s.max_skipped_in_a_row
             )
-        self._set_learning_rates(self.lr_at(self.iteration))
-        self.contract_watch.watch(self.segmenters, "train")
+        self._set_learning_rates(self.settings.lr_at(self.iteration))
+        self.contract_watch.watch(self.model.segmenters, "train")
         self._graphed = None
         if s.cuda_graph:
             self._graphed = GraphedIteration(
@@ -394,28 +342,23 @@ class AdvMIMModule(pl.LightningModule):
                 self.device,
                 capture=self.device.type == "cuda",
             )
+        trainer = self.trainer
+        stop = trainer_stop_iteration(
+            trainer.max_steps,
+            trainer.max_epochs,
+            trainer.num_training_batches,
+            self.optimizer_steps_per_iteration,
+        )
+        for message in fit_start_warnings(s, self.iteration, stop):
+            rank_zero_warn(message)
         if self.iteration >= s.max_iterations:
-            rank_zero_warn(
-                f"AdvMIMModule has already trained max_iterations={s.max_iterations} "
-                f"iterations (model.iteration={self.iteration}); fit() has nothing to train and "
-                "stops. To train longer, raise max_iterations (the poly learning rate then "
-                "decays to 0 at the new value): AdvMIMModule.load_from_checkpoint(path, "
-                "max_iterations=...), or model.hparams.max_iterations = ... before fit (also "
-                "when resuming with ckpt_path)."
-            )
-            self.trainer.should_stop = True
-        if s.cross_teaching_rampup and s.uses_unlabeled:
-            message = ramp_outlasts_run(
-                s.cross_teaching_weight or 0.0, s.rampup_length, s.rampup_interval, s.max_iterations
-            )
-            if message is not None:
-                rank_zero_warn(message)
+            trainer.should_stop = True
 
     def on_fit_end(self) -> None:
         self.randomness.restore_global_state()  # the steps re-seeded torch's generators
 
     def on_validation_start(self) -> None:
-        self.contract_watch.watch(self.segmenters, "eval")
+        self.contract_watch.watch(self.model.segmenters, "eval")
 
     on_test_start = on_predict_start = on_validation_start
 
@@ -437,18 +380,13 @@ class AdvMIMModule(pl.LightningModule):
         Loss values stay on the device; loggers get them on logging iterations only.
         """
         s = self.settings
-        contracts.check_training_batch(batch)
+        contracts.check_training_batch(batch, s.method)
         x_l, y = self._layout(batch["labeled"]["image"]), batch["labeled"]["label"]
-        x_u = None
-        if s.uses_unlabeled:
-            if "unlabeled" not in batch:
-                raise ValueError(
-                    f"method={s.method!r} needs unlabeled images but the batch has only "
-                    f"{sorted(batch)}; set data.require_unlabeled=true and give unlabeled cases"
-                )
-            x_u = self._layout(batch["unlabeled"]["image"])
-        lr = self.lr_at(self.iteration)
-        ct_weight = self.cross_teaching_weight_at(self.iteration) if x_u is not None else 0.0
+        x_u = self._layout(batch["unlabeled"]["image"]) if s.uses_unlabeled else None
+        lr = s.lr_at(self.iteration)
+        ct_weight = (
+            self.settings.cross_teaching_weight_at(self.iteration) if x_u is not None else 0.0
+        )
         optimizers = self.optimizers()
         self._set_learning_rates(lr)
         skipper = self._skipper
@@ -484,7 +422,9 @@ class AdvMIMModule(pl.LightningModule):
             )
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=x_l.shape[0])
         self.iteration += 1
-        self._set_learning_rates(self.lr_at(self.iteration))  # the next one's, for lr monitors
+        self._set_learning_rates(
+            self.settings.lr_at(self.iteration)
+        )  # the next one's, for lr monitors
         if self.iteration >= s.max_iterations:
             self.trainer.should_stop = True  # validated and checkpointed even mid-epoch
 
@@ -517,50 +457,48 @@ class AdvMIMModule(pl.LightningModule):
             self._skipper.report()
 
     # ------------------------------------------------------------------ evaluation
-    def validation_step(self, item: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+    def validation_step(
+        self, item: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
         """Score one case; returns the label volumes by network (for panel logging)."""
         predictions = self.predict_volume(item["image"])
-        label = item["label"]
-        index, spacing = inference.case_index_and_spacing(item)
-        self.val_metrics.update(predictions[self.settings.eval_network], label, index, spacing)
-        for name, metric in self.val_dice_per_network.items():
-            metric.update(predictions[name], label, index, spacing)
+        evaluated = self.settings.eval_network
+        self.evaluator.validation_case(predictions, item, evaluated, batch_idx, dataloader_idx)
         return predictions
 
     def on_validation_epoch_end(self) -> None:
-        values, dice_mean = records.validation_values(self.val_metrics, self.val_dice_per_network)
-        self.log_dict(values, sync_dist=False)
-        self.log("val/dice_mean", dice_mean, prog_bar=True, sync_dist=False)
-
-    def test_step(self, item: Mapping[str, Any], batch_idx: int) -> None:
-        predictions = self.predict_volume(item["image"])
-        index, spacing = inference.case_index_and_spacing(item)
-        self._test_case_ids[index] = str(item["case_id"])
-        self.test_metrics.update(
-            predictions[self.settings.eval_network], item["label"], index, spacing
+        values = self.evaluator.validation_values(len(self.trainer.num_val_batches))
+        dice_mean = values.pop("val/dice_mean")
+        self.log_dict(values, sync_dist=False, add_dataloader_idx=False)
+        self.log(
+            "val/dice_mean", dice_mean, prog_bar=True, sync_dist=False, add_dataloader_idx=False
         )
 
+    def test_step(self, item: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        predictions = self.predict_volume(item["image"])
+        evaluated = self.settings.eval_network
+        self.evaluator.test_case(predictions, item, evaluated, batch_idx, dataloader_idx)
+
     def on_test_epoch_end(self) -> None:
-        values = self.test_metrics.compute()
-        indices, table = self.test_metrics.per_case()
-        self.test_metrics.reset()
-        self.log_dict({f"test/{k}": v for k, v in values.items()}, sync_dist=False)
+        loaders = len(self.trainer.num_test_batches)
+        self.log_dict(
+            self.evaluator.test_values(loaders), sync_dist=False, add_dataloader_idx=False
+        )
         # trainer.log_dir broadcasts from rank 0: every rank must ask for it, or DDP hangs
         out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        if self.trainer.is_global_zero:
-            dataset = getattr(getattr(self.trainer, "datamodule", None), "test_dataset", None)
-            case_ids = getattr(dataset, "case_ids", None)
-            ids = dict(enumerate(case_ids())) if callable(case_ids) else {}
-            ids.update({index: case for index, case in self._test_case_ids.items() if case})
-            path = inference.write_test_csv(
-                out_dir / "test_metrics.csv", indices, table, values, self.class_names[1:], ids
-            )
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "test_dataset", None)
+        case_ids = getattr(dataset, "case_ids", None)
+        ids = dict(enumerate(case_ids())) if callable(case_ids) else {}
+        write = self.trainer.is_global_zero
+        for path in self.evaluator.write_test_tables(out_dir, loaders, ids, write=write):
             log.info("per-case test metrics written to %s", path)
 
     def predict_step(self, item: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Predict one case: ``{"case_id", "prediction", "affine", "source", "spacing"}`` for
         :class:`~advmim_lightning.evaluation.prediction_writer.PredictionWriter`."""
-        labels = self.predict_volume(item["image"])[self.settings.eval_network]
+        s = self.settings
+        check_evaluation_item(item, s.num_classes, s.in_channels, "prediction", batch_idx)
+        labels = self.predict_volume(item["image"])[s.eval_network]
         return records.prediction_record(item, labels)
 
     # ------------------------------------------------------------------ checkpoints

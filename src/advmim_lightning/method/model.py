@@ -22,16 +22,17 @@ backward passes, clipping, the optimiser steps, the schedules) belongs to whoeve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from advmim_lightning.evaluation import inference
-from advmim_lightning.method import objective
+from advmim_lightning.method import contracts, objective
 from advmim_lightning.method.config import NETWORK_NAMES, MethodSettings, build_settings
-from advmim_lightning.networks import Discriminator, SwinUNet, UNet, random_block_mask
+from advmim_lightning.networks import Discriminator, SwinUNet, UNet, random_block_mask, specs
 
 __all__ = ["AdvMIMModel", "IterationLosses"]
 
@@ -58,32 +59,39 @@ class AdvMIMModel(nn.Module):
     Args:
         settings: The run's settings (:func:`~advmim_lightning.method.config.build_settings`);
             default: AdvMIM with the public code's defaults.
-        cnn: The CNN segmenter (default :class:`~advmim_lightning.networks.UNet`).
+        cnn: The CNN segmenter (default :class:`~advmim_lightning.networks.UNet`), or a
+            stored ``{"class_path", "init_args"}`` spec of an ``advmim_lightning`` class.
         transformer: The transformer segmenter (default
-            :class:`~advmim_lightning.networks.SwinUNet` at ``settings.image_size``).
+            :class:`~advmim_lightning.networks.SwinUNet` at ``settings.image_size``), or a spec.
 
     Both segmenters meet the segmenter contract (``docs/python-api.md``): ``net(x)`` returns
     ``B x num_classes x H x W`` logits and, for AdvMIM, ``net(x, mask=m)`` the pair
-    ``(logits, masked_logits)``.
+    ``(logits, masked_logits)``. The sizes they state (``num_classes``, ``in_channels``,
+    ``img_size``) and AdvMIM's ``mask`` argument are checked here.
+
+    Raises:
+        ValueError: For networks built for other sizes, or one network in both slots.
+        TypeError: For an AdvMIM segmenter whose ``forward`` takes no ``mask``.
     """
 
     def __init__(
         self,
         settings: MethodSettings | None = None,
-        cnn: nn.Module | None = None,
-        transformer: nn.Module | None = None,
+        cnn: nn.Module | Mapping[str, Any] | None = None,
+        transformer: nn.Module | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings if settings is not None else build_settings()
         s = self.settings
-        self.cnn = cnn if cnn is not None else UNet(s.in_channels, s.num_classes)
-        self.transformer = (
-            transformer
-            if transformer is not None
-            else SwinUNet(
-                num_classes=s.num_classes, img_size=s.image_size, in_channels=s.in_channels
-            )
+        sizes = {"in_channels": s.in_channels, "num_classes": s.num_classes}
+        self.cnn = specs.build_network(cnn, UNet, **sizes)
+        self.transformer = specs.build_network(
+            transformer, SwinUNet, img_size=s.image_size, **sizes
         )
+        for name, net in self.segmenters.items():
+            contracts.check_network(name, net, s.num_classes, s.in_channels, s.image_size)
+            if s.uses_masking:
+                contracts.check_takes_a_mask(name, net)
         if self.cnn is self.transformer:
             raise ValueError(
                 f"cnn and transformer are the same {type(self.cnn).__name__} instance; each "

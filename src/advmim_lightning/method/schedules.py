@@ -14,6 +14,7 @@ optimiser steps), so these functions take and return plain numbers and never tou
 from __future__ import annotations
 
 import math
+from typing import Any
 
 __all__ = ["ctct_consistency_weight", "poly_factor", "poly_lr", "sigmoid_rampup"]
 
@@ -147,3 +148,59 @@ def ramp_outlasts_run(
         "published ramp's shape in this shorter run, set model.rampup_interval="
         f"{max(iterations // length, 1)} (max_iterations / rampup_length)."
     )
+
+
+def trainer_stop_iteration(
+    max_steps: int, max_epochs: int | None, iterations_per_epoch: float, steps_per_iteration: int
+) -> int | None:
+    """The iteration at which a trainer's own limits end a fit, or None for no limit.
+
+    Args:
+        max_steps: ``trainer.max_steps`` (optimiser steps; ``-1``: none).
+        max_epochs: ``trainer.max_epochs`` (None or ``-1``: none).
+        iterations_per_epoch: ``trainer.num_training_batches`` (``inf`` for an endless loader).
+        steps_per_iteration: Optimiser steps per iteration (4 for AdvMIM, 2 otherwise).
+    """
+    limits = []
+    if max_steps is not None and max_steps >= 0:
+        limits.append(max_steps // steps_per_iteration)
+    if max_epochs is not None and max_epochs >= 0 and math.isfinite(iterations_per_epoch):
+        limits.append(int(max_epochs * iterations_per_epoch))
+    return min(limits) if limits else None
+
+
+def fit_start_warnings(settings: Any, iteration: int, stop: int | None) -> list[str]:
+    """What a fit should say before it trains: nothing to train, a trainer limit that ends the
+    run before ``max_iterations`` (the poly rate then never decays to 0), CTCT's ramp-up
+    longer than the run.
+
+    Args:
+        settings: The run's :class:`~advmim_lightning.method.config.MethodSettings`.
+        iteration: Iterations already trained (a resumed run).
+        stop: :func:`trainer_stop_iteration`.
+    """
+    s, messages = settings, []
+    if iteration >= s.max_iterations:
+        messages.append(
+            f"AdvMIMModule has already trained max_iterations={s.max_iterations} "
+            f"iterations (model.iteration={iteration}); fit() has nothing to train and "
+            "stops. To train longer, raise max_iterations (the poly learning rate then "
+            "decays to 0 at the new value): AdvMIMModule.load_from_checkpoint(path, "
+            "max_iterations=...), or model.hparams.max_iterations = ... before fit (also "
+            "when resuming with ckpt_path)."
+        )
+    elif stop is not None and stop < s.max_iterations:
+        lr = poly_lr(s.lr, stop, s.max_iterations, s.poly_power)
+        messages.append(
+            f"the trainer's max_steps / max_epochs end this fit after iteration {stop}, "
+            f"before max_iterations={s.max_iterations}: the poly learning rate is then "
+            f"{lr:.3g} (of lr={s.lr}), not decayed to 0. Set max_iterations={stop} to train "
+            "a complete schedule in this run, or raise the trainer's limits (max_steps counts "
+            "optimiser steps: max_iterations x optimizer_steps_per_iteration)."
+        )
+    if s.cross_teaching_rampup and s.uses_unlabeled:
+        weight = s.cross_teaching_weight or 0.0
+        ramp = ramp_outlasts_run(weight, s.rampup_length, s.rampup_interval, s.max_iterations)
+        if ramp is not None:
+            messages.append(ramp)
+    return messages
