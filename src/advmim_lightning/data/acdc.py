@@ -24,6 +24,7 @@ min-max normalised is the identity).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -31,8 +32,14 @@ import h5py
 import numpy as np
 
 from advmim_lightning.data.arguments import check_root
-from advmim_lightning.data.cases import DEFAULT_ACDC_CASE_PATTERN, CaseSplit, first_cases
-from advmim_lightning.data.source import DataSource, EvalSplit, Normalization, TrainingPools
+from advmim_lightning.data.cases import (
+    DEFAULT_ACDC_CASE_PATTERN,
+    CaseGrouper,
+    CaseSplit,
+    first_cases,
+)
+from advmim_lightning.data.settings import SourceSettings
+from advmim_lightning.data.source import DataSource, EvalSplit, TrainingPools
 from advmim_lightning.data.types import Volume
 from advmim_lightning.data.validation import (
     DataValidationError,
@@ -155,33 +162,33 @@ class ACDCSource(DataSource):
     the lists define the split (no split file).
 
     Args:
-        root: Dataset root.
-        case_pattern: Case id pattern (see :class:`~advmim_lightning.data.source.DataSource`);
-            None: ``r"^(patient\\d+)"``.
-        normalization: See :class:`~advmim_lightning.data.source.DataSource` (``"minmax"``
-            is ACDC's).
-        window_level: See :class:`~advmim_lightning.data.source.DataSource`.
-        window_width: See :class:`~advmim_lightning.data.source.DataSource`.
+        root: Dataset root (``~`` is expanded).
+        settings: The shared :class:`~advmim_lightning.data.settings.SourceSettings`; ACDC
+            uses ``case_pattern`` (None: ``r"^(patient\\d+)"``), ``normalization``
+            (``"minmax"`` is ACDC's), ``window_level`` and ``window_width``, refuses
+            ``split_file`` (the lists define the split) and ignores the others.
 
     Raises:
-        ValueError: On an empty ``root`` or an invalid shared argument.
+        ValueError: On an empty ``root`` or a ``split_file``.
         DataValidationError: At :meth:`open`, if ``root`` is not a folder.
     """
 
     layout = "acdc"
 
-    def __init__(
-        self,
-        root: str,
-        case_pattern: str | None = None,
-        normalization: Normalization = "minmax",
-        window_level: float = 40.0,
-        window_width: float = 400.0,
-    ) -> None:
+    def __init__(self, root: str, settings: SourceSettings | None = None) -> None:
         self.root = check_root(root, self.layout)
-        if case_pattern is None:
-            case_pattern = DEFAULT_ACDC_CASE_PATTERN
-        super().__init__(case_pattern, normalization, window_level, window_width)
+        settings = SourceSettings() if settings is None else settings
+        if settings.split_file is not None:
+            raise ValueError(
+                f"split_file is not used by the acdc layout (its lists define the split); got "
+                f"split_file={settings.split_file!r}"
+            )
+        super().__init__(settings)
+        if self.settings.case_pattern is None:
+            self.settings = dataclasses.replace(
+                self.settings, case_pattern=DEFAULT_ACDC_CASE_PATTERN
+            )
+            self.grouper = CaseGrouper(DEFAULT_ACDC_CASE_PATTERN)
         self.in_channels = 1
         self._lists: dict[str, list[str]] = {}
 

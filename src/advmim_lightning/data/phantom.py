@@ -27,7 +27,6 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -266,7 +265,7 @@ def generate_phantom_case(
 def check_heart_scale(heart_scale: float) -> None:
     """Refuses a ``heart_scale`` outside ``[0.5, 1.6]`` (beyond 1.6 the heart leaves the image)."""
     if isinstance(heart_scale, bool) or not 0.5 <= heart_scale <= 1.6:
-        raise ValueError(f"phantom_heart_scale must be in [0.5, 1.6], got {heart_scale!r}")
+        raise ValueError(f"phantom.heart_scale must be in [0.5, 1.6], got {heart_scale!r}")
 
 
 def _cache_path(
@@ -339,13 +338,3 @@ def generate_phantom(
         )
         tmp.replace(path)
     return cases
-
-
-def __getattr__(name: str) -> Any:
-    # ``advmim_lightning.data.phantom.PhantomSource`` still imports; the source lives in
-    # :mod:`~advmim_lightning.data.phantom_source`, which imports this module.
-    if name == "PhantomSource":
-        from advmim_lightning.data.phantom_source import PhantomSource
-
-        return PhantomSource
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,18 +10,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_warn
-
-if TYPE_CHECKING:
-    from advmim_lightning.data.cases import CaseSplit
-    from advmim_lightning.data.source import TrainingPools
 
 __all__ = [
     "DataValidationError",
-    "check_case_split",
     "check_disjoint",
     "check_file_exists",
     "check_finite",
@@ -29,7 +22,6 @@ __all__ = [
     "check_no_duplicates",
     "check_same_geometry",
     "check_same_shape",
-    "check_training_pools",
 ]
 
 #: Tolerance of :func:`check_same_geometry`, per value: ``|a - b| <= GEOMETRY_ATOL +
@@ -260,72 +252,3 @@ def check_disjoint(
             f"{other_name} split; expected disjoint case sets (a case is grouped by its case id "
             "pattern, e.g. both frames of a patient)."
         )
-
-
-def check_case_split(split: CaseSplit) -> None:
-    """Checks a source's case split: no labeled case is evaluated on.
-
-    Warns (does not refuse) when unlabeled training cases are also val or test cases: their
-    images, not labels, are used for training.
-
-    Raises:
-        DataValidationError: If a labeled case is also in the val or test split.
-    """
-    check_disjoint(split.labeled, split.val, "val", split.source)
-    check_disjoint(split.labeled, split.test, "test", split.source)
-    for name, other in (("val", split.val), ("test", split.test)):
-        overlap = sorted(set(split.unlabeled) & set(other))
-        if overlap:
-            rank_zero_warn(
-                f"{split.source}: unlabeled training case(s) {overlap[:10]} are also in "
-                f"the {name} split; their images (not labels) are used for training."
-            )
-
-
-def check_training_pools(
-    pools: TrainingPools,
-    split: CaseSplit,
-    *,
-    labeled_cases: int | Sequence[str],
-    require_unlabeled: bool,
-    batch_sizes: tuple[int, int],
-) -> None:
-    """Checks the training pools a source loaded against the data module's settings.
-
-    Warns when a pool has fewer slices than its batch size (batches then repeat slices).
-
-    Args:
-        pools: The labeled and unlabeled pools.
-        split: The case split they were loaded for (``split.source`` names them).
-        labeled_cases: The data module's ``labeled_cases``, for the message.
-        require_unlabeled: Whether an empty unlabeled pool is an error.
-        batch_sizes: ``(labeled_batch_size, unlabeled_batch_size)``.
-
-    Raises:
-        DataValidationError: If the labeled pool is empty, or the unlabeled pool is empty while
-            ``require_unlabeled``.
-    """
-    where = split.source
-    if not pools.labeled_slices:
-        raise DataValidationError(
-            f"{where}: the labeled pool is empty (labeled cases {split.labeled[:10]}); "
-            "expected at least one labeled slice."
-        )
-    if not pools.unlabeled_slices and require_unlabeled:
-        raise DataValidationError(
-            f"{where}: the unlabeled pool is empty: all {len(split.labeled)} training "
-            f"case(s) are labeled (labeled_cases={labeled_cases!r}); expected at least "
-            "one unlabeled case for a semi-supervised method (for supervised-only "
-            "training: --model.method supervised on the command line, or "
-            "require_unlabeled=False)."
-        )
-    for name, count, batch in (
-        ("labeled", len(pools.labeled_slices), batch_sizes[0]),
-        ("unlabeled", len(pools.unlabeled_slices), batch_sizes[1]),
-    ):
-        if 0 < count < batch:
-            rank_zero_warn(
-                f"{where}: the {name} pool has {count} slice(s), fewer than "
-                f"{name}_batch_size={batch}; batches repeat slices (the sampler cycles "
-                "through the pool)."
-            )
