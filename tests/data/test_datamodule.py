@@ -180,7 +180,9 @@ def test_default_epoch_length_without_unlabeled_stream(make_phantom_dm) -> None:
 
 def test_phantom_errors(make_phantom_dm) -> None:
     with pytest.raises(
-        DataValidationError, match="phantom: num_classes=3; the phantom has 4 classes"
+        DataValidationError,
+        match=r"phantom: the phantom has 4 classes \[.*\], but num_classes=3; expected "
+        r"num_classes=4\.",
     ):
         make_phantom_dm(num_classes=3)
     with pytest.raises(DataValidationError, match="unlabeled pool is empty"):

@@ -47,6 +47,7 @@ from advmim_lightning.data.validation import (
     check_finite,
     check_label_values,
     check_no_duplicates,
+    check_num_classes,
     check_same_shape,
 )
 
@@ -191,6 +192,8 @@ class ACDCSource(DataSource):
             self.grouper = CaseGrouper(DEFAULT_ACDC_CASE_PATTERN)
         self.in_channels = 1
         self._lists: dict[str, list[str]] = {}
+        # the labels read so far: highest value, its file, number of volumes
+        self._labels_read: tuple[int, str, int] = (-1, "", 0)
 
     def open(self) -> None:
         """Checks the root folder; names the classes (ACDC's four, or ``class<i>``)."""
@@ -302,7 +305,39 @@ class ACDCSource(DataSource):
                 pools.labeled_volumes, pools.labeled_slices = volumes, slices
             else:
                 pools.unlabeled_volumes, pools.unlabeled_slices = volumes, slices
+        self._check_classes_present(pools.labeled_volumes)
         return pools
+
+    def _check_classes_present(self, volumes: list[Volume]) -> None:
+        """Refuses a ``num_classes`` above the highest label value read so far, plus one.
+
+        ACDC has no metadata naming its classes, so the labels themselves are the record:
+        with ``num_classes=5`` on ACDC's 4 classes, class 4 would score Dice 1 and HD95 0 on
+        every case. Values at or above ``num_classes`` are refused per file by
+        :func:`~advmim_lightning.data.validation.check_label_values` when read.
+
+        Raises:
+            DataValidationError: Naming the file holding the highest value, the value, and the
+                ``num_classes`` expected.
+        """
+        highest, where, count = self._labels_read
+        for volume in volumes:
+            if volume.label is None or volume.label.size == 0:
+                continue
+            count += 1
+            top = int(volume.label.max())
+            if top > highest:
+                highest, where = top, volume.source
+        self._labels_read = (highest, where, count)
+        if count and highest + 1 < self.num_classes:
+            check_num_classes(
+                self.num_classes,
+                highest + 1,
+                str(self.path),
+                f"the labels of the {count} volume(s) read hold class values up to {highest} "
+                f"(the highest in {where}); no label holds a class from {highest + 1} to "
+                f"{self.num_classes - 1}, which would score Dice 1 and HD95 0",
+            )
 
     def _assemble(
         self, names: list[str], labeled: bool
@@ -379,4 +414,5 @@ class ACDCSource(DataSource):
                     source=str(path),
                 )
             )
+        self._check_classes_present(volumes)
         return volumes

@@ -12,6 +12,7 @@ import numpy as np
 from advmim_lightning.data.validation import (
     DataValidationError,
     check_file_exists,
+    check_num_classes,
 )
 
 __all__ = ["coarsest_axis", "read_dataset_json", "read_nifti"]
@@ -66,11 +67,8 @@ def read_dataset_json(root: Path, num_classes: int) -> tuple[list[str], list[str
             f"{path}: label values {sorted(by_value)}; expected 0 .. {len(by_value) - 1} "
             "without gaps."
         )
-    if len(by_value) != num_classes:
-        raise DataValidationError(
-            f"{path}: {len(by_value)} labels {[by_value[i] for i in sorted(by_value)]}, but "
-            f"num_classes={num_classes}; expected num_classes={len(by_value)}."
-        )
+    names = [by_value[i] for i in sorted(by_value)]
+    check_num_classes(num_classes, len(by_value), str(path), f"{len(by_value)} labels {names}")
     channels = meta.get("channel_names", meta.get("modality"))
     if not isinstance(channels, dict) or not channels:
         raise DataValidationError(

@@ -15,7 +15,7 @@ from advmim_lightning.data.phantom import (
 from advmim_lightning.data.settings import PhantomSettings, SourceSettings
 from advmim_lightning.data.source import DataSource, EvalSplit, TrainingPools, pools_from_volumes
 from advmim_lightning.data.types import Volume
-from advmim_lightning.data.validation import DataValidationError
+from advmim_lightning.data.validation import check_num_classes
 
 __all__ = ["PhantomSource"]
 
@@ -60,11 +60,9 @@ class PhantomSource(DataSource):
 
     def open(self) -> None:
         """Refuses a ``num_classes`` other than the phantom's 4."""
-        if self.num_classes != len(PHANTOM_CLASS_NAMES):
-            raise DataValidationError(
-                f"phantom: num_classes={self.num_classes}; the phantom has "
-                f"{len(PHANTOM_CLASS_NAMES)} classes {PHANTOM_CLASS_NAMES}, expected num_classes=4."
-            )
+        count = len(PHANTOM_CLASS_NAMES)
+        what = f"the phantom has {count} classes {PHANTOM_CLASS_NAMES}"
+        check_num_classes(self.num_classes, count, "phantom", what)
 
     def prepare(self) -> None:
         """Writes the phantom cache once when ``cache_dir`` is set."""

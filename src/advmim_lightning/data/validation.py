@@ -20,6 +20,7 @@ __all__ = [
     "check_finite",
     "check_label_values",
     "check_no_duplicates",
+    "check_num_classes",
     "check_same_geometry",
     "check_same_shape",
 ]
@@ -115,6 +116,29 @@ def check_label_values(label: np.ndarray, num_classes: int, source: str) -> None
         raise DataValidationError(
             f"{source}: label value(s) {found} outside [0, {num_classes}) (num_classes="
             f"{num_classes}); expected class indices 0..{num_classes - 1}."
+        )
+
+
+def check_num_classes(num_classes: int, found: int, source: str, what: str) -> None:
+    """Refuses a ``num_classes`` other than the number of classes the data holds.
+
+    Shared by the layouts: NIfTI (``dataset.json``'s labels), the phantom (its 4 classes) and
+    ACDC (the highest label value read, plus one). Too many classes is as wrong as too few: a
+    class that occurs in no label would score Dice 1 and HD95 0 on every case.
+
+    Args:
+        num_classes: The ``num_classes`` setting.
+        found: The number of classes the data holds.
+        source: The file (or folder, or data) that says so, for the message.
+        what: What was found there, for the message (e.g. ``"4 labels ['bg', ...]"``).
+
+    Raises:
+        DataValidationError: ``<source>: <what>, but num_classes=<n>; expected
+            num_classes=<found>.``
+    """
+    if num_classes != found:
+        raise DataValidationError(
+            f"{source}: {what}, but num_classes={num_classes}; expected num_classes={found}."
         )
 
 
