@@ -8,15 +8,21 @@ message names the file, the value found and what was expected.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from advmim_lightning.data import AdvMIMDataModule, SourceSettings
+from advmim_lightning.data.cache_files import CacheRebuiltWarning
 from advmim_lightning.data.prepare import MANIFEST_NAME
-from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_raw_acdc
+from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti, write_tiny_raw_acdc
 from cli.test_cli import ROOT, TINY, cli_error, common, run
 
 ACDC = ["-c", ROOT / "configs/acdc/advmim.yaml", "-c", TINY]
+QUICKSTART = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY]
 FAST = ["--trainer.fast_dev_run", "1"]
 
 
@@ -91,3 +97,69 @@ def test_prepare_expands_the_home_folder(raw_acdc, tmp_path, monkeypatch):
     run("prepare", "--input", "~/raw", "--output", "~/ACDC")
     assert (tmp_path / "ACDC" / "train_slices.list").is_file()
     assert not (tmp_path / "~").exists()  # no folder literally named ~
+
+
+# ----------------------------------------------------------------------------------------
+# c. A damaged cache file is found (size, checksum) and rebuilt, naming the file
+# ----------------------------------------------------------------------------------------
+def damage(path: Path, how: str) -> None:
+    """Truncate, zero (same size) or delete a cache file."""
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "zeroed":
+        path.write_bytes(bytes(path.stat().st_size))
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "zeroed", "deleted"])
+def test_a_damaged_phantom_cache_is_rebuilt_by_the_next_run(how, tmp_path):
+    cache = tmp_path / "cache"
+    words = [*QUICKSTART, "--data.settings.cache_dir", cache, *FAST]
+    run("fit", *words, *common(tmp_path, "first"))
+    (npz,) = cache.glob("phantom_*.npz")
+    damage(npz, how)
+    with pytest.warns(CacheRebuiltWarning) as record:
+        run("fit", *words, *common(tmp_path, "second"))
+    messages = [str(w.message) for w in record if w.category is CacheRebuiltWarning]
+    assert messages[0].startswith(f"cache file {npz} is damaged: "), messages
+    assert "rebuilding it from the phantom generator" in messages[0]
+    with warnings.catch_warnings():  # rebuilt: the third run reads it without a word
+        warnings.simplefilter("error", CacheRebuiltWarning)
+        run("fit", *words, *common(tmp_path, "third"))
+
+
+def nifti_module(root: Path, cache: Path | None) -> AdvMIMDataModule:
+    return AdvMIMDataModule(
+        str(root),
+        layout="nifti",
+        image_size=(32, 32),
+        num_workers=0,
+        labeled_batch_size=2,
+        unlabeled_batch_size=2,
+        settings=SourceSettings(cache_dir=None if cache is None else str(cache)),
+    )
+
+
+@pytest.mark.parametrize("how", ["truncated", "zeroed", "deleted"])
+def test_a_damaged_nifti_cache_entry_is_rebuilt_naming_the_file(how, tmp_path):
+    root = write_tiny_nifti(tmp_path / "nifti")
+    cache = tmp_path / "cache"
+    first = nifti_module(root, cache)
+    first.prepare_data()
+    first.setup("test")  # as Trainer.test: writes the test volumes' cache entries
+    image = sorted((cache / "nifti").glob("case_*_image.npy"))[0]
+    damage(image, how)
+    second = nifti_module(root, cache)
+    second.prepare_data()
+    with pytest.warns(CacheRebuiltWarning, match=rf"cache file {image} is damaged: "):
+        second.setup("test")
+    in_ram = nifti_module(root, None)
+    in_ram.setup("test")
+    for index in range(len(in_ram.test_dataset)):
+        a, b = in_ram.test_dataset[index], second.test_dataset[index]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert isinstance(second.test_dataset.volumes[0].image, np.memmap)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheRebuiltWarning)
+        nifti_module(root, cache).setup("test")

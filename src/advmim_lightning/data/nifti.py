@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from advmim_lightning.data.arguments import check_root
+from advmim_lightning.data.cache_files import describe, find_damage, warn_rebuilt
 from advmim_lightning.data.cases import CaseSplit, read_split_file, resolve_case_split
 from advmim_lightning.data.nifti_files import (
     coarsest_axis,
@@ -59,7 +60,9 @@ from advmim_lightning.data.validation import (
 __all__ = ["NiftiSource", "read_dataset_json", "read_nifti"]
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-_CACHE_VERSION = 2  # 2: entries are written only after the geometry checks
+# 2: entries are written only after the geometry checks; 3: the entry's .json lists the size
+# and checksum of its .npy files (checked before use, a damaged entry is rebuilt)
+_CACHE_VERSION = 3
 
 
 class NiftiSource(DataSource):
@@ -236,7 +239,9 @@ class NiftiSource(DataSource):
         """Reads, checks, slices and normalises one case (through the cache when configured)."""
         cache = self._cache_paths(case, files, label_file if read_label else None)
         if cache is not None and cache[2].is_file():
-            return self._read_cache(cache, case, files)
+            cached = self._read_checked_cache(cache, case, files)
+            if cached is not None:
+                return cached
         arrays, spacing, affine = [], None, None
         for f in files:
             data, file_spacing, file_affine = read_nifti(f)
@@ -289,9 +294,36 @@ class NiftiSource(DataSource):
             return self._read_cache(cache, case, files)
         return volume
 
-    def _read_cache(self, paths: tuple[Path, Path, Path], case: str, files: list[Path]) -> Volume:
+    def _read_checked_cache(
+        self, paths: tuple[Path, Path, Path], case: str, files: list[Path]
+    ) -> Volume | None:
+        """The cached volume after checking its files against the entry's manifest (sizes and
+        checksums); None, with a :class:`~advmim_lightning.data.cache_files.CacheRebuiltWarning`
+        naming the damaged file, when the entry must be rebuilt."""
+        try:
+            meta = json.loads(paths[2].read_text())
+            damage = find_damage(paths[2].parent, meta.get("files"))
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+            damage = (paths[2], f"its manifest is unreadable ({type(err).__name__}: {err})")
+        if damage is None:
+            try:
+                return self._read_cache(paths, case, files, meta)
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                damage = (paths[0], f"it is unreadable ({type(err).__name__}: {err})")
+        # rebuilt in place (each file replaced atomically), never deleted: another rank may be
+        # reading the entry it has just rebuilt
+        warn_rebuilt(damage[0], damage[1], ", ".join(str(f) for f in files))
+        return None
+
+    def _read_cache(
+        self,
+        paths: tuple[Path, Path, Path],
+        case: str,
+        files: list[Path],
+        meta: dict | None = None,
+    ) -> Volume:
         """The cached volume, its arrays memory-mapped read-only (slices are read on use)."""
-        meta = json.loads(paths[2].read_text())
+        meta = json.loads(paths[2].read_text()) if meta is None else meta
         return Volume(
             case_id=case,
             group_id=self.grouper(case),
@@ -331,12 +363,15 @@ class NiftiSource(DataSource):
         arrays = [(paths[0], volume.image)]
         if volume.label is not None:
             arrays.append((paths[1], volume.label))
+        written = {}
         for path, array in arrays:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             with tmp.open("wb") as f:
                 np.save(f, array)
+            written[path.name] = describe([tmp])[tmp.name]  # checksum of what was written
             tmp.replace(path)
         meta = {
+            "files": written,
             "has_label": volume.label is not None,
             "spacing": list(volume.spacing),
             "affine": np.asarray(volume.affine).tolist(),
