@@ -11,6 +11,8 @@ import json
 import warnings
 from pathlib import Path
 
+import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ from cli.test_cli import ROOT, TINY, cli_error, common, run
 
 ACDC = ["-c", ROOT / "configs/acdc/advmim.yaml", "-c", TINY]
 QUICKSTART = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY]
+NIFTI = ["-c", ROOT / "configs/nifti/advmim.yaml", "-c", TINY]
 FAST = ["--trainer.fast_dev_run", "1"]
 
 
@@ -163,3 +166,51 @@ def test_a_damaged_nifti_cache_entry_is_rebuilt_naming_the_file(how, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheRebuiltWarning)
         nifti_module(root, cache).setup("test")
+
+
+# ----------------------------------------------------------------------------------------
+# d. A volume with zero size along an axis is named as such (not as a 4D file)
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,axis", [((64, 0, 3), 1), ((64, 64, 0), 2)])
+def test_a_zero_size_nifti_volume_is_named_with_its_shape(shape, axis, tmp_path):
+    root = write_tiny_nifti(tmp_path / "nifti", size=64)
+    empty = root / "imagesTr" / "case_001_0000.nii.gz"
+    affine = nib.load(empty).affine
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), affine), empty)
+    message = cli_error("fit", *NIFTI, *common(tmp_path, "bad"), "--data.root", root, *FAST)
+    assert (
+        f"advmim: error: {empty}: volume has zero size along axis {axis} (shape {shape}); "
+        "expected at least one voxel along every axis." in message
+    ), message
+    assert "4D" not in message
+
+
+def test_a_zero_size_acdc_volume_is_named_with_its_shape(tmp_path):
+    root = write_tiny_acdc(tmp_path / "acdc", num_patients=6, size=64)
+    volume = root / "data" / f"{(root / 'val.list').read_text().split()[0]}.h5"
+    with h5py.File(volume, "w") as f:
+        f.create_dataset("image", data=np.zeros((0, 64, 64), np.float32))
+        f.create_dataset("label", data=np.zeros((0, 64, 64), np.uint8))
+    words = [*ACDC, *common(tmp_path, "bad"), "--data.root", root, "--data.labeled_cases", "2"]
+    message = cli_error("validate", *words, "--allow_random_weights", "true")
+    assert (
+        f"{volume}: image has zero size along axis 0 (shape (0, 64, 64)); expected at least "
+        "one voxel along every axis." in message
+    ), message
+
+
+# ----------------------------------------------------------------------------------------
+# e. ~ in data.root and data.settings.cache_dir is expanded once
+# ----------------------------------------------------------------------------------------
+def test_the_data_paths_expand_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    write_tiny_nifti(tmp_path / "nifti", size=64)
+    words = [*NIFTI, *common(tmp_path, "home"), "--data.root", "~/nifti", *FAST]
+    run("fit", *words, "--data.settings.cache_dir", "~/cache")
+    assert list((tmp_path / "cache" / "nifti").glob("*.npy"))
+    assert not (tmp_path / "~").exists()  # no folder literally named ~
+    module = AdvMIMDataModule("~/nifti", layout="nifti", settings={"cache_dir": "~/cache"})
+    assert module.root == str(tmp_path / "nifti") == module.source.root
+    assert module.cache_dir == str(tmp_path / "cache") == module.source.settings.cache_dir
+    assert module.hparams["root"] == str(tmp_path / "nifti")

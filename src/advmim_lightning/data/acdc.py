@@ -47,6 +47,7 @@ from advmim_lightning.data.validation import (
     check_finite,
     check_label_values,
     check_no_duplicates,
+    check_non_empty,
     check_num_classes,
     check_same_shape,
 )
@@ -122,6 +123,7 @@ def read_h5(
             f"{path}: image has shape {image.shape} ({image.ndim} axes); expected {ndim} axes "
             f"({'H x W slice' if ndim == 2 else 'D x H x W volume'})."
         )
+    check_non_empty(image.shape, str(path))
     check_finite(image, str(path))
     if label is not None:
         check_same_shape(image.shape, label.shape, str(path), str(path))

@@ -12,6 +12,7 @@ import numpy as np
 from advmim_lightning.data.validation import (
     DataValidationError,
     check_file_exists,
+    check_non_empty,
     check_num_classes,
 )
 
@@ -100,16 +101,20 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
         singleton axes are dropped), the spacing of its three axes in mm, the 4 x 4 affine.
 
     Raises:
-        DataValidationError: Missing or unreadable file, or more than three non-singleton axes.
+        DataValidationError: Missing or unreadable file, zero size along an axis, or more than
+            three non-singleton axes.
     """
     check_file_exists(path, "NIfTI")
     try:
         img = nib.load(str(path))
+        shape = tuple(img.shape)
         data = np.asanyarray(img.dataobj)
         zooms = tuple(float(z) for z in img.header.get_zooms())
         affine = np.asarray(img.affine, dtype=np.float64)
     except _READ_ERRORS as err:
         raise DataValidationError(f"Unreadable NIfTI file {path}: {err}; expected NIfTI.") from err
+    # the header's shape: nibabel reads an empty array as shape (0,) whatever the header says
+    check_non_empty(shape, str(path), "volume")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:

@@ -20,6 +20,7 @@ __all__ = [
     "check_finite",
     "check_label_values",
     "check_no_duplicates",
+    "check_non_empty",
     "check_num_classes",
     "check_same_geometry",
     "check_same_shape",
@@ -116,6 +117,27 @@ def check_label_values(label: np.ndarray, num_classes: int, source: str) -> None
         raise DataValidationError(
             f"{source}: label value(s) {found} outside [0, {num_classes}) (num_classes="
             f"{num_classes}); expected class indices 0..{num_classes - 1}."
+        )
+
+
+def check_non_empty(shape: Sequence[int], source: str, what: str = "image") -> None:
+    """Refuses an array with zero size along an axis (no voxel to read).
+
+    Args:
+        shape: The array's shape (as stored, or as its header gives it).
+        source: The file, for the message.
+        what: What the array is, for the message.
+
+    Raises:
+        DataValidationError: ``<source>: <what> has zero size along axis <k> (shape <shape>);
+            expected at least one voxel along every axis.``
+    """
+    empty = [axis for axis, length in enumerate(shape) if int(length) == 0]
+    if empty or len(shape) == 0:
+        where = f"axis {empty[0]}" if len(empty) == 1 else f"axes {empty}"
+        raise DataValidationError(
+            f"{source}: {what} has zero size along {where} (shape {tuple(shape)}); expected at "
+            "least one voxel along every axis."
         )
 
 
