@@ -332,13 +332,15 @@ class ACDCSource(DataSource):
                 highest, where = top, volume.source
         self._labels_read = (highest, where, count)
         if count and highest + 1 < self.num_classes:
+            first, last = highest + 1, self.num_classes - 1
+            absent = f"class {first}" if first == last else f"classes {first} to {last}"
             check_num_classes(
                 self.num_classes,
                 highest + 1,
                 str(self.path),
                 f"the labels of the {count} volume(s) read hold class values up to {highest} "
-                f"(the highest in {where}); no label holds a class from {highest + 1} to "
-                f"{self.num_classes - 1}, which would score Dice 1 and HD95 0",
+                f"(the highest in {where}), none holds {absent} (it would score Dice 1 and "
+                "HD95 0 on every case)",
             )
 
     def _assemble(
