@@ -50,6 +50,13 @@ def test_phantom_end_to_end(make_phantom_dm) -> None:
     assert (dm.in_channels, dm.num_classes, dm.layout) == (1, 4, "phantom")
     assert dm.hparams["phantom"]["cases"] == 6 and dm.hparams["labeled_batch_size"] == 2
     assert dm.hparams["settings"]["val_fraction"] == 0.1  # plain values in the checkpoint
+    assert dm.hparams_initial["phantom"] == {  # and for the loggers
+        "cases": 6,
+        "slices": 3,
+        "size": 32,
+        "seed": 0,
+        "heart_scale": 1.0,
+    }
     dm.setup("fit")
     assert len(dm.labeled_dataset) == 9 and len(dm.unlabeled_dataset) == 3
     loader = dm.train_dataloader()

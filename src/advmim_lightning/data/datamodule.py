@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Literal
 
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -44,6 +45,13 @@ _DEFAULT_SETTINGS = SourceSettings()
 _DEFAULT_PHANTOM = PhantomSettings()
 _DEFAULT_AUGMENTATION = AugmentationSettings()
 _DEFAULT_LOADERS = LoaderSettings()
+
+
+def _plain(value: object) -> object:
+    """A settings dataclass as a dictionary of its fields; anything else unchanged."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
 
 
 class AdvMIMDataModule(TrainingStream):
@@ -198,8 +206,7 @@ class AdvMIMDataModule(TrainingStream):
             settings = self.source.settings
         self.save_hyperparameters(ignore="source")
         for key, value in list(self.hparams.items()):  # plain values: weights_only loading
-            if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                self.hparams[key] = dataclasses.asdict(value)
+            self.hparams[key] = _plain(value)
 
         self.root = root
         self.cache_dir = getattr(self.source, "settings", settings).cache_dir
@@ -225,6 +232,11 @@ class AdvMIMDataModule(TrainingStream):
         self.val_dataset: VolumeDataset | None = None
         self.test_dataset: VolumeDataset | None = None
         self.predict_dataset: VolumeDataset | None = None
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """The initial hyper-parameters (what loggers record), the settings as dictionaries."""
+        return AttributeDict({k: _plain(v) for k, v in super().hparams_initial.items()})
 
     # --------------------------------------------------------------------------- sources
     @classmethod
