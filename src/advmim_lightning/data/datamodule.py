@@ -148,6 +148,8 @@ class AdvMIMDataModule(TrainingStream):
     Raises:
         ValueError: On arguments out of range (message says what was given and what is
             allowed), or layout arguments given together with ``source``.
+        TypeError: On a settings argument that is neither its dataclass nor a mapping of its
+            fields, or a ``source`` that is not a ``DataSource``.
         DataValidationError: When the dataset root or its ``dataset.json`` is invalid, or the
             NIfTI files do not match ``dataset.json`` (e.g. a missing ``_0001`` channel file).
     """
