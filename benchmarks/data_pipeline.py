@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from advmim_lightning.data import AdvMIMDataModule
+from advmim_lightning.data import AdvMIMDataModule, PhantomSettings
 from advmim_lightning.data.phantom import generate_phantom
 from advmim_lightning.data.transforms import SliceAugmenter
 
@@ -54,7 +54,7 @@ def augmentation_rates(count: int) -> list[tuple[str, float]]:
 
 
 def batch_rate(count: int) -> tuple[str, float]:
-    dm = AdvMIMDataModule(num_workers=0, phantom_cases=40)  # the default demo set
+    dm = AdvMIMDataModule(num_workers=0, phantom=PhantomSettings(cases=40))  # the default demo set
     dm.setup("fit")
     loader = dm.train_dataloader()
     dataset, sampler = loader.dataset, loader.sampler
@@ -71,7 +71,7 @@ def batch_rate(count: int) -> tuple[str, float]:
 def loader_rate(batches: int, warmup: int = 5) -> tuple[str, float]:
     """Images per second out of the training DataLoader as ``fit`` builds it: the default
     data module (phantom, 8 + 8 at 224 x 224) with its default worker count."""
-    dm = AdvMIMDataModule(phantom_cases=40, iterations_per_epoch=warmup + batches)
+    dm = AdvMIMDataModule(phantom=PhantomSettings(cases=40), iterations_per_epoch=warmup + batches)
     dm.setup("fit")
     loader = iter(dm.train_dataloader())
     for _ in range(warmup):  # workers start, first batches are prefetched

@@ -12,9 +12,9 @@ subprocess and samples, every 0.1 s until it ends:
   (each shared page counted once), the memory the whole run really holds.
 
 The table gives the peak of each. Three ways of reading the data are compared: ``in RAM``
-(no ``data.cache_dir``: every volume is decoded into memory), ``cache (cold)`` (the first run
-with a ``cache_dir``, which writes the ``.npy`` cache) and ``cache (warm)`` (later runs, which
-memory-map it). Run with ``OMP_NUM_THREADS=1 python benchmarks/memory_scaling.py``
+(no ``data.settings.cache_dir``: every volume is decoded into memory), ``cache (cold)`` (the
+first run with a ``cache_dir``, which writes the ``.npy`` cache) and ``cache (warm)`` (later
+runs, which memory-map it). Run with ``OMP_NUM_THREADS=1 python benchmarks/memory_scaling.py``
 (``--quick`` for a short smoke run).
 """
 
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
             cache = Path(tmp) / f"cache{cases}"
             for mode, extra in (
                 ("in RAM", []),
-                ("cache (cold)", ["--data.cache_dir", str(cache)]),
-                ("cache (warm)", ["--data.cache_dir", str(cache)]),
+                ("cache (cold)", ["--data.settings.cache_dir", str(cache)]),
+                ("cache (warm)", ["--data.settings.cache_dir", str(cache)]),
             ):
                 words = [
                     "-c", str(ROOT / "configs/nifti/advmim.yaml"), "-c", str(tiny),

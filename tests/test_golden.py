@@ -72,8 +72,8 @@ def golden_run(tmp_path: Path, method: str) -> tuple[dict, Path]:
         "--model.method", method, "--seed_everything", "7", "--model.rng_seed", "3",
         "--data.seed", "11", "--trainer.limit_test_batches", "2",
         # The pinned values were made with these; the quickstart tunes its own for the demo.
-        "--data.rot_flip_probability", "0.5", "--data.rotate_probability", "0.5",
-        "--data.phantom_heart_scale", "1.0",
+        "--data.augmentation.rot_flip_probability", "0.5",
+        "--data.augmentation.rotate_probability", "0.5", "--data.phantom.heart_scale", "1.0",
     ]  # fmt: skip
     if method != "advmim":
         words += ["--model.mask_block_size", "32"]  # the module's default: AdvMIM-only setting

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from advmim_lightning import AdvMIMDataModule, AdvMIMModule
+from advmim_lightning.data import PhantomSettings
 from advmim_lightning.method.schedules import poly_lr
 from tiny import TINY_SIZE, full_state, tiny_batch, tiny_swin, tiny_unet
 
@@ -29,9 +30,7 @@ def make_data(**kwargs) -> AdvMIMDataModule:
     """6 phantom cases (2 labeled, 2 unlabeled, 1 val, 1 test), 3 iterations per epoch."""
     settings = {
         "layout": "phantom",
-        "phantom_cases": 6,
-        "phantom_slices": 3,
-        "phantom_size": TINY_SIZE,
+        "phantom": PhantomSettings(cases=6, slices=3, size=TINY_SIZE),
         "image_size": SIZE,
         "labeled_cases": 2,
         "labeled_batch_size": 2,

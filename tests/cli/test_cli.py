@@ -224,8 +224,8 @@ def test_fit_starts_the_swin_unet_from_the_hugging_face_cache(tmp_path, monkeypa
 
 
 def test_default_sized_swin_unet_from_random_weights_warns_once(tmp_path, caplog):
-    phantom = ["--data.layout", "phantom", "--data.phantom_cases", "6"]
-    phantom += ["--data.phantom_slices", "2", "--data.phantom_size", "32"]
+    phantom = ["--data.layout", "phantom", "--data.phantom.cases", "6"]
+    phantom += ["--data.phantom.slices", "2", "--data.phantom.size", "32"]
     phantom += ["--data.labeled_cases", "2", "--data.num_workers", "0"]
     phantom += ["--data.labeled_batch_size", "2", "--data.unlabeled_batch_size", "2"]
     # the warning comes at fit start: stop there (no step of the 27 M-parameter Swin-UNet)

@@ -29,7 +29,7 @@ TINY = Path(__file__).with_name("tiny.yaml")
 # predicting one class everywhere, which would make the comparison trivial, so the fixture
 # centres the CNN's output bias on the test images: the argmax then varies across pixels.
 # Given to the fit only: test and predict take the model's settings from the checkpoint.
-DATA = ["--data.test_fraction", "0.5", "--data.labeled_cases", "1"]
+DATA = ["--data.settings.test_fraction", "0.5", "--data.labeled_cases", "1"]
 MODEL = ["--model.eval_network", "cnn"]
 TEST_CASES = 3
 
@@ -90,10 +90,11 @@ def checkpoint(tmp_path_factory) -> Path:
 def _centre_cnn_output(path: Path) -> None:
     """Shift the CNN head's bias by minus its mean logit per class on the test images."""
     from advmim_lightning import AdvMIMDataModule, AdvMIMModule
+    from advmim_lightning.data import PhantomSettings, SourceSettings
 
     data = AdvMIMDataModule(
-        layout="phantom", image_size=(64, 64), phantom_cases=6, phantom_slices=3,
-        phantom_size=64, test_fraction=0.5, labeled_cases=1, num_workers=0,
+        layout="phantom", image_size=(64, 64), phantom=PhantomSettings(cases=6, slices=3, size=64),
+        settings=SourceSettings(test_fraction=0.5), labeled_cases=1, num_workers=0,
     )  # fmt: skip
     data.setup("test")
     images = torch.cat([item["image"].movedim(1, 0) for item in data.test_dataset])

@@ -427,11 +427,11 @@ def test_evaluations_write_their_own_config_and_best_is_the_best_scored_checkpoi
     best = run_dir / "checkpoints" / "best-step=8.ckpt"
     kept = {name: (run_dir / name).read_bytes() for name in ("config.yaml", "hparams.yaml")}
     for subcommand in EVALUATIONS:
-        other_data = ["--data.phantom_seed", "1", "--model.eval_network", "cnn"]
+        other_data = ["--data.phantom.seed", "1", "--model.eval_network", "cnn"]
         run(subcommand, *on(runs, "trained", "--ckpt_path", "best", *other_data))
         saved = yaml.safe_load((run_dir / f"{subcommand}_config.yaml").read_text())
         assert saved["ckpt_path"] == str(best)
-        assert saved["data"]["phantom_seed"] == 1 and saved["model"]["eval_network"] == "cnn"
+        assert saved["data"]["phantom"]["seed"] == 1 and saved["model"]["eval_network"] == "cnn"
         assert yaml.safe_load((run_dir / f"{subcommand}_hparams.yaml").read_text())
     for name, content in kept.items():
         assert (run_dir / name).read_bytes() == content, f"{name} was rewritten"

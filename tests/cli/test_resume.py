@@ -73,7 +73,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_straight_run_with_workers(tmp_
     import time
 
     iterations = "24"
-    workers = ["--data.num_workers", "2", "--data.persistent_workers", "false"]
+    workers = ["--data.num_workers", "2", "--data.loaders.persistent_workers", "false"]
     straight = fit(tmp_path, "straight", "--model.max_iterations", iterations, *workers)
 
     advmim = Path(sys.executable).with_name("advmim")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from advmim_lightning.data import AdvMIMDataModule
+from advmim_lightning.data import AdvMIMDataModule, PhantomSettings
 from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti
 
 TINY = {
@@ -15,7 +15,9 @@ TINY = {
     "labeled_batch_size": 2,
     "unlabeled_batch_size": 2,
 }
-PHANTOM = {"phantom_cases": 6, "phantom_slices": 3, "phantom_size": 32}
+#: The tiny phantom: 6 cases x 3 slices x 32 x 32.
+TINY_PHANTOM = PhantomSettings(cases=6, slices=3, size=32)
+PHANTOM = {"phantom": TINY_PHANTOM}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from advmim_lightning.data import AdvMIMDataModule, DataValidationError
+from advmim_lightning.data import AdvMIMDataModule, DataValidationError, SourceSettings
 from advmim_lightning.data.synthetic import write_tiny_acdc
 
 
@@ -197,7 +197,7 @@ def test_missing_eval_label_only_matters_for_evaluation(acdc_copy: Path, acdc_dm
 
 def test_argument_errors(tiny_acdc: Path, acdc_dm) -> None:
     with pytest.raises(ValueError, match="split_file is not used by the acdc layout"):
-        acdc_dm(tiny_acdc, split_file="split.json")
+        acdc_dm(tiny_acdc, settings=SourceSettings(split_file="split.json"))
     with pytest.raises(ValueError, match="root is required for layout='acdc'"):
         AdvMIMDataModule(layout="acdc")
     with pytest.raises(DataValidationError, match=r"ACDC root .* is not a folder"):

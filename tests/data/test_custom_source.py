@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from advmim_lightning.data import AdvMIMDataModule, DataSource, DataValidationError
+from advmim_lightning.data import (
+    AdvMIMDataModule,
+    DataSource,
+    DataValidationError,
+    PhantomSettings,
+    SourceSettings,
+)
 from advmim_lightning.data.phantom import generate_phantom_case
 from advmim_lightning.run.main import build_cli, main
 from tiny import cli_error
@@ -63,10 +69,16 @@ def test_a_source_object_through_the_python_api(npz_source) -> None:
 def test_layout_arguments_next_to_a_source_are_refused_by_name(npz_source) -> None:
     module, data = npz_source
     with pytest.raises(ValueError) as info:
-        AdvMIMDataModule(source=module.NpzFolder(str(data)), root="elsewhere", phantom_cases=8)
+        AdvMIMDataModule(
+            source=module.NpzFolder(str(data)),
+            root="elsewhere",
+            phantom=PhantomSettings(cases=8),
+            settings=SourceSettings(val_fraction=0.3),
+        )
     message = str(info.value)
-    assert "source=NpzFolder(...)" in message
-    assert "root='elsewhere'" in message and "phantom_cases=8" in message
+    assert "source=NpzFolder(...)" in message and "root='elsewhere'" in message
+    assert "phantom=PhantomSettings(cases=8," in message
+    assert "settings=SourceSettings(" in message and "val_fraction=0.3" in message
     with pytest.raises(ValueError, match=r"layout='nifti'"):
         AdvMIMDataModule(source=module.NpzFolder(str(data)), layout="nifti")
     with pytest.raises(TypeError, match="source must be a DataSource"):
@@ -88,8 +100,7 @@ def test_a_source_whose_class_names_do_not_match_num_classes_is_refused(npz_sour
 def test_a_source_by_class_path_trains_through_the_cli(npz_source, tmp_path: Path) -> None:
     _, data = npz_source
     config = yaml.safe_load(TINY_CLI.read_text())
-    for key in [k for k in config["data"] if k.startswith("phantom_")]:
-        del config["data"][key]  # layout arguments: refused next to a source
+    del config["data"]["phantom"]  # a layout argument: refused next to a source
     config["data"]["source"] = {
         "class_path": "npz_source.NpzFolder",
         "init_args": {"folder": str(data), "val_fraction": 0.25},
@@ -102,5 +113,5 @@ def test_a_source_by_class_path_trains_through_the_cli(npz_source, tmp_path: Pat
     assert type(cli.datamodule.source).__name__ == "NpzFolder"
     assert cli.datamodule.source.val_fraction == 0.25
     assert cli.model.class_names == ["background", "class1", "class2", "class3"]
-    message = cli_error("fit", "-c", path, *runs, "--data.phantom_cases", "8")
-    assert "source=NpzFolder(...)" in message and "phantom_cases=8" in message, message
+    message = cli_error("fit", "-c", path, *runs, "--data.phantom.cases", "8")
+    assert "source=NpzFolder(...)" in message and "phantom=PhantomSettings(cases=8" in message

@@ -9,7 +9,15 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from advmim_lightning.data import AdvMIMDataModule, DataValidationError, PhantomSource
+from advmim_lightning.data import (
+    AdvMIMDataModule,
+    AugmentationSettings,
+    DataValidationError,
+    LoaderSettings,
+    PhantomSettings,
+    PhantomSource,
+    SourceSettings,
+)
 
 
 def fingerprint(batch) -> list[torch.Tensor]:
@@ -40,7 +48,15 @@ def test_phantom_end_to_end(make_phantom_dm) -> None:
     dm = make_phantom_dm()
     assert dm.class_names == ["background", "RV", "Myo", "LV"]
     assert (dm.in_channels, dm.num_classes, dm.layout) == (1, 4, "phantom")
-    assert dm.hparams["phantom_cases"] == 6 and dm.hparams["labeled_batch_size"] == 2
+    assert dm.hparams["phantom"]["cases"] == 6 and dm.hparams["labeled_batch_size"] == 2
+    assert dm.hparams["settings"]["val_fraction"] == 0.1  # plain values in the checkpoint
+    assert dm.hparams_initial["phantom"] == {  # and for the loggers
+        "cases": 6,
+        "slices": 3,
+        "size": 32,
+        "seed": 0,
+        "heart_scale": 1.0,
+    }
     dm.setup("fit")
     assert len(dm.labeled_dataset) == 9 and len(dm.unlabeled_dataset) == 3
     loader = dm.train_dataloader()
@@ -67,8 +83,9 @@ def test_phantom_end_to_end(make_phantom_dm) -> None:
 
 
 def test_the_short_form_builds_the_source_a_source_object_gives(make_phantom_dm) -> None:
-    short = make_phantom_dm(seed=2, labeled_cases=2, val_fraction=0.2)
-    source = PhantomSource(num_cases=6, num_slices=3, size=32, val_fraction=0.2)
+    settings = SourceSettings(val_fraction=0.2)
+    short = make_phantom_dm(seed=2, labeled_cases=2, settings=settings)
+    source = PhantomSource(PhantomSettings(cases=6, slices=3, size=32), settings)
     settings = {k: short.hparams[k] for k in ("image_size", "num_workers", "labeled_batch_size")}
     given = AdvMIMDataModule(
         source=source, seed=2, labeled_cases=2, unlabeled_batch_size=2, **settings
@@ -131,7 +148,11 @@ def test_two_ranks_share_the_streams_without_duplicates(make_phantom_dm) -> None
     seen: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
     sizes = {}
     for rank in range(2):
-        dm = make_phantom_dm(phantom_cases=10, labeled_cases=2, augment=False)
+        dm = make_phantom_dm(
+            phantom=PhantomSettings(cases=10, slices=3, size=32),
+            labeled_cases=2,
+            augmentation=AugmentationSettings(enabled=False),
+        )
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=0)
         loader = dm.train_dataloader()
         sizes = {0: len(dm.labeled_dataset), 1: len(dm.unlabeled_dataset)}
@@ -166,7 +187,9 @@ def test_default_epoch_length_without_unlabeled_stream(make_phantom_dm) -> None:
 
 def test_phantom_errors(make_phantom_dm) -> None:
     with pytest.raises(
-        DataValidationError, match="phantom: num_classes=3; the phantom has 4 classes"
+        DataValidationError,
+        match=r"phantom: the phantom has 4 classes \[.*\], but num_classes=3; expected "
+        r"num_classes=4\.",
     ):
         make_phantom_dm(num_classes=3)
     with pytest.raises(DataValidationError, match="unlabeled pool is empty"):
@@ -174,7 +197,7 @@ def test_phantom_errors(make_phantom_dm) -> None:
     with pytest.raises(
         DataValidationError, match=r"the test set is empty; expected test_fraction > 0"
     ):
-        make_phantom_dm(test_fraction=0.0).setup("test")
+        make_phantom_dm(settings=SourceSettings(test_fraction=0.0)).setup("test")
 
 
 @pytest.mark.parametrize(
@@ -188,18 +211,51 @@ def test_phantom_errors(make_phantom_dm) -> None:
         ({"image_size": (32,)}, "image_size must be two integers"),
         ({"num_workers": -1}, "num_workers must be an integer >= 0"),
         ({"iterations_per_epoch": 0}, "iterations_per_epoch must be >= 1"),
-        ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
-        ({"normalization": "robust"}, "normalization must be one of"),
-        ({"image_interpolation": "cubic"}, "image_interpolation must be one of"),
-        ({"rotate_probability": 2.0}, r"rotate_probability must be in \[0, 1\]"),
-        ({"case_pattern": "("}, "not a valid regular expression"),
-        ({"phantom_size": 8}, "phantom_size must be >= 16"),
-        ({"phantom_heart_scale": 1.7}, r"phantom_heart_scale must be in \[0.5, 1.6\], got 1.7"),
     ],
 )
 def test_argument_checks(kwargs, message: str, make_phantom_dm) -> None:
     with pytest.raises(ValueError, match=message):
         make_phantom_dm(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "settings,fields,message",
+    [
+        (SourceSettings, {"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\), got 1.0"),
+        (SourceSettings, {"normalization": "robust"}, "normalization must be one of"),
+        (SourceSettings, {"case_pattern": "("}, "not a valid regular expression"),
+        (SourceSettings, {"slice_axis": 3}, "slice_axis must be 0, 1, 2 or None, got 3"),
+        (SourceSettings, {"window_width": 0}, "window_width must be > 0, got 0"),
+        (AugmentationSettings, {"image_interpolation": "cubic"}, "image_interpolation must be"),
+        (
+            AugmentationSettings,
+            {"rotate_probability": 2.0},
+            r"rotate_probability must be in \[0, 1\]",
+        ),
+        (PhantomSettings, {"size": 8}, "phantom.size must be an integer >= 16, got 8"),
+        (PhantomSettings, {"cases": 0}, "phantom.cases must be an integer >= 1, got 0"),
+        (
+            PhantomSettings,
+            {"heart_scale": 1.7},
+            r"phantom.heart_scale must be in \[0.5, 1.6\], got 1.7",
+        ),
+        (LoaderSettings, {"eval_num_workers": -1}, "eval_num_workers must be an integer >= 0"),
+    ],
+)
+def test_settings_are_checked_once_where_declared(settings, fields, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings(**fields)
+
+
+def test_settings_may_be_mappings_of_their_fields(make_phantom_dm) -> None:
+    dm = make_phantom_dm(settings={"val_fraction": 0.2}, phantom=dict(cases=6, slices=3, size=32))
+    assert dm.source.settings == SourceSettings(val_fraction=0.2)
+    again = AdvMIMDataModule(**dm.hparams)  # as load_from_checkpoint rebuilds it
+    assert again.source.settings == dm.source.settings and again.source.phantom.cases == 6
+    with pytest.raises(TypeError, match=r"settings must be a SourceSettings .* got int"):
+        make_phantom_dm(settings=3)
+    with pytest.raises(TypeError, match=r"phantom: unknown field\(s\) \['num_cases'\]"):
+        make_phantom_dm(phantom={"num_cases": 6})
 
 
 def test_resuming_training_on_another_world_size_is_refused_but_evaluation_is_not(

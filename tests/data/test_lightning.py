@@ -8,6 +8,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from advmim_lightning.data import PhantomSettings
+
 
 class Recorder(pl.LightningModule):
     """Records a fingerprint of every training batch it receives."""
@@ -94,7 +96,7 @@ def test_evaluation_through_the_trainer(tmp_path: Path, make_phantom_dm) -> None
     trainer = pl.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
     )
-    dm = make_phantom_dm(phantom_cases=8)
+    dm = make_phantom_dm(phantom=PhantomSettings(cases=8, slices=3, size=32))
     for run in (trainer.validate, trainer.test):
         model = Evaluator()
         run(model, datamodule=dm)

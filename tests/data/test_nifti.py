@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from advmim_lightning.data import AdvMIMDataModule, DataValidationError
+from advmim_lightning.data import AdvMIMDataModule, DataValidationError, SourceSettings
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_end_to_end_with_geometry(tiny_nifti: Path, nifti_dm) -> None:
 
 
 def test_slice_axis_override(tiny_nifti: Path, nifti_dm) -> None:
-    dm = nifti_dm(tiny_nifti, slice_axis=0)
+    dm = nifti_dm(tiny_nifti, settings=SourceSettings(slice_axis=0))
     dm.setup("test")
     item = dm.test_dataset[0]
     assert item["slice_axis"] == 0 and item["image"].shape == (1, 32, 32, 3)
@@ -66,7 +66,7 @@ def test_slice_axis_override(tiny_nifti: Path, nifti_dm) -> None:
 
 
 def test_two_channels_end_to_end(tiny_nifti_2ch: Path, nifti_dm) -> None:
-    dm = nifti_dm(tiny_nifti_2ch, normalization="zscore")
+    dm = nifti_dm(tiny_nifti_2ch, settings=SourceSettings(normalization="zscore"))
     assert dm.in_channels == 2
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -97,7 +97,7 @@ def test_split_file_and_msd_labels(nifti_copy: Path, tmp_path: Path, nifti_dm) -
         "test": ["case_003"],
     }
     (tmp_path / "split.json").write_text(json.dumps(split))
-    dm = nifti_dm(nifti_copy, split_file=str(tmp_path / "split.json"))
+    dm = nifti_dm(nifti_copy, settings=SourceSettings(split_file=str(tmp_path / "split.json")))
     dm.setup("fit")
     dm.setup("test")
     s = dm.case_split
@@ -113,14 +113,14 @@ def test_split_file_and_msd_labels(nifti_copy: Path, tmp_path: Path, nifti_dm) -
 def test_cache_dir_memory_maps(tiny_nifti: Path, tmp_path: Path, nifti_dm) -> None:
     in_ram = nifti_dm(tiny_nifti)
     in_ram.setup("test")
-    first = nifti_dm(tiny_nifti, cache_dir=str(tmp_path / "cache"))
+    first = nifti_dm(tiny_nifti, settings=SourceSettings(cache_dir=str(tmp_path / "cache")))
     first.setup(None)
     # the run that writes the cache already holds memory maps, not the decoded volumes
     for volumes in (first.labeled_dataset.volumes, first.unlabeled_dataset.volumes):
         assert all(isinstance(v.image, np.memmap) for v in volumes)
     assert isinstance(first.labeled_dataset.volumes[0].label, np.memmap)
     assert not list((tmp_path / "cache").rglob("*.tmp"))
-    second = nifti_dm(tiny_nifti, cache_dir=str(tmp_path / "cache"))
+    second = nifti_dm(tiny_nifti, settings=SourceSettings(cache_dir=str(tmp_path / "cache")))
     second.setup("test")
     assert isinstance(second.test_dataset.volumes[0].image, np.memmap)
     a, b = in_ram.test_dataset[1], second.test_dataset[1]
@@ -215,15 +215,19 @@ def _json(root: Path, **changes) -> None:
 def test_data_errors(nifti_copy: Path, corrupt, message: str, nifti_dm) -> None:
     corrupt(nifti_copy)
     with pytest.raises(DataValidationError, match=message):
-        dm = nifti_dm(nifti_copy, labeled_cases=["case_000", "case_001"], val_fraction=0.0)
+        dm = nifti_dm(
+            nifti_copy,
+            labeled_cases=["case_000", "case_001"],
+            settings=SourceSettings(val_fraction=0.0),
+        )
         dm.setup("fit")
         dm.setup("test")
 
 
 def test_argument_errors(tiny_nifti: Path, nifti_dm) -> None:
-    # The NIfTI source checks its own arguments (the phantom layout does not take slice_axis).
+    # The settings check slice_axis once, for every source.
     with pytest.raises(ValueError, match="slice_axis must be 0, 1, 2 or None"):
-        nifti_dm(tiny_nifti, slice_axis=3)
+        SourceSettings(slice_axis=3)
     with pytest.raises(ValueError, match="root is required for layout='nifti'"):
         AdvMIMDataModule(layout="nifti")
 

@@ -82,6 +82,6 @@ def test_heart_scale_enlarges_the_heart_only_and_one_is_the_default_phantom(
     assert len(names) == 2 and sum("-h1.5" in n for n in names) == 1
     for bad in (0.4, 1.7, True):
         with pytest.raises(
-            ValueError, match=rf"phantom_heart_scale must be in \[0.5, 1.6\], got {bad}"
+            ValueError, match=rf"phantom.heart_scale must be in \[0.5, 1.6\], got {bad}"
         ):
             generate_phantom_case(0, 2, 32, heart_scale=bad)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advmim_lightning.data import AdvMIMDataModule
+from advmim_lightning.data import AdvMIMDataModule, PhantomSettings
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -48,7 +48,7 @@ def supervised_dice(labeled_cases: int, iterations: int, size: int = 64) -> floa
     dm = AdvMIMDataModule(
         labeled_cases=labeled_cases,
         image_size=(size, size),
-        phantom_size=size,
+        phantom=PhantomSettings(size=size),
         num_workers=0,
         require_unlabeled=False,
         iterations_per_epoch=iterations,

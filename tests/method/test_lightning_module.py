@@ -219,13 +219,12 @@ def test_a_nonfinite_loss_raises_naming_the_iterations_terms_and_cases():
 
 def test_a_short_cpu_run_on_the_phantom_lowers_the_supervised_loss():
     from advmim_lightning import AdvMIMDataModule
+    from advmim_lightning.data import PhantomSettings
 
     torch.manual_seed(0)
     data = AdvMIMDataModule(
         layout="phantom",
-        phantom_cases=8,
-        phantom_slices=3,
-        phantom_size=64,
+        phantom=PhantomSettings(cases=8, slices=3, size=64),
         image_size=(64, 64),
         labeled_cases=4,
         labeled_batch_size=4,

@@ -3,9 +3,12 @@
 - :mod:`~advmim_lightning.data.datamodule`: the LightningDataModule (setup and evaluation).
 - :mod:`~advmim_lightning.data.training`: its training stream (loader, sampler, resuming).
 - :mod:`~advmim_lightning.data.source`: the :class:`DataSource` contract every source meets.
+- :mod:`~advmim_lightning.data.settings`: the settings the sources and the data module share
+  (:class:`SourceSettings`, :class:`PhantomSettings`, ...), declared and checked once.
 - :mod:`~advmim_lightning.data.acdc`, :mod:`~advmim_lightning.data.nifti`,
-  :mod:`~advmim_lightning.data.phantom`: the three built-in sources (layouts).
-- :mod:`~advmim_lightning.data.layouts`: ``layout=`` and flat arguments to a source.
+  :mod:`~advmim_lightning.data.phantom_source`: the three built-in sources (layouts).
+- :mod:`~advmim_lightning.data.layouts`: ``layout=`` (with ``root``, ``settings``, ``phantom``)
+  to a source.
 - :mod:`~advmim_lightning.data.arguments`: checks of constructor arguments.
 - :mod:`~advmim_lightning.data.cases`: case grouping, splits, split files.
 - :mod:`~advmim_lightning.data.transforms`: normalisation and SSL4MIS-style augmentation.
@@ -23,6 +26,12 @@ from advmim_lightning.data.datamodule import AdvMIMDataModule
 from advmim_lightning.data.datasets import unwrap_single_item
 from advmim_lightning.data.nifti import NiftiSource
 from advmim_lightning.data.phantom_source import PhantomSource
+from advmim_lightning.data.settings import (
+    AugmentationSettings,
+    LoaderSettings,
+    PhantomSettings,
+    SourceSettings,
+)
 from advmim_lightning.data.source import DataSource, TrainingPools, pools_from_volumes
 from advmim_lightning.data.types import (
     EvalItem,
@@ -36,13 +45,17 @@ from advmim_lightning.data.validation import DataValidationError
 __all__ = [
     "ACDCSource",
     "AdvMIMDataModule",
+    "AugmentationSettings",
     "CaseSplit",
     "DataSource",
     "DataValidationError",
     "EvalItem",
     "LabeledBatch",
+    "LoaderSettings",
     "NiftiSource",
+    "PhantomSettings",
     "PhantomSource",
+    "SourceSettings",
     "TrainingBatch",
     "TrainingPools",
     "UnlabeledBatch",

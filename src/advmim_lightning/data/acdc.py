@@ -24,6 +24,7 @@ min-max normalised is the identity).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -31,8 +32,14 @@ import h5py
 import numpy as np
 
 from advmim_lightning.data.arguments import check_root
-from advmim_lightning.data.cases import DEFAULT_ACDC_CASE_PATTERN, CaseSplit, first_cases
-from advmim_lightning.data.source import DataSource, EvalSplit, Normalization, TrainingPools
+from advmim_lightning.data.cases import (
+    DEFAULT_ACDC_CASE_PATTERN,
+    CaseGrouper,
+    CaseSplit,
+    first_cases,
+)
+from advmim_lightning.data.settings import SourceSettings
+from advmim_lightning.data.source import DataSource, EvalSplit, TrainingPools
 from advmim_lightning.data.types import Volume
 from advmim_lightning.data.validation import (
     DataValidationError,
@@ -40,6 +47,8 @@ from advmim_lightning.data.validation import (
     check_finite,
     check_label_values,
     check_no_duplicates,
+    check_non_empty,
+    check_num_classes,
     check_same_shape,
 )
 
@@ -114,6 +123,7 @@ def read_h5(
             f"{path}: image has shape {image.shape} ({image.ndim} axes); expected {ndim} axes "
             f"({'H x W slice' if ndim == 2 else 'D x H x W volume'})."
         )
+    check_non_empty(image.shape, str(path))
     check_finite(image, str(path))
     if label is not None:
         check_same_shape(image.shape, label.shape, str(path), str(path))
@@ -155,35 +165,37 @@ class ACDCSource(DataSource):
     the lists define the split (no split file).
 
     Args:
-        root: Dataset root.
-        case_pattern: Case id pattern (see :class:`~advmim_lightning.data.source.DataSource`);
-            None: ``r"^(patient\\d+)"``.
-        normalization: See :class:`~advmim_lightning.data.source.DataSource` (``"minmax"``
-            is ACDC's).
-        window_level: See :class:`~advmim_lightning.data.source.DataSource`.
-        window_width: See :class:`~advmim_lightning.data.source.DataSource`.
+        root: Dataset root (``~`` is expanded).
+        settings: The shared :class:`~advmim_lightning.data.settings.SourceSettings`; ACDC
+            uses ``case_pattern`` (None: ``r"^(patient\\d+)"``), ``normalization``
+            (``"minmax"`` is ACDC's), ``window_level`` and ``window_width``, refuses
+            ``split_file`` (the lists define the split) and ignores the others.
 
     Raises:
-        ValueError: On an empty ``root`` or an invalid shared argument.
+        ValueError: On an empty ``root`` or a ``split_file``.
         DataValidationError: At :meth:`open`, if ``root`` is not a folder.
     """
 
     layout = "acdc"
 
-    def __init__(
-        self,
-        root: str,
-        case_pattern: str | None = None,
-        normalization: Normalization = "minmax",
-        window_level: float = 40.0,
-        window_width: float = 400.0,
-    ) -> None:
+    def __init__(self, root: str, settings: SourceSettings | None = None) -> None:
         self.root = check_root(root, self.layout)
-        if case_pattern is None:
-            case_pattern = DEFAULT_ACDC_CASE_PATTERN
-        super().__init__(case_pattern, normalization, window_level, window_width)
+        settings = SourceSettings() if settings is None else settings
+        if settings.split_file is not None:
+            raise ValueError(
+                f"split_file is not used by the acdc layout (its lists define the split); got "
+                f"split_file={settings.split_file!r}"
+            )
+        super().__init__(settings)
+        if self.settings.case_pattern is None:
+            self.settings = dataclasses.replace(
+                self.settings, case_pattern=DEFAULT_ACDC_CASE_PATTERN
+            )
+            self.grouper = CaseGrouper(DEFAULT_ACDC_CASE_PATTERN)
         self.in_channels = 1
         self._lists: dict[str, list[str]] = {}
+        # the labels read so far: highest value, its file, number of volumes
+        self._labels_read: tuple[int, str, int] = (-1, "", 0)
 
     def open(self) -> None:
         """Checks the root folder; names the classes (ACDC's four, or ``class<i>``)."""
@@ -295,7 +307,41 @@ class ACDCSource(DataSource):
                 pools.labeled_volumes, pools.labeled_slices = volumes, slices
             else:
                 pools.unlabeled_volumes, pools.unlabeled_slices = volumes, slices
+        self._check_classes_present(pools.labeled_volumes)
         return pools
+
+    def _check_classes_present(self, volumes: list[Volume]) -> None:
+        """Refuses a ``num_classes`` above the highest label value read so far, plus one.
+
+        ACDC has no metadata naming its classes, so the labels themselves are the record:
+        with ``num_classes=5`` on ACDC's 4 classes, class 4 would score Dice 1 and HD95 0 on
+        every case. Values at or above ``num_classes`` are refused per file by
+        :func:`~advmim_lightning.data.validation.check_label_values` when read.
+
+        Raises:
+            DataValidationError: Naming the file holding the highest value, the value, and the
+                ``num_classes`` expected.
+        """
+        highest, where, count = self._labels_read
+        for volume in volumes:
+            if volume.label is None or volume.label.size == 0:
+                continue
+            count += 1
+            top = int(volume.label.max())
+            if top > highest:
+                highest, where = top, volume.source
+        self._labels_read = (highest, where, count)
+        if count and highest + 1 < self.num_classes:
+            first, last = highest + 1, self.num_classes - 1
+            absent = f"class {first}" if first == last else f"classes {first} to {last}"
+            check_num_classes(
+                self.num_classes,
+                highest + 1,
+                str(self.path),
+                f"the labels of the {count} volume(s) read hold class values up to {highest} "
+                f"(the highest in {where}), none holds {absent} (it would score Dice 1 and "
+                "HD95 0 on every case)",
+            )
 
     def _assemble(
         self, names: list[str], labeled: bool
@@ -372,4 +418,5 @@ class ACDCSource(DataSource):
                     source=str(path),
                 )
             )
+        self._check_classes_present(volumes)
         return volumes

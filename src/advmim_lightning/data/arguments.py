@@ -7,6 +7,7 @@ given and what is allowed (e.g. ``labeled_batch_size must be an integer >= 1, go
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -56,14 +57,14 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
 
 
 def check_root(root: str | None, layout: str) -> str:
-    """Returns the dataset root of a layout that reads files.
+    """Returns the dataset root of a layout that reads files, ``~`` expanded.
 
     Raises:
         ValueError: If ``root`` is empty or None.
     """
     if not root:
         raise ValueError(f"root is required for layout={layout!r}, got {root!r}")
-    return str(root)
+    return str(Path(root).expanduser())
 
 
 def check_labeled_cases(labeled_cases: int | Sequence[str]) -> int | list[str]:

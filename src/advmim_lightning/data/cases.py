@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
 
 from advmim_lightning.data.validation import (
     DataValidationError,
@@ -35,6 +36,7 @@ __all__ = [
     "CaseGrouper",
     "CaseSplit",
     "SplitFile",
+    "check_case_split",
     "first_cases",
     "fraction_count",
     "read_split_file",
@@ -372,3 +374,23 @@ def resolve_case_split(
     labeled_set = set(labeled)
     unlabeled = [g for g in remaining if g not in labeled_set and g not in test_set]
     return CaseSplit(labeled=labeled, unlabeled=unlabeled, val=val, test=test, source=where)
+
+
+def check_case_split(split: CaseSplit) -> None:
+    """Checks a source's case split: no labeled case is evaluated on.
+
+    Warns (does not refuse) when unlabeled training cases are also val or test cases: their
+    images, not labels, are used for training.
+
+    Raises:
+        DataValidationError: If a labeled case is also in the val or test split.
+    """
+    check_disjoint(split.labeled, split.val, "val", split.source)
+    check_disjoint(split.labeled, split.test, "test", split.source)
+    for name, other in (("val", split.val), ("test", split.test)):
+        overlap = sorted(set(split.unlabeled) & set(other))
+        if overlap:
+            rank_zero_warn(
+                f"{split.source}: unlabeled training case(s) {overlap[:10]} are also in "
+                f"the {name} split; their images (not labels) are used for training."
+            )

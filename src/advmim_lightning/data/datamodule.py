@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
 from typing import Literal
 
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from advmim_lightning.data.arguments import check_choice, check_int, check_labeled_cases
-from advmim_lightning.data.cases import CaseSplit
+from advmim_lightning.data.cases import CaseSplit, check_case_split
 from advmim_lightning.data.datasets import (
     LABELED_STREAM,
     UNLABELED_STREAM,
@@ -21,39 +23,57 @@ from advmim_lightning.data.datasets import (
 )
 from advmim_lightning.data.layouts import LAYOUTS, refuse_source_arguments, source_for_layout
 from advmim_lightning.data.sampling import EvalShardSampler
-from advmim_lightning.data.source import DataSource, EvalSplit, Normalization
-from advmim_lightning.data.training import TrainingStream, check_resume_world_size
-from advmim_lightning.data.transforms import IMAGE_INTERPOLATIONS, SliceAugmenter
-from advmim_lightning.data.validation import (
-    DataValidationError,
-    check_case_split,
-    check_training_pools,
+from advmim_lightning.data.settings import (
+    AugmentationSettings,
+    LoaderSettings,
+    PhantomSettings,
+    SourceSettings,
+    as_settings,
+    expand_path,
 )
+from advmim_lightning.data.source import DataSource, EvalSplit, check_training_pools
+from advmim_lightning.data.training import TrainingStream, check_resume_world_size
+from advmim_lightning.data.transforms import SliceAugmenter
+from advmim_lightning.data.validation import DataValidationError
 from advmim_lightning.run import lightning_private
 
 __all__ = ["LAYOUTS", "AdvMIMDataModule", "check_resume_world_size"]
 
 log = logging.getLogger(__name__)
 
+# The defaults (frozen, so one instance each is safe to share).
+_DEFAULT_SETTINGS = SourceSettings()
+_DEFAULT_PHANTOM = PhantomSettings()
+_DEFAULT_AUGMENTATION = AugmentationSettings()
+_DEFAULT_LOADERS = LoaderSettings()
+
+
+def _plain(value: object) -> object:
+    """A settings dataclass as a dictionary of its fields; anything else unchanged."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
 
 class AdvMIMDataModule(TrainingStream):
     """Paired labeled + unlabeled 2D training batches and whole-volume evaluation items.
 
     **Sources.** The volumes come from a :class:`~advmim_lightning.data.source.DataSource`.
-    The short form names a built-in one with ``layout`` and configures it with the flat
-    arguments below (mapped by :data:`~advmim_lightning.data.layouts.LAYOUT_SOURCES`):
+    The short form names a built-in one with ``layout`` and configures it with ``root``,
+    ``settings`` and ``phantom`` (:data:`~advmim_lightning.data.layouts.LAYOUT_SOURCES`):
     ``"acdc"`` (:class:`~advmim_lightning.data.acdc.ACDCSource`, the SSL4MIS ACDC layout),
     ``"nifti"`` (:class:`~advmim_lightning.data.nifti.NiftiSource`, an MSD / nnU-Net v2
     folder; several image channels supported end to end) or ``"phantom"``
     (:class:`~advmim_lightning.data.phantom_source.PhantomSource`, a built-in procedural ACDC-like
     dataset). ``source=`` takes any source object instead (in YAML: ``class_path`` and
-    ``init_args``); then the layout arguments are refused. ``class_names`` and
-    ``in_channels`` come from the source.
+    ``init_args``); then ``layout``, ``root``, ``settings`` and ``phantom`` are refused.
+    ``class_names`` and ``in_channels`` come from the source.
 
     **Cases and splits.** A case is a patient; every split and leakage check works on cases
-    (``case_pattern``). ACDC: the first ``labeled_cases`` patients of ``train_slices.list``
+    (``settings.case_pattern``). ACDC: the first ``labeled_cases`` patients of ``train_slices.list``
     are labeled (3 -> 68 slices, 7 -> 136 on the real list), the other listed patients are the
-    unlabeled pool. NIfTI/phantom: a seeded case-level split (``split_seed``) or a split file.
+    unlabeled pool. NIfTI/phantom: a seeded case-level split (``settings.split_seed``) or a
+    split file.
     Labels of unlabeled-pool cases are dropped when loading.
 
     **Training batches** (``train_dataloader``) are dicts::
@@ -88,8 +108,16 @@ class AdvMIMDataModule(TrainingStream):
     ``require_unlabeled=False``). The NIfTI file listing is checked when the data module is
     built.
 
+    **Configuration** (see ``docs/data.md``, "How data is configured"): the common case is
+    ``layout`` and ``root`` (``--data.layout acdc --data.root PATH``). Everything about how
+    the source reads its cases lives in one frozen dataclass,
+    :class:`~advmim_lightning.data.settings.SourceSettings` (``settings``), which the sources
+    take too; the phantom's, the augmentation's and the loaders' options are grouped the same
+    way (``--data.settings.normalization zscore``, ``--data.phantom.cases 24``,
+    ``--data.augmentation.rotate_probability 1.0``).
+
     Args:
-        root: Dataset root folder (acdc, nifti).
+        root: Dataset root folder (acdc, nifti); ``~`` is expanded.
         layout: ``"acdc"``, ``"nifti"`` or ``"phantom"`` (the short form).
         num_classes: Number of classes including background (ACDC and phantom: 4).
         labeled_cases: Number of labeled training cases, or their case ids.
@@ -101,47 +129,28 @@ class AdvMIMDataModule(TrainingStream):
         require_unlabeled: Whether an empty unlabeled pool is an error (False for supervised-
             only methods).
         iterations_per_epoch: Iterations per epoch; None for the default above.
-        case_pattern: Regular expression whose first group is the case id of a volume or slice
-            name (``re.match``). None: ``r"^(patient\\d+)"`` for ACDC, the whole case name for
-            NIfTI and phantom.
-        split_file: JSON split file ``{"train": [...], "val": [...], "test": [...],
-            "labeled": [...]}`` (every key optional; nifti, phantom); its ``labeled`` key wins
-            over ``labeled_cases``.
-        split_seed: Seed of the seeded case-level splits (kept apart from ``seed`` so that
-            training seeds share one test set).
-        val_fraction: Fraction of labeled training cases used for validation (nifti, phantom).
-        test_fraction: Fraction of cases used for testing (phantom).
-        slice_axis: Axis of the stored NIfTI array to slice along; None for the axis with the
-            coarsest spacing (per case).
-        normalization: Per-volume intensity normalisation: ``"minmax"`` (ACDC's), ``"zscore"``,
-            ``"ct_window"`` or ``"none"``.
-        window_level: CT window centre for ``"ct_window"``.
-        window_width: CT window width for ``"ct_window"``.
-        augment: Whether to augment training slices (resize only when False).
-        image_interpolation: Image resize: ``"nearest"`` (as SSL4MIS) or ``"bilinear"``.
-        rot_flip_probability: Probability of rot90 + flip.
-        rotate_probability: Probability of a rotation in ``[-20, 20)`` degrees when rot90 + flip
-            is not applied: 0.5 reproduces SSL4MIS's code (rotation a quarter of the time);
-            1.0 rotates whenever rot90 + flip is not applied.
-        phantom_cases: Number of phantom cases.
-        phantom_slices: Slices per phantom case.
-        phantom_size: In-plane size of the phantom.
-        phantom_seed: Seed of the phantom's content.
-        phantom_heart_scale: The phantom heart's size in pixels relative to the default
-            (ACDC-like) proportions, in ``[0.5, 1.6]``; 1.0 is the default phantom.
-        cache_dir: Folder for caches: the generated phantom (``.npz``) and decoded NIfTI
-            volumes (memory-mapped ``.npy``). None keeps everything in memory.
-        pin_memory: Pin training batches; None pins when CUDA is available.
-        persistent_workers: Keep training workers alive between epochs.
-        eval_num_workers: Worker processes for val/test/predict loaders (volumes are held in
-            memory, so 0 is usually fastest).
+        settings: How the layout's source groups, normalises, splits and caches its cases
+            (:class:`~advmim_lightning.data.settings.SourceSettings`: ``case_pattern``,
+            ``normalization``, ``window_level``, ``window_width``, ``split_file``,
+            ``split_seed``, ``val_fraction``, ``test_fraction``, ``slice_axis``,
+            ``cache_dir``).
+        phantom: The phantom of ``layout="phantom"``
+            (:class:`~advmim_lightning.data.settings.PhantomSettings`: ``cases``, ``slices``,
+            ``size``, ``seed``, ``heart_scale``).
+        augmentation: Training augmentation
+            (:class:`~advmim_lightning.data.settings.AugmentationSettings`: ``enabled``,
+            ``image_interpolation``, ``rot_flip_probability``, ``rotate_probability``).
+        loaders: Data-loader options (:class:`~advmim_lightning.data.settings.LoaderSettings`:
+            ``eval_num_workers``, ``pin_memory``, ``persistent_workers``).
         source: A data source of your own (a
-            :class:`~advmim_lightning.data.source.DataSource`), instead of ``layout``, ``root``
-            and the other layout arguments; None: the source of ``layout``.
+            :class:`~advmim_lightning.data.source.DataSource`), instead of ``layout``,
+            ``root``, ``settings`` and ``phantom``; None: the source of ``layout``.
 
     Raises:
         ValueError: On arguments out of range (message says what was given and what is
             allowed), or layout arguments given together with ``source``.
+        TypeError: On a settings argument that is neither its dataclass nor a mapping of its
+            fields, or a ``source`` that is not a ``DataSource``.
         DataValidationError: When the dataset root or its ``dataset.json`` is invalid, or the
             NIfTI files do not match ``dataset.json`` (e.g. a missing ``_0001`` channel file).
     """
@@ -159,28 +168,10 @@ class AdvMIMDataModule(TrainingStream):
         seed: int = 0,
         require_unlabeled: bool = True,
         iterations_per_epoch: int | None = None,
-        case_pattern: str | None = None,
-        split_file: str | None = None,
-        split_seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        slice_axis: int | None = None,
-        normalization: Normalization = "minmax",
-        window_level: float = 40.0,
-        window_width: float = 400.0,
-        augment: bool = True,
-        image_interpolation: Literal["nearest", "bilinear"] = "nearest",
-        rot_flip_probability: float = 0.5,
-        rotate_probability: float = 0.5,
-        phantom_cases: int = 40,
-        phantom_slices: int = 8,
-        phantom_size: int = 128,
-        phantom_seed: int = 0,
-        phantom_heart_scale: float = 1.0,
-        cache_dir: str | None = None,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = True,
-        eval_num_workers: int = 0,
+        settings: SourceSettings = _DEFAULT_SETTINGS,
+        phantom: PhantomSettings = _DEFAULT_PHANTOM,
+        augmentation: AugmentationSettings = _DEFAULT_AUGMENTATION,
+        loaders: LoaderSettings = _DEFAULT_LOADERS,
         source: DataSource | None = None,
     ) -> None:
         flat = dict(locals())
@@ -194,32 +185,38 @@ class AdvMIMDataModule(TrainingStream):
         image_size = tuple(image_size)  # type: ignore[assignment]
         if len(image_size) != 2 or not all(isinstance(s, int) and s >= 1 for s in image_size):
             raise ValueError(f"image_size must be two integers >= 1, got {image_size!r}")
-        for name, value in (("num_workers", num_workers), ("eval_num_workers", eval_num_workers)):
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        check_int("num_workers", num_workers, 0)
         if iterations_per_epoch is not None and iterations_per_epoch < 1:
             raise ValueError(
                 f"iterations_per_epoch must be >= 1 or None, got {iterations_per_epoch}"
             )
-        check_choice("image_interpolation", image_interpolation, IMAGE_INTERPOLATIONS)
+        settings = as_settings("settings", settings, SourceSettings)
+        phantom = as_settings("phantom", phantom, PhantomSettings)
+        augmentation = as_settings("augmentation", augmentation, AugmentationSettings)
+        loaders = as_settings("loaders", loaders, LoaderSettings)
+        flat.update(settings=settings, phantom=phantom)
+        root = expand_path(root)
         self.augmenter = SliceAugmenter(
             image_size,
-            image_interpolation=image_interpolation,
-            augment=augment,
-            rot_flip_probability=rot_flip_probability,
-            rotate_probability=rotate_probability,
+            image_interpolation=augmentation.image_interpolation,
+            augment=augmentation.enabled,
+            rot_flip_probability=augmentation.rot_flip_probability,
+            rotate_probability=augmentation.rotate_probability,
         )
-        self.source = self._make_source(source, flat)
+        self.source = self._make_source(source, flat, root)
         self.source.bind(num_classes, labeled_cases)
-        if source is None:  # the hyper-parameter keeps the pattern in use (ACDC's default)
-            case_pattern = self.source.case_pattern
+        if source is None:  # the hyper-parameter keeps the settings in use (ACDC's pattern)
+            settings = self.source.settings
         self.save_hyperparameters(ignore="source")
+        for key, value in list(self.hparams.items()):  # plain values: weights_only loading
+            self.hparams[key] = _plain(value)
         # Plain lists in hparams.yaml (a tuple is written with a Python tag that
         # yaml.safe_load refuses), equal to AdvMIMModule's when Lightning merges both.
         self.hparams["image_size"] = list(image_size)
         lightning_private.set_hparams_initial(self, dict(self.hparams))
 
         self.root = root
+        self.cache_dir = getattr(self.source, "settings", settings).cache_dir
         self.layout = layout if source is None else type(source).__name__
         self.num_classes = num_classes
         self.labeled_cases = labeled_cases
@@ -230,9 +227,9 @@ class AdvMIMDataModule(TrainingStream):
         self.seed = seed
         self.require_unlabeled = require_unlabeled
         self.iterations_per_epoch = iterations_per_epoch
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
-        self.eval_num_workers = eval_num_workers
+        self.pin_memory = loaders.pin_memory
+        self.persistent_workers = loaders.persistent_workers
+        self.eval_num_workers = loaders.eval_num_workers
         self.class_names: list[str] = list(self.source.class_names)
         self.in_channels: int = int(self.source.in_channels)
 
@@ -243,9 +240,14 @@ class AdvMIMDataModule(TrainingStream):
         self.test_dataset: VolumeDataset | None = None
         self.predict_dataset: VolumeDataset | None = None
 
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """The initial hyper-parameters (what loggers record), the settings as dictionaries."""
+        return AttributeDict({k: _plain(v) for k, v in super().hparams_initial.items()})
+
     # --------------------------------------------------------------------------- sources
     @classmethod
-    def _make_source(cls, source: DataSource | None, flat: dict) -> DataSource:
+    def _make_source(cls, source: DataSource | None, flat: dict, root: str | None) -> DataSource:
         """The layout's source (the short form), or ``source`` when no layout argument clashes.
 
         Raises:
@@ -254,7 +256,7 @@ class AdvMIMDataModule(TrainingStream):
                 together with ``source``.
         """
         if source is None:
-            return source_for_layout(flat["layout"], flat)
+            return source_for_layout(flat["layout"], root, flat["settings"], flat["phantom"])
         if not isinstance(source, DataSource):
             raise TypeError(
                 f"source must be a DataSource (advmim_lightning.data.source.DataSource), got "

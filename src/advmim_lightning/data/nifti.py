@@ -39,20 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from advmim_lightning.data.arguments import check_fraction, check_root
+from advmim_lightning.data.arguments import check_root
+from advmim_lightning.data.cache_files import describe, find_damage, warn_rebuilt
 from advmim_lightning.data.cases import CaseSplit, read_split_file, resolve_case_split
 from advmim_lightning.data.nifti_files import (
     coarsest_axis,
     read_dataset_json,
     read_nifti,
 )
-from advmim_lightning.data.source import (
-    DataSource,
-    EvalSplit,
-    Normalization,
-    TrainingPools,
-    pools_from_volumes,
-)
+from advmim_lightning.data.settings import SourceSettings
+from advmim_lightning.data.source import DataSource, EvalSplit, TrainingPools, pools_from_volumes
 from advmim_lightning.data.types import Volume
 from advmim_lightning.data.validation import (
     DataValidationError,
@@ -64,56 +60,35 @@ from advmim_lightning.data.validation import (
 __all__ = ["NiftiSource", "read_dataset_json", "read_nifti"]
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-_CACHE_VERSION = 2  # 2: entries are written only after the geometry checks
+# 2: entries are written only after the geometry checks; 3: the entry's .json lists the size
+# and checksum of its .npy files (checked before use, a damaged entry is rebuilt)
+_CACHE_VERSION = 3
 
 
 class NiftiSource(DataSource):
     """Reads the MSD / nnU-Net v2 layout (see the module docstring): ``layout="nifti"``.
 
     Args:
-        root: Dataset root.
-        slice_axis: Axis of the stored array to slice along; None for the axis with the
-            coarsest spacing (per case).
-        cache_dir: Folder for decoded volumes (memory-mapped ``.npy``); None keeps them in
-            memory.
-        split_file: JSON split file (see :mod:`~advmim_lightning.data.cases`); its
-            ``labeled`` key wins over ``labeled_cases``. None: a seeded split.
-        split_seed: Seed of the seeded case-level split.
-        val_fraction: Fraction of the labeled training cases used for validation.
-        case_pattern: See :class:`~advmim_lightning.data.source.DataSource` (None: the whole
-            case name).
-        normalization: See :class:`~advmim_lightning.data.source.DataSource`.
-        window_level: See :class:`~advmim_lightning.data.source.DataSource`.
-        window_width: See :class:`~advmim_lightning.data.source.DataSource`.
+        root: Dataset root (``~`` is expanded).
+        settings: The shared :class:`~advmim_lightning.data.settings.SourceSettings`; NIfTI
+            uses every field but ``test_fraction`` (``imagesTs`` is the test set):
+            ``slice_axis`` (None: per case, the axis with the coarsest spacing),
+            ``cache_dir`` (decoded volumes as memory-mapped ``.npy``, checked against their
+            manifest when read; None keeps them in memory), ``split_file``, ``split_seed``,
+            ``val_fraction`` (of the labeled training cases), ``case_pattern`` (None: the
+            whole case name) and the normalisation.
 
     Raises:
-        ValueError: On arguments out of range.
+        ValueError: On an empty ``root``.
         DataValidationError: At :meth:`open`, if ``root`` is not a folder, ``dataset.json`` is
             invalid or the files do not match it (names, channel files, labels without images).
     """
 
     layout = "nifti"
 
-    def __init__(
-        self,
-        root: str,
-        slice_axis: int | None = None,
-        cache_dir: str | None = None,
-        split_file: str | None = None,
-        split_seed: int = 0,
-        val_fraction: float = 0.1,
-        case_pattern: str | None = None,
-        normalization: Normalization = "minmax",
-        window_level: float = 40.0,
-        window_width: float = 400.0,
-    ) -> None:
+    def __init__(self, root: str, settings: SourceSettings | None = None) -> None:
         self.root = check_root(root, self.layout)
-        check_fraction("val_fraction", val_fraction)
-        if slice_axis is not None and slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1, 2 or None, got {slice_axis!r}")
-        super().__init__(case_pattern, normalization, window_level, window_width)
-        self.slice_axis, self.cache_dir = slice_axis, cache_dir
-        self.split_file, self.split_seed, self.val_fraction = split_file, split_seed, val_fraction
+        super().__init__(settings)
         self._scan: dict[str, dict[str, tuple[list[Path], Path | None]]] | None = None
 
     def open(self) -> None:
@@ -132,7 +107,7 @@ class NiftiSource(DataSource):
 
     def missing_cases_hint(self, which: EvalSplit) -> str:
         if which == "val":
-            return f"val_fraction={self.val_fraction}"
+            return f"val_fraction={self.settings.val_fraction}"
         return "imagesTs/ images (with labelsTs/ for testing) or a 'test' list in the split file"
 
     # ----------------------------------------------------------------------------- listing
@@ -232,17 +207,18 @@ class NiftiSource(DataSource):
         capable = {
             g for g, cases in train_groups.items() if any(scan["train"][c][1] for c in cases)
         }
-        split_file = read_split_file(self.split_file) if self.split_file else None
+        settings = self.settings
+        split_file = read_split_file(settings.split_file) if settings.split_file else None
         return resolve_case_split(
             list(train_groups),
             capable,
             labeled_cases=self.labeled_cases,
             split=split_file,
-            split_seed=self.split_seed,
-            val_fraction=self.val_fraction,
+            split_seed=settings.split_seed,
+            val_fraction=settings.val_fraction,
             test_fraction=0.0,
             fixed_test=list(test_groups),
-            source=self.split_file or str(self.path),
+            source=settings.split_file or str(self.path),
         )
 
     def _cases_of(self, groups: list[str]) -> list[tuple[str, list[Path], Path | None]]:
@@ -263,7 +239,9 @@ class NiftiSource(DataSource):
         """Reads, checks, slices and normalises one case (through the cache when configured)."""
         cache = self._cache_paths(case, files, label_file if read_label else None)
         if cache is not None and cache[2].is_file():
-            return self._read_cache(cache, case, files)
+            cached = self._read_checked_cache(cache, case, files)
+            if cached is not None:
+                return cached
         arrays, spacing, affine = [], None, None
         for f in files:
             data, file_spacing, file_affine = read_nifti(f)
@@ -292,7 +270,8 @@ class NiftiSource(DataSource):
             )
             check_label_values(label, self.num_classes, str(label_file))
             label = np.asarray(label).astype(self.label_dtype)
-        axis = coarsest_axis(spacing) if self.slice_axis is None else self.slice_axis
+        slice_axis = self.settings.slice_axis
+        axis = coarsest_axis(spacing) if slice_axis is None else slice_axis
         image = np.ascontiguousarray(np.moveaxis(np.stack(arrays), axis + 1, 1))
         image = self.normalize(image)
         if label is not None:
@@ -315,9 +294,36 @@ class NiftiSource(DataSource):
             return self._read_cache(cache, case, files)
         return volume
 
-    def _read_cache(self, paths: tuple[Path, Path, Path], case: str, files: list[Path]) -> Volume:
+    def _read_checked_cache(
+        self, paths: tuple[Path, Path, Path], case: str, files: list[Path]
+    ) -> Volume | None:
+        """The cached volume after checking its files against the entry's manifest (sizes and
+        checksums); None, with a :class:`~advmim_lightning.data.cache_files.CacheRebuiltWarning`
+        naming the damaged file, when the entry must be rebuilt."""
+        try:
+            meta = json.loads(paths[2].read_text())
+            damage = find_damage(paths[2].parent, meta.get("files"))
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+            damage = (paths[2], f"its manifest is unreadable ({type(err).__name__}: {err})")
+        if damage is None:
+            try:
+                return self._read_cache(paths, case, files, meta)
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                damage = (paths[0], f"it is unreadable ({type(err).__name__}: {err})")
+        # rebuilt in place (each file replaced atomically), never deleted: another rank may be
+        # reading the entry it has just rebuilt
+        warn_rebuilt(damage[0], damage[1], ", ".join(str(f) for f in files))
+        return None
+
+    def _read_cache(
+        self,
+        paths: tuple[Path, Path, Path],
+        case: str,
+        files: list[Path],
+        meta: dict | None = None,
+    ) -> Volume:
         """The cached volume, its arrays memory-mapped read-only (slices are read on use)."""
-        meta = json.loads(paths[2].read_text())
+        meta = json.loads(paths[2].read_text()) if meta is None else meta
         return Volume(
             case_id=case,
             group_id=self.grouper(case),
@@ -333,15 +339,16 @@ class NiftiSource(DataSource):
     def _cache_paths(
         self, case: str, files: list[Path], label_file: Path | None
     ) -> tuple[Path, Path, Path] | None:
-        if self.cache_dir is None:
+        settings = self.settings
+        if settings.cache_dir is None:
             return None
-        parts = [str(_CACHE_VERSION), self.normalization, str(self.window_level)]
-        parts += [str(self.window_width), str(self.num_classes), str(self.slice_axis)]
+        parts = [str(_CACHE_VERSION), settings.normalization, str(settings.window_level)]
+        parts += [str(settings.window_width), str(self.num_classes), str(settings.slice_axis)]
         for f in [*files, *([label_file] if label_file else [])]:
             stat = f.stat()
             parts += [str(f.resolve()), str(stat.st_mtime_ns), str(stat.st_size)]
         key = hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
-        folder = Path(self.cache_dir) / "nifti"
+        folder = Path(settings.cache_dir) / "nifti"
         return (
             folder / f"{case}_{key}_image.npy",
             folder / f"{case}_{key}_label.npy",
@@ -356,12 +363,15 @@ class NiftiSource(DataSource):
         arrays = [(paths[0], volume.image)]
         if volume.label is not None:
             arrays.append((paths[1], volume.label))
+        written = {}
         for path, array in arrays:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             with tmp.open("wb") as f:
                 np.save(f, array)
+            written[path.name] = describe([tmp])[tmp.name]  # checksum of what was written
             tmp.replace(path)
         meta = {
+            "files": written,
             "has_label": volume.label is not None,
             "spacing": list(volume.spacing),
             "affine": np.asarray(volume.affine).tolist(),

@@ -12,6 +12,8 @@ import numpy as np
 from advmim_lightning.data.validation import (
     DataValidationError,
     check_file_exists,
+    check_non_empty,
+    check_num_classes,
 )
 
 __all__ = ["coarsest_axis", "read_dataset_json", "read_nifti"]
@@ -66,11 +68,8 @@ def read_dataset_json(root: Path, num_classes: int) -> tuple[list[str], list[str
             f"{path}: label values {sorted(by_value)}; expected 0 .. {len(by_value) - 1} "
             "without gaps."
         )
-    if len(by_value) != num_classes:
-        raise DataValidationError(
-            f"{path}: {len(by_value)} labels {[by_value[i] for i in sorted(by_value)]}, but "
-            f"num_classes={num_classes}; expected num_classes={len(by_value)}."
-        )
+    names = [by_value[i] for i in sorted(by_value)]
+    check_num_classes(num_classes, len(by_value), str(path), f"{len(by_value)} labels {names}")
     channels = meta.get("channel_names", meta.get("modality"))
     if not isinstance(channels, dict) or not channels:
         raise DataValidationError(
@@ -102,16 +101,20 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
         singleton axes are dropped), the spacing of its three axes in mm, the 4 x 4 affine.
 
     Raises:
-        DataValidationError: Missing or unreadable file, or more than three non-singleton axes.
+        DataValidationError: Missing or unreadable file, zero size along an axis, or more than
+            three non-singleton axes.
     """
     check_file_exists(path, "NIfTI")
     try:
         img = nib.load(str(path))
+        shape = tuple(img.shape)
         data = np.asanyarray(img.dataobj)
         zooms = tuple(float(z) for z in img.header.get_zooms())
         affine = np.asarray(img.affine, dtype=np.float64)
     except _READ_ERRORS as err:
         raise DataValidationError(f"Unreadable NIfTI file {path}: {err}; expected NIfTI.") from err
+    # the header's shape: nibabel reads an empty array as shape (0,) whatever the header says
+    check_non_empty(shape, str(path), "volume")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:

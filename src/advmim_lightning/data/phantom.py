@@ -24,14 +24,16 @@ The original array of a case is ``H x W x D`` (like a NIfTI short-axis stack); i
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from advmim_lightning.data.cache_files import describe, find_damage, warn_rebuilt
 from advmim_lightning.method.randomness import sample_seed
 
 __all__ = [
@@ -266,7 +268,7 @@ def generate_phantom_case(
 def check_heart_scale(heart_scale: float) -> None:
     """Refuses a ``heart_scale`` outside ``[0.5, 1.6]`` (beyond 1.6 the heart leaves the image)."""
     if isinstance(heart_scale, bool) or not 0.5 <= heart_scale <= 1.6:
-        raise ValueError(f"phantom_heart_scale must be in [0.5, 1.6], got {heart_scale!r}")
+        raise ValueError(f"phantom.heart_scale must be in [0.5, 1.6], got {heart_scale!r}")
 
 
 def _cache_path(
@@ -312,19 +314,10 @@ def generate_phantom(
     path = None
     if cache_dir is not None:
         path = _cache_path(Path(cache_dir), num_cases, num_slices, size, seed, heart_scale)
-        if path.is_file():
-            with np.load(path) as data:
-                ids = phantom_case_ids(num_cases)
-                return [
-                    PhantomCase(
-                        case_id=ids[i],
-                        image=data["images"][i],
-                        label=data["labels"][i],
-                        spacing=tuple(float(s) for s in data["spacings"][i]),  # type: ignore[arg-type]
-                        affine=np.diag([*data["spacings"][i], 1.0]),
-                    )
-                    for i in range(num_cases)
-                ]
+        if path.is_file() or _manifest_path(path).is_file():
+            cached = _read_checked_cache(path, num_cases)
+            if cached is not None:
+                return cached
     cases = [
         generate_phantom_case(i, num_slices, size, seed, heart_scale) for i in range(num_cases)
     ]
@@ -337,15 +330,46 @@ def generate_phantom(
             labels=np.stack([c.label for c in cases]),
             spacings=np.array([c.spacing for c in cases], dtype=np.float64),
         )
+        manifest = {"files": {path.name: describe([tmp])[tmp.name]}}
         tmp.replace(path)
+        tmp_manifest = path.with_suffix(".tmp.json")
+        tmp_manifest.write_text(json.dumps(manifest))
+        tmp_manifest.replace(_manifest_path(path))  # written last: marks the cache complete
     return cases
 
 
-def __getattr__(name: str) -> Any:
-    # ``advmim_lightning.data.phantom.PhantomSource`` still imports; the source lives in
-    # :mod:`~advmim_lightning.data.phantom_source`, which imports this module.
-    if name == "PhantomSource":
-        from advmim_lightning.data.phantom_source import PhantomSource
+def _manifest_path(path: Path) -> Path:
+    """The manifest (size and checksum) written next to a phantom cache file."""
+    return path.with_name(f"{path.name}.json")
 
-        return PhantomSource
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def _read_checked_cache(path: Path, num_cases: int) -> list[PhantomCase] | None:
+    """The cached cases after checking the file against its manifest; None, with a
+    :class:`~advmim_lightning.data.cache_files.CacheRebuiltWarning` naming the file, when it
+    is damaged (truncated, deleted, zeroed, or written without a manifest)."""
+    manifest = _manifest_path(path)
+    try:
+        files = json.loads(manifest.read_text()).get("files")
+        damage = find_damage(path.parent, files)
+    except FileNotFoundError:
+        damage = (path, f"it has no manifest {manifest.name} (written before manifests, or cut)")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        damage = (manifest, f"its manifest is unreadable ({type(err).__name__}: {err})")
+    if damage is None:
+        try:
+            with np.load(path) as data:
+                ids = phantom_case_ids(num_cases)
+                return [
+                    PhantomCase(
+                        case_id=ids[i],
+                        image=data["images"][i],
+                        label=data["labels"][i],
+                        spacing=tuple(float(s) for s in data["spacings"][i]),  # type: ignore[arg-type]
+                        affine=np.diag([*data["spacings"][i], 1.0]),
+                    )
+                    for i in range(num_cases)
+                ]
+        except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as err:
+            damage = (path, f"it is unreadable ({type(err).__name__}: {err})")
+    warn_rebuilt(damage[0], damage[1], "the phantom generator")
+    return None

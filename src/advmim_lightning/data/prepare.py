@@ -5,9 +5,10 @@ Input: the ACDC ``training`` folder (or a folder containing it) with
 (whose ``ED``/``ES`` entries name the two annotated frames; without it every
 ``patientNNN_frameFF.nii.gz`` with a ``_gt`` file is used).
 
-Output (as SSL4MIS's ``acdc_data_processing.py`` writes it, plus geometry)::
+Output (as SSL4MIS's ``acdc_data_processing.py`` writes it, plus geometry and a manifest)::
 
     output/
+      advmim_prepare.json   # the manifest: this folder was made by advmim prepare
       train_slices.list, val.list, test.list
       data/slices/patientNNN_frameFF_slice_K.h5   # training patients
       data/patientNNN_frameFF.h5                  # validation and test patients
@@ -20,6 +21,10 @@ world), which the ``acdc`` layout reads so that distances are in millimetres.
 The split is by patient: seeded 70 / 10 / 20 % (train / val / test) by default, or given as a
 JSON file ``{"train": [...], "val": [...], "test": [...]}`` of patient ids.
 
+``--overwrite`` replaces only a folder that an earlier prepare made (one holding the manifest
+``advmim_prepare.json``), or an empty one: a folder of a user's own files is refused, naming
+one of them. A leading ``~`` in ``--input``, ``--output`` and ``--split-file`` is expanded.
+
 Usage::
 
     python -m advmim_lightning.data.prepare --input ACDC/database --output data/ACDC
@@ -28,6 +33,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import shutil
 import sys
@@ -41,6 +48,7 @@ import numpy as np
 
 from advmim_lightning.data.cases import fraction_count, read_split_file, seeded_order
 from advmim_lightning.data.nifti import read_nifti
+from advmim_lightning.data.settings import expand_path
 from advmim_lightning.data.validation import (
     DataValidationError,
     check_finite,
@@ -49,11 +57,22 @@ from advmim_lightning.data.validation import (
 )
 from advmim_lightning.run.folders import ensure_writable_folder
 
-__all__ = ["PrepareSummary", "check_output_apart", "find_acdc_volumes", "main", "prepare_acdc"]
+__all__ = [
+    "MANIFEST_NAME",
+    "PrepareSummary",
+    "check_output_apart",
+    "check_output_replaceable",
+    "find_acdc_volumes",
+    "main",
+    "prepare_acdc",
+]
 
 _PATIENT = re.compile(r"^patient\d+$")
 _FRAME = re.compile(r"^(?P<patient>patient\d+)_frame(?P<frame>\d+)\.nii(\.gz)?$")
 ACDC_NUM_CLASSES = 4
+#: The manifest every prepared folder holds; ``--overwrite`` replaces only such a folder.
+MANIFEST_NAME = "advmim_prepare.json"
+_MADE_BY = "advmim prepare"
 
 
 @dataclass
@@ -207,6 +226,58 @@ def check_output_apart(output: str | Path, inputs: Sequence[tuple[str, str | Pat
         )
 
 
+def _first_file(folder: Path) -> Path | None:
+    """A file inside ``folder`` (sorted walk, the first found), or None when it holds none."""
+    for parent, dirs, files in os.walk(folder):
+        dirs.sort()
+        if files:
+            return Path(parent) / sorted(files)[0]
+    return None
+
+
+def _is_prepared(folder: Path) -> bool:
+    """Whether ``folder`` holds the manifest an earlier prepare wrote."""
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("made_by") == _MADE_BY
+
+
+def check_output_replaceable(output: str | Path) -> None:
+    """Refuses to replace an existing output that no earlier prepare made.
+
+    ``--overwrite`` deletes the output folder before moving the new one into place, so it may
+    only hit a folder this command wrote (it holds :data:`MANIFEST_NAME`) or an empty one.
+
+    Args:
+        output: The existing output path.
+
+    Raises:
+        DataValidationError: Naming the output and a file found in it (or saying it is a
+            file), when it is neither.
+    """
+    out = Path(output)
+    if not out.is_dir() or out.is_symlink():
+        raise DataValidationError(
+            f"Output {out} exists and is not a folder an earlier advmim prepare made (it is a "
+            f"{'link' if out.is_symlink() else 'file'}); --overwrite replaces only such a "
+            "folder. Nothing was deleted: choose another --output."
+        )
+    if _is_prepared(out):
+        return
+    found = _first_file(out)
+    if found is None and not any(out.iterdir()):
+        return  # an empty folder: nothing to lose
+    shown = f"e.g. {found}" if found is not None else f"e.g. {sorted(out.iterdir())[0]}"
+    raise DataValidationError(
+        f"Output folder {out} was not made by advmim prepare (no {MANIFEST_NAME} in it) and "
+        f"holds files ({shown}); --overwrite replaces only a folder an earlier prepare "
+        "wrote. Nothing was deleted: move those files away or choose another --output (a "
+        "folder made by a prepare older than the manifest: delete it yourself)."
+    )
+
+
 def _with_resolved(path: Path) -> str:
     resolved = path.resolve()
     return str(path) if resolved == path else f"{path} (= {resolved})"
@@ -272,20 +343,22 @@ def prepare_acdc(
 
     Args:
         input_dir: Raw ACDC ``training`` folder (or its parent).
-        output_dir: Output folder; must not exist unless ``overwrite``.
+        output_dir: Output folder; must not exist unless ``overwrite`` (``~`` is expanded).
         seed: Seed of the patient split.
         val_fraction: Fraction of patients for validation (of those left after the test set).
         test_fraction: Fraction of patients for testing.
         split_file: JSON split by patient id (overrides the seeded split).
-        overwrite: Replace an existing output folder.
+        overwrite: Replace an existing output folder that an earlier prepare made (it holds
+            :data:`MANIFEST_NAME`) or an empty one.
 
     Returns:
         A :class:`PrepareSummary`.
 
     Raises:
         DataValidationError: On missing/unreadable files, an image/label shape or geometry
-            mismatch, labels outside ``[0, 4)``, non-finite voxels, or an existing output
-            without ``overwrite``.
+            mismatch, labels outside ``[0, 4)``, non-finite voxels, an existing output
+            without ``overwrite``, or (with ``overwrite``) an existing output that no prepare
+            made (see :func:`check_output_replaceable`).
         ValueError: On fractions outside ``[0, 1)``, or an output folder that is an input,
             lies inside one or contains one (see :func:`check_output_apart`).
         OSError: Naming the folder, when the output's folder cannot be created or written.
@@ -293,7 +366,8 @@ def prepare_acdc(
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
-    output = Path(output_dir)
+    input_dir, split_file = expand_path(input_dir), expand_path(split_file)
+    output = Path(expand_path(output_dir))  # type: ignore[arg-type]
     named = [("input folder", input_dir), *([("split file", split_file)] if split_file else [])]
     check_output_apart(output, named)
     volumes = find_acdc_volumes(input_dir)
@@ -308,6 +382,8 @@ def prepare_acdc(
             f"Output folder {output} already exists; expected a new folder (or pass "
             "overwrite=True / --overwrite)."
         )
+    if output.exists() or output.is_symlink():
+        check_output_replaceable(output)
     train, val, test = _split_patients(
         sorted(volumes), seed, val_fraction, test_fraction, split_file
     )
@@ -358,6 +434,18 @@ def prepare_acdc(
                     summary.num_volumes += 1
         for split, names in lists.items():
             (tmp / f"{split}.list").write_text("".join(f"{n}\n" for n in names))
+        manifest = {
+            "made_by": _MADE_BY,
+            "input": str(Path(input_dir).resolve()),
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "split_file": str(split_file) if split_file else None,
+            "patients": {"train": train, "val": val, "test": test},
+            "num_slices": summary.num_slices,
+            "num_volumes": summary.num_volumes,
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if output.exists():
             shutil.rmtree(output)
         tmp.replace(output)
@@ -387,7 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--split-file", default=None, help='JSON {"train": [...], "val": [...], "test": [...]}'
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an existing output that an earlier prepare made (it holds {MANIFEST_NAME})",
+    )
     return parser
 
 

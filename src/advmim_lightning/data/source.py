@@ -7,20 +7,28 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
 
-from advmim_lightning.data.arguments import check_choice
 from advmim_lightning.data.cases import CaseGrouper, CaseSplit
-from advmim_lightning.data.transforms import NORMALIZATIONS, normalize_volume
+from advmim_lightning.data.settings import Normalization, SourceSettings
+from advmim_lightning.data.transforms import normalize_volume
 from advmim_lightning.data.types import Volume
 from advmim_lightning.data.validation import DataValidationError
 
-__all__ = ["DataSource", "EvalSplit", "Normalization", "TrainingPools", "pools_from_volumes"]
+__all__ = [
+    "DataSource",
+    "EvalSplit",
+    "Normalization",
+    "SourceSettings",
+    "TrainingPools",
+    "check_training_pools",
+    "pools_from_volumes",
+]
 
 EvalSplit = Literal["val", "test", "predict"]
-Normalization = Literal["minmax", "zscore", "ct_window", "none"]
 
 
 @dataclass
@@ -84,17 +92,19 @@ class DataSource(ABC):
             (after :meth:`bind`).
         grouper: Maps volume and slice names to case ids (``case_pattern``).
 
+        settings: The :class:`~advmim_lightning.data.settings.SourceSettings` in use (the
+            fields a source does not use are ignored).
+
     Args:
-        case_pattern: Regular expression whose first group is the case id of a name
-            (``re.match``); None: every name is its own case.
-        normalization: Per-volume intensity normalisation used by :meth:`normalize`:
-            ``"minmax"``, ``"zscore"``, ``"ct_window"`` or ``"none"``.
-        window_level: CT window centre for ``"ct_window"``.
-        window_width: CT window width for ``"ct_window"``.
+        settings: The shared settings (case pattern, normalisation, split, cache); None: the
+            defaults.
+        **changes: Fields of :class:`~advmim_lightning.data.settings.SourceSettings` to
+            change (``super().__init__(normalization="zscore")``).
 
     Raises:
-        ValueError: On an invalid ``case_pattern``, an unknown ``normalization`` or
-            ``window_width <= 0``.
+        ValueError: From :class:`~advmim_lightning.data.settings.SourceSettings` (an invalid
+            ``case_pattern``, an unknown ``normalization``, ``window_width <= 0``, ...).
+        TypeError: On a keyword that is not a field of ``SourceSettings``.
     """
 
     class_names: list[str]
@@ -103,21 +113,31 @@ class DataSource(ABC):
     num_classes: int
     labeled_cases: int | tuple[str, ...]
 
-    def __init__(
-        self,
-        case_pattern: str | None = None,
-        normalization: Normalization = "minmax",
-        window_level: float = 40.0,
-        window_width: float = 400.0,
-    ) -> None:
-        check_choice("normalization", normalization, NORMALIZATIONS)
-        if window_width <= 0:
-            raise ValueError(f"window_width must be > 0, got {window_width}")
-        self.grouper = CaseGrouper(case_pattern)  # raises ValueError on an invalid pattern
-        self.case_pattern = case_pattern
-        self.normalization = normalization
-        self.window_level = window_level
-        self.window_width = window_width
+    def __init__(self, settings: SourceSettings | None = None, **changes: Any) -> None:
+        settings = SourceSettings() if settings is None else settings
+        if not isinstance(settings, SourceSettings):
+            raise TypeError(
+                f"settings must be a SourceSettings (advmim_lightning.data.settings), got "
+                f"{type(settings).__name__}"
+            )
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(SourceSettings)})
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: unknown setting(s) {unknown}; expected fields of "
+                f"SourceSettings {[f.name for f in dataclasses.fields(SourceSettings)]}"
+            )
+        self.settings = dataclasses.replace(settings, **changes) if changes else settings
+        self.grouper = CaseGrouper(self.settings.case_pattern)
+
+    @property
+    def case_pattern(self) -> str | None:
+        """The case id pattern in use (``settings.case_pattern``)."""
+        return self.settings.case_pattern
+
+    @property
+    def normalization(self) -> Normalization:
+        """The intensity normalisation (``settings.normalization``)."""
+        return self.settings.normalization
 
     def bind(self, num_classes: int, labeled_cases: int | Sequence[str]) -> None:
         """Receives the data module's shared settings, opens the source and checks it.
@@ -170,7 +190,10 @@ class DataSource(ABC):
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """Normalises a ``C x ...`` volume with this source's ``normalization``."""
-        return normalize_volume(image, self.normalization, self.window_level, self.window_width)
+        settings = self.settings
+        return normalize_volume(
+            image, settings.normalization, settings.window_level, settings.window_width
+        )
 
     @property
     def label_dtype(self) -> type:
@@ -215,3 +238,52 @@ class DataSource(ABC):
             One :class:`~advmim_lightning.data.types.Volume` per volume, image normalised
             (``C x D x H x W`` float32), label ``D x H x W`` (or None).
         """
+
+
+def check_training_pools(
+    pools: TrainingPools,
+    split: CaseSplit,
+    *,
+    labeled_cases: int | Sequence[str],
+    require_unlabeled: bool,
+    batch_sizes: tuple[int, int],
+) -> None:
+    """Checks the training pools a source loaded against the data module's settings.
+
+    Warns when a pool has fewer slices than its batch size (batches then repeat slices).
+
+    Args:
+        pools: The labeled and unlabeled pools.
+        split: The case split they were loaded for (``split.source`` names them).
+        labeled_cases: The data module's ``labeled_cases``, for the message.
+        require_unlabeled: Whether an empty unlabeled pool is an error.
+        batch_sizes: ``(labeled_batch_size, unlabeled_batch_size)``.
+
+    Raises:
+        DataValidationError: If the labeled pool is empty, or the unlabeled pool is empty while
+            ``require_unlabeled``.
+    """
+    where = split.source
+    if not pools.labeled_slices:
+        raise DataValidationError(
+            f"{where}: the labeled pool is empty (labeled cases {split.labeled[:10]}); "
+            "expected at least one labeled slice."
+        )
+    if not pools.unlabeled_slices and require_unlabeled:
+        raise DataValidationError(
+            f"{where}: the unlabeled pool is empty: all {len(split.labeled)} training "
+            f"case(s) are labeled (labeled_cases={labeled_cases!r}); expected at least "
+            "one unlabeled case for a semi-supervised method (for supervised-only "
+            "training: --model.method supervised on the command line, or "
+            "require_unlabeled=False)."
+        )
+    for name, count, batch in (
+        ("labeled", len(pools.labeled_slices), batch_sizes[0]),
+        ("unlabeled", len(pools.unlabeled_slices), batch_sizes[1]),
+    ):
+        if 0 < count < batch:
+            rank_zero_warn(
+                f"{where}: the {name} pool has {count} slice(s), fewer than "
+                f"{name}_batch_size={batch}; batches repeat slices (the sampler cycles "
+                "through the pool)."
+            )

@@ -10,26 +10,20 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_warn
-
-if TYPE_CHECKING:
-    from advmim_lightning.data.cases import CaseSplit
-    from advmim_lightning.data.source import TrainingPools
 
 __all__ = [
     "DataValidationError",
-    "check_case_split",
     "check_disjoint",
     "check_file_exists",
     "check_finite",
     "check_label_values",
     "check_no_duplicates",
+    "check_non_empty",
+    "check_num_classes",
     "check_same_geometry",
     "check_same_shape",
-    "check_training_pools",
 ]
 
 #: Tolerance of :func:`check_same_geometry`, per value: ``|a - b| <= GEOMETRY_ATOL +
@@ -123,6 +117,50 @@ def check_label_values(label: np.ndarray, num_classes: int, source: str) -> None
         raise DataValidationError(
             f"{source}: label value(s) {found} outside [0, {num_classes}) (num_classes="
             f"{num_classes}); expected class indices 0..{num_classes - 1}."
+        )
+
+
+def check_non_empty(shape: Sequence[int], source: str, what: str = "image") -> None:
+    """Refuses an array with zero size along an axis (no voxel to read).
+
+    Args:
+        shape: The array's shape (as stored, or as its header gives it).
+        source: The file, for the message.
+        what: What the array is, for the message.
+
+    Raises:
+        DataValidationError: ``<source>: <what> has zero size along axis <k> (shape <shape>);
+            expected at least one voxel along every axis.``
+    """
+    empty = [axis for axis, length in enumerate(shape) if int(length) == 0]
+    if empty or len(shape) == 0:
+        where = f"axis {empty[0]}" if len(empty) == 1 else f"axes {empty}"
+        raise DataValidationError(
+            f"{source}: {what} has zero size along {where} (shape {tuple(shape)}); expected at "
+            "least one voxel along every axis."
+        )
+
+
+def check_num_classes(num_classes: int, found: int, source: str, what: str) -> None:
+    """Refuses a ``num_classes`` other than the number of classes the data holds.
+
+    Shared by the layouts: NIfTI (``dataset.json``'s labels), the phantom (its 4 classes) and
+    ACDC (the highest label value read, plus one). Too many classes is as wrong as too few: a
+    class that occurs in no label would score Dice 1 and HD95 0 on every case.
+
+    Args:
+        num_classes: The ``num_classes`` setting.
+        found: The number of classes the data holds.
+        source: The file (or folder, or data) that says so, for the message.
+        what: What was found there, for the message (e.g. ``"4 labels ['bg', ...]"``).
+
+    Raises:
+        DataValidationError: ``<source>: <what>, but num_classes=<n>; expected
+            num_classes=<found>.``
+    """
+    if num_classes != found:
+        raise DataValidationError(
+            f"{source}: {what}, but num_classes={num_classes}; expected num_classes={found}."
         )
 
 
@@ -260,72 +298,3 @@ def check_disjoint(
             f"{other_name} split; expected disjoint case sets (a case is grouped by its case id "
             "pattern, e.g. both frames of a patient)."
         )
-
-
-def check_case_split(split: CaseSplit) -> None:
-    """Checks a source's case split: no labeled case is evaluated on.
-
-    Warns (does not refuse) when unlabeled training cases are also val or test cases: their
-    images, not labels, are used for training.
-
-    Raises:
-        DataValidationError: If a labeled case is also in the val or test split.
-    """
-    check_disjoint(split.labeled, split.val, "val", split.source)
-    check_disjoint(split.labeled, split.test, "test", split.source)
-    for name, other in (("val", split.val), ("test", split.test)):
-        overlap = sorted(set(split.unlabeled) & set(other))
-        if overlap:
-            rank_zero_warn(
-                f"{split.source}: unlabeled training case(s) {overlap[:10]} are also in "
-                f"the {name} split; their images (not labels) are used for training."
-            )
-
-
-def check_training_pools(
-    pools: TrainingPools,
-    split: CaseSplit,
-    *,
-    labeled_cases: int | Sequence[str],
-    require_unlabeled: bool,
-    batch_sizes: tuple[int, int],
-) -> None:
-    """Checks the training pools a source loaded against the data module's settings.
-
-    Warns when a pool has fewer slices than its batch size (batches then repeat slices).
-
-    Args:
-        pools: The labeled and unlabeled pools.
-        split: The case split they were loaded for (``split.source`` names them).
-        labeled_cases: The data module's ``labeled_cases``, for the message.
-        require_unlabeled: Whether an empty unlabeled pool is an error.
-        batch_sizes: ``(labeled_batch_size, unlabeled_batch_size)``.
-
-    Raises:
-        DataValidationError: If the labeled pool is empty, or the unlabeled pool is empty while
-            ``require_unlabeled``.
-    """
-    where = split.source
-    if not pools.labeled_slices:
-        raise DataValidationError(
-            f"{where}: the labeled pool is empty (labeled cases {split.labeled[:10]}); "
-            "expected at least one labeled slice."
-        )
-    if not pools.unlabeled_slices and require_unlabeled:
-        raise DataValidationError(
-            f"{where}: the unlabeled pool is empty: all {len(split.labeled)} training "
-            f"case(s) are labeled (labeled_cases={labeled_cases!r}); expected at least "
-            "one unlabeled case for a semi-supervised method (for supervised-only "
-            "training: --model.method supervised on the command line, or "
-            "require_unlabeled=False)."
-        )
-    for name, count, batch in (
-        ("labeled", len(pools.labeled_slices), batch_sizes[0]),
-        ("unlabeled", len(pools.unlabeled_slices), batch_sizes[1]),
-    ):
-        if 0 < count < batch:
-            rank_zero_warn(
-                f"{where}: the {name} pool has {count} slice(s), fewer than "
-                f"{name}_batch_size={batch}; batches repeat slices (the sampler cycles "
-                "through the pool)."
-            )
