@@ -234,9 +234,9 @@ def test_compare_refuses_what_it_sets_itself_and_a_split_file_fixing_the_labeled
     split = tmp_path / "split.json"
     split.write_text('{"labeled": ["case000"], "test": ["case001"]}')
     with pytest.raises(SystemExit):
-        main(["compare", "-c", TINY, "--output", output, "--data.split_file", str(split)])
+        main(["compare", "-c", TINY, "--output", output, "--data.settings.split_file", str(split)])
     err = capsys.readouterr().err
-    assert f"data.split_file {split} lists the labeled cases" in err
+    assert f"data.settings.split_file {split} lists the labeled cases" in err
     with pytest.raises(SystemExit):
         main(["compare", "-c", str(tmp_path / "missing.yaml"), "--output", output])
     assert f"config file {tmp_path / 'missing.yaml'} does not exist" in capsys.readouterr().err

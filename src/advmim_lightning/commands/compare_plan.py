@@ -141,7 +141,7 @@ def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def check_split_file(stated: dict[str, Any]) -> None:
     """Refuse a split file that lists the labeled cases: it would win over every count."""
-    path = stated.get("data.split_file")
+    path = stated.get("data.settings.split_file")
     if not path:
         return
     try:
@@ -150,7 +150,7 @@ def check_split_file(stated: dict[str, Any]) -> None:
         return  # advmim fit reports an unreadable split file with its own message
     if isinstance(split, dict) and split.get("labeled") is not None:
         raise ValueError(
-            f"data.split_file {path} lists the labeled cases ('labeled' key), which wins over "
+            f"data.settings.split_file {path} lists the labeled cases ('labeled' key), which wins over "
             "data.labeled_cases, so every labeled count would train on the same cases; expected "
             "a split file without 'labeled' (compare sets the count per run)"
         )

@@ -132,7 +132,7 @@ class PredictionWriter(BasePredictionWriter):
         assert self.output_dir is not None
         output = self.output_dir.resolve()
         protected: list[tuple[Path, str]] = []
-        for attribute, what in (("root", "data.root"), ("cache_dir", "data.cache_dir")):
+        for attribute, what in (("root", "data.root"), ("cache_dir", "data.settings.cache_dir")):
             folder = getattr(datamodule, attribute, None) if datamodule is not None else None
             if folder:
                 protected.append((Path(folder).resolve(), f"the dataset folder ({what})"))
