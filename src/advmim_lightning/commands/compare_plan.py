@@ -150,9 +150,9 @@ def check_split_file(stated: dict[str, Any]) -> None:
         return  # advmim fit reports an unreadable split file with its own message
     if isinstance(split, dict) and split.get("labeled") is not None:
         raise ValueError(
-            f"data.settings.split_file {path} lists the labeled cases ('labeled' key), which wins over "
-            "data.labeled_cases, so every labeled count would train on the same cases; expected "
-            "a split file without 'labeled' (compare sets the count per run)"
+            f"data.settings.split_file {path} lists the labeled cases ('labeled' key), which "
+            "wins over data.labeled_cases, so every labeled count would train on the same "
+            "cases; expected a split file without 'labeled' (compare sets the count per run)"
         )
 
 
