@@ -57,7 +57,7 @@ def main(out: Path) -> None:
         callbacks=[states],
     )
     trainer.fit(module, train_dataloaders=DataLoader(RankPoisonedBatches(), batch_size=None))
-    states.states["skipped"] = torch.tensor(module._skipper.skipped_total)
+    states.states["skipped"] = torch.tensor(module.nonfinite.skipped_total)
     torch.save(states.states, out / f"rank{trainer.global_rank}.pt")
 
 

@@ -60,6 +60,18 @@ class Evaluator(nn.Module):
         )
         self._test_case_ids: dict[tuple[int, int], str] = {}
 
+    @classmethod
+    def for_settings(cls, settings: Any, networks: Sequence[str]) -> Evaluator:
+        """The evaluator of a run's settings (``MethodSettings``: classes, channels, NSD)."""
+        return cls(
+            settings.num_classes,
+            settings.in_channels,
+            settings.class_names,
+            networks,
+            nsd_tolerance=settings.nsd_tolerance,
+            nsd_zero_below_dice=settings.nsd_zero_below_dice,
+        )
+
     def validation_case(
         self,
         predictions: Mapping[str, Tensor],

@@ -347,15 +347,25 @@ def _plain(value: Any) -> Any:
 
 
 class SettingsRecord(dict):
-    """``AdvMIMModule.hparams``: the settings as a dict with attribute access, whose edits go
-    through ``edit`` (the settings' checks) and take effect, or are refused with their
-    message; nothing is recorded that does not train."""
+    """``AdvMIMModule.hparams``: a model's settings (and network specs) as a dict with
+    attribute access. An edit goes through ``model.edit_settings`` (the settings' checks) and
+    takes effect, or is refused with their message; nothing is recorded that does not train.
+
+    Args:
+        model: The :class:`~advmim_lightning.method.model.AdvMIMModel` whose settings these are.
+        before_edit: Called before an edit (may refuse it by raising).
+        after_edit: Called after an edit took effect.
+    """
 
     def __init__(
-        self, record: Mapping[str, Any], edit: Callable[[dict[str, Any]], dict[str, Any]]
+        self,
+        model: Any,
+        before_edit: Callable[[], None] | None = None,
+        after_edit: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(record)
-        object.__setattr__(self, "_edit", edit)
+        super().__init__(model.settings_record())
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_hooks", (before_edit, after_edit))
 
     def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles are plain dicts
         return (dict, (dict(self),))
@@ -367,10 +377,14 @@ class SettingsRecord(dict):
             raise AttributeError(key) from err
 
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        changes = dict(*args, **kwargs)
-        record = self._edit(changes)
+        before, after = self._hooks
+        if before is not None:
+            before()
+        self._model.edit_settings(dict(*args, **kwargs))
         dict.clear(self)
-        dict.update(self, record)
+        dict.update(self, self._model.settings_record())
+        if after is not None:
+            after()
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.update({key: value})

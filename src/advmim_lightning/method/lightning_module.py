@@ -1,21 +1,15 @@
 """``AdvMIMModule``: Lightning's wiring of :class:`~advmim_lightning.method.model.AdvMIMModel`.
 
-The model (plain torch) owns the networks, the settings and the iteration's loss terms. This
-module only wires it into Lightning: the optimisers, the learning-rate and ramp schedules, the
-iteration count, logging, and the validation, test and predict steps. ``docs/method.md``
-describes the method and its defaults; ``docs/architecture.md`` where each part lives.
-
-One training *iteration* is one paired batch (labeled + unlabeled) and, for AdvMIM, four
-optimiser steps (two segmenters, then two discriminators); CTCT and the supervised baseline
-take two. Lightning's ``trainer.global_step`` counts optimiser steps, so the module counts
-iterations itself (:attr:`AdvMIMModule.iteration`, stored once, with the weights), runs the
-schedules on that count and stops the run after ``max_iterations``.
+The plain-torch model owns the networks, the settings and an iteration's loss terms; this
+module adds the optimisers, the schedules, the iteration count (one iteration = one paired
+batch = 4 optimiser steps for AdvMIM, 2 for the baselines; stored once, with the weights),
+logging and the evaluation steps. ``docs/architecture.md`` says where each part lives.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,13 +24,13 @@ from advmim_lightning.method import config, contracts, optim, records
 from advmim_lightning.method.config import NETWORK_NAMES, Method, MethodSettings
 from advmim_lightning.method.cuda_graph import GraphedIteration
 from advmim_lightning.method.model import AdvMIMModel
-from advmim_lightning.method.nonfinite import NonFiniteMonitor, UpdateSkipper, batch_case_ids
+from advmim_lightning.method.nonfinite import NonFiniteGuard, batch_case_ids
 from advmim_lightning.method.randomness import IterationRandomness
 from advmim_lightning.method.schedules import (
     fit_start_warnings,
     trainer_stop_iteration,
 )
-from advmim_lightning.networks import random_init_warning, specs
+from advmim_lightning.networks import random_init_warning
 from advmim_lightning.run import checkpoints, lightning_private
 
 __all__ = ["AdvMIMModule"]
@@ -44,7 +38,7 @@ __all__ = ["AdvMIMModule"]
 log = logging.getLogger(__name__)
 
 
-class AdvMIMModule(pl.LightningModule):
+class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
     """CNN-Transformer cross teaching with AdvMIM's masked domain and adversarial loss.
 
     ``AdvMIMModule()`` works as it is (UNet and Swin-UNet "tiny lite" at 224 x 224, 4 classes,
@@ -169,8 +163,7 @@ class AdvMIMModule(pl.LightningModule):
         self.register_load_state_dict_pre_hook(checkpoints.load_model_state)
         self.randomness = IterationRandomness(self.settings.rng_seed)
         self.contract_watch = contracts.ContractWatch(self.settings.num_classes)
-        self._monitor = NonFiniteMonitor()
-        self._skipper: UpdateSkipper | None = None  # built at train start (needs optimisers)
+        self.nonfinite = NonFiniteGuard()  # built for the run's settings at train start
         self._graphed: GraphedIteration | None = None  # cuda_graph's runner (train start)
         self._build_metrics()
 
@@ -182,42 +175,19 @@ class AdvMIMModule(pl.LightningModule):
 
     def _record_settings(self) -> None:
         """Make ``hparams`` (and what loggers record) the settings that train."""
-        record = {**self.settings.hparams(), **self._network_specs()}
-        self._hparams = config.SettingsRecord(record, self._edit_settings)
-        lightning_private.set_hparams_initial(self, record)
+        self._hparams = config.SettingsRecord(self.model, self._before_edit, self._after_edit)
+        lightning_private.set_hparams_initial(self, dict(self._hparams))
 
-    def _network_specs(self) -> dict[str, Any]:
-        return {
-            name: specs.network_spec(self.model.segmenters[name]) for name in ("cnn", "transformer")
-        }
-
-    def _edit_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Apply an edit of ``hparams`` to the settings, or refuse it (``ValueError``)."""
-        networks = self._network_specs()
-        for name in set(changes) & set(networks):
-            if changes.pop(name) != networks[name]:
-                raise ValueError(
-                    f"hparams.{name} describes the {name} network that was built; it cannot be "
-                    f"edited: pass another network, AdvMIMModule({name}=...)"
-                )
+    def _before_edit(self) -> None:
         if self._graphed is not None and self._graphed.graph is not None:
             raise ValueError("the settings cannot change while a captured CUDA graph trains")
-        self.model.settings = self.settings.replace(**changes)
+
+    def _after_edit(self) -> None:
         self.randomness.rng_seed = self.settings.rng_seed
-        record = {**self.settings.hparams(), **networks}
-        lightning_private.set_hparams_initial(self, record)
-        return record
+        lightning_private.set_hparams_initial(self, dict(self._hparams))
 
     def _build_metrics(self) -> None:
-        s = self.settings
-        self.evaluator = Evaluator(
-            s.num_classes,
-            s.in_channels,
-            s.class_names,
-            NETWORK_NAMES,
-            nsd_tolerance=s.nsd_tolerance,
-            nsd_zero_below_dice=s.nsd_zero_below_dice,
-        )
+        self.evaluator = Evaluator.for_settings(self.settings, NETWORK_NAMES)
 
     # ------------------------------------------------------------------ the model's parts
     @property
@@ -247,11 +217,8 @@ class AdvMIMModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisers, schedules
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
-        """One SGD per trained part; the poly rate is set from :attr:`iteration` by hand.
-
-        Each comes with a constant scheduler only to name it for ``LearningRateMonitor``
-        (``lr-transformer``, ``lr-cnn``, ``lr-disc_transformer``, ``lr-disc_cnn``).
-        """
+        """One SGD per trained part (the poly rate is set by hand each iteration), named for
+        ``LearningRateMonitor`` (``lr-transformer``, ``lr-cnn``, ``lr-disc_*``)."""
         s = self.settings
         return optim.build_optimizers(
             self.model.trained_parts,
@@ -267,25 +234,19 @@ class AdvMIMModule(pl.LightningModule):
         optim.clip_gradients(optimizer)  # Lightning calls this inside optimizer.step()
 
     def _set_learning_rates(self, lr: float) -> None:
-        for optimizer in self.trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-                group["clip_norm"] = self.settings.grad_clip_norm
+        optim.update_groups(self.trainer.optimizers, lr=lr, clip_norm=self.settings.grad_clip_norm)
 
     # ------------------------------------------------------------------ fit hooks
     def configure_model(self) -> None:
         """Memory layout (every stage) and compilation (fit only) of the trained parts."""
-        s = self.settings
-        if s.channels_last:
-            for part in self.model.trained_parts:
-                part.to(memory_format=torch.channels_last)
         fitting = lightning_private.has_trainer(self) and self.trainer.state.fn == "fit"
-        if s.compile_networks is not None and fitting and not getattr(self, "_compiled", False):
+        compile_now = fitting and self.settings.compile_networks is not None
+        compile_now = compile_now and not getattr(self, "_compiled", False)
+        if compile_now:
             self.contract_watch.remove()
             self.contract_watch.checked |= {"train", "eval"}  # a hook would be compiled in
-            for part in self.model.trained_parts:
-                part.compile(mode=s.compile_networks)
             self._compiled = True
+        self.model.apply_speed_options(compile_now)
 
     def setup(self, stage: str) -> None:
         if not self._class_names_given:
@@ -321,17 +282,11 @@ class AdvMIMModule(pl.LightningModule):
     def on_train_start(self) -> None:
         s = self.settings
         self.train()  # a network left in eval mode would train without dropout
-        flags = optim.SGD_IMPLEMENTATIONS[s.optimizer_impl]  # a resumed optimiser brings its own
-        for optimizer in self.trainer.optimizers:
-            for group in optimizer.param_groups:
-                group.update(flags)
+        # a resumed optimiser brings its saved implementation flags: apply the current ones
+        optim.update_groups(self.trainer.optimizers, **optim.SGD_IMPLEMENTATIONS[s.optimizer_impl])
         parts = dict(zip(self.model.trained_part_names, self.model.trained_parts, strict=True))
-        self._monitor = NonFiniteMonitor(first_iteration=self.iteration, parts=parts)
-        self._skipper = None
-        if s.nonfinite_check == "skip":
-            self._skipper = UpdateSkipper(
-                self.model.trained_parts, self.trainer.optimizers, s.max_skipped_in_a_row
-            )
+        self.nonfinite = NonFiniteGuard(s.nonfinite_check, s.max_skipped_in_a_row)
+        self.nonfinite.start(parts, self.trainer.optimizers, self.iteration)
         self._set_learning_rates(self.settings.lr_at(self.iteration))
         self.contract_watch.watch(self.model.segmenters, "train")
         self._graphed = None
@@ -384,18 +339,14 @@ class AdvMIMModule(pl.LightningModule):
         x_l, y = self._layout(batch["labeled"]["image"]), batch["labeled"]["label"]
         x_u = self._layout(batch["unlabeled"]["image"]) if s.uses_unlabeled else None
         lr = s.lr_at(self.iteration)
-        ct_weight = (
-            self.settings.cross_teaching_weight_at(self.iteration) if x_u is not None else 0.0
-        )
+        ct_weight = s.cross_teaching_weight_at(self.iteration) if x_u is not None else 0.0
         optimizers = self.optimizers()
         self._set_learning_rates(lr)
-        skipper = self._skipper
-        if skipper is not None:
-            skipper.snapshot()  # before the forward pass: batch-norm statistics move in it
+        self.nonfinite.before_forward()
         masks = self.model.draw_masks(x_l, x_u, self.mask_generator())
         if self._graphed is not None:
             terms, total = self._graphed.run(x_l, y, x_u, masks, lr, ct_weight)
-            finite = skipper.gradients_finite() if skipper is not None else None
+            finite = self.nonfinite.gradients_finite()
             for opt in optimizers:  # the graph stepped them: count the steps as Lightning does
                 lightning_private.count_optimizer_step(opt)
         else:
@@ -406,25 +357,18 @@ class AdvMIMModule(pl.LightningModule):
             if losses.discriminator_total is not None:
                 self.manual_backward(losses.discriminator_total)
             terms, total = losses.terms, losses.segmenter_total
-            finite = skipper.gradients_finite() if skipper is not None else None
+            finite = self.nonfinite.gradients_finite()
             for opt in optimizers:  # transformer, CNN, then the discriminators
                 opt.step()
-        case_ids = batch_case_ids(batch)
-        if skipper is not None:
-            skipper.restore_unless(finite, self.iteration, case_ids)
-        if s.nonfinite_check == "raise":
-            self._monitor.flag(terms, case_ids, self.iteration)
+        self.nonfinite.after_step(finite, terms, batch_case_ids(batch), self.iteration)
         if self._is_logging_iteration():
             self.check_nonfinite_now()
-            skipped = skipper.skipped_total if skipper is not None else None
-            logged = records.training_values(
-                terms, total, lr, self.iteration, ct_weight if x_u is not None else None, skipped
-            )
+            ct_logged = ct_weight if x_u is not None else None
+            skipped = self.nonfinite.skipped_total
+            logged = records.training_values(terms, total, lr, self.iteration, ct_logged, skipped)
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=x_l.shape[0])
         self.iteration += 1
-        self._set_learning_rates(
-            self.settings.lr_at(self.iteration)
-        )  # the next one's, for lr monitors
+        self._set_learning_rates(s.lr_at(self.iteration))  # the next one's: lr monitors read it
         if self.iteration >= s.max_iterations:
             self.trainer.should_stop = True  # validated and checkpointed even mid-epoch
 
@@ -444,17 +388,8 @@ class AdvMIMModule(pl.LightningModule):
         Raises:
             FloatingPointError: As ``nonfinite_check`` describes.
         """
-        if self.settings.nonfinite_check == "raise":
-            reduce: Callable[[Tensor], Tensor] | None = None
-            if lightning_private.has_trainer(self) and self.trainer.world_size > 1:
-                strategy = self.trainer.strategy
-
-                def reduce(flags: Tensor) -> Tensor:
-                    return strategy.reduce(flags, reduce_op="max")
-
-            self._monitor.check(reduce)
-        if self._skipper is not None:
-            self._skipper.report()
+        trainer = self.trainer if lightning_private.has_trainer(self) else None
+        self.nonfinite.check(lightning_private.max_over_ranks(trainer))
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(
@@ -502,22 +437,6 @@ class AdvMIMModule(pl.LightningModule):
         return records.prediction_record(item, labels)
 
     # ------------------------------------------------------------------ checkpoints
-    @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any
-    ) -> AdvMIMModule:
-        """Lightning's ``load_from_checkpoint``, after checking the file safely.
-
-        A local file is read with ``weights_only=True`` first and refused (naming it) when it
-        is truncated, not an ``AdvMIMModule`` checkpoint, or names classes outside
-        ``advmim_lightning`` and ``torch`` that would be imported to rebuild it.
-        """
-        if isinstance(checkpoint_path, (str, Path)):
-            checkpoint = checkpoints.read_checkpoint(checkpoint_path, check_classes=False)
-            checkpoints.require_own_networks(checkpoint, checkpoint_path, given=kwargs)
-            checkpoints.refuse_untrusted_classes(checkpoint, checkpoint_path, overridden=kwargs)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-
     def to_torchscript(  # type: ignore[override]
         self,
         file_path: str | Path | None = None,
@@ -525,18 +444,13 @@ class AdvMIMModule(pl.LightningModule):
         example_inputs: Any | None = None,
         **kwargs: Any,
     ) -> Any:
-        """TorchScript of :meth:`forward` by tracing (``method="trace"``); scripting is refused.
-
-        Raises:
-            ValueError: For ``method="script"``, naming the alternatives.
-        """
+        """TorchScript of :meth:`forward` by tracing; ``method="script"`` is refused."""
         if method != "trace":
             raise ValueError(
                 f"AdvMIMModule.to_torchscript(method={method!r}) is not supported: the "
-                "networks and metrics use Python that torch.jit.script cannot compile. Use "
-                "model.to_torchscript(method='trace') (traces forward, the eval_network's "
-                "softmax for B x in_channels x H x W images at image_size), or torch.export "
-                "(advmim export --torch_export)."
+                "networks use Python that torch.jit.script cannot compile. Use "
+                "method='trace' (forward: the eval_network's softmax at image_size), or "
+                "torch.export (advmim export --torch_export)."
             )
         if example_inputs is None and self.example_input_array is None:
             s = self.settings

@@ -103,6 +103,30 @@ class AdvMIMModel(nn.Module):
         else:
             self._freeze_unused_mask_tokens()
 
+    # ------------------------------------------------------------------ settings
+    def settings_record(self) -> dict[str, Any]:
+        """The settings as plain values and both segmenters' specs (what checkpoints keep)."""
+        specs_ = {
+            name: specs.network_spec(self.segmenters[name]) for name in ("cnn", "transformer")
+        }
+        return {**self.settings.hparams(), **specs_}
+
+    def edit_settings(self, changes: Mapping[str, Any]) -> None:
+        """Apply ``changes`` to the settings (checked as ``MethodSettings.replace`` checks).
+
+        Raises:
+            ValueError: For a structural setting, an unknown name, a value the checks refuse,
+                or a network spec (the built networks cannot be edited).
+        """
+        changes = dict(changes)
+        for name, spec in self.settings_record().items():
+            if name in ("cnn", "transformer") and name in changes and changes.pop(name) != spec:
+                raise ValueError(
+                    f"hparams.{name} describes the {name} network that was built; it cannot be "
+                    f"edited: pass another network, AdvMIMModule({name}=...)"
+                )
+        self.settings = self.settings.replace(**changes)
+
     # ------------------------------------------------------------------ parts
     @property
     def segmenters(self) -> dict[str, nn.Module]:
@@ -132,6 +156,17 @@ class AdvMIMModel(nn.Module):
             for name, param in net.named_parameters():
                 if name.split(".")[-1] == "mask_token":
                     param.requires_grad_(False)
+
+    def apply_speed_options(self, compile_now: bool) -> None:
+        """Channels-last weights (``channels_last``) and, where ``compile_now``,
+        ``torch.compile`` of every trained part in place (``compile_networks``)."""
+        s = self.settings
+        if s.channels_last:
+            for part in self.trained_parts:
+                part.to(memory_format=torch.channels_last)
+        if compile_now and s.compile_networks is not None:
+            for part in self.trained_parts:
+                part.compile(mode=s.compile_networks)
 
     # ------------------------------------------------------------------ training
     def forward_batches(self, x_l: Tensor, x_u: Tensor | None) -> list[Tensor]:

@@ -276,3 +276,76 @@ class UpdateSkipper:
                 f"{self.max_skipped_in_a_row} sets this limit."
             )
         return self.skipped_total
+
+
+class NonFiniteGuard:
+    """A run's non-finite check (``nonfinite_check``), as the training step uses it.
+
+    ``"raise"`` flags terms and parts with a :class:`NonFiniteMonitor`; ``"skip"`` undoes an
+    iteration whose gradients are not all finite with an :class:`UpdateSkipper`; ``"off"``
+    does nothing. Per iteration: :meth:`before_forward`, the backward passes,
+    :meth:`gradients_finite`, the optimiser steps, :meth:`after_step`; :meth:`check` on
+    logging iterations and before checkpoints.
+
+    Args:
+        mode: ``"raise"``, ``"skip"`` or ``"off"``.
+        max_skipped_in_a_row: With ``"skip"``: raise after this many skipped iterations.
+    """
+
+    def __init__(self, mode: str = "raise", max_skipped_in_a_row: int = 100) -> None:
+        self.mode, self.max_skipped_in_a_row = mode, max_skipped_in_a_row
+        self.monitor = NonFiniteMonitor()
+        self.skipper: UpdateSkipper | None = None
+
+    def start(
+        self,
+        parts: Mapping[str, nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        first_iteration: int,
+    ) -> None:
+        """Watch ``parts`` and their optimisers from ``first_iteration`` on (fit start)."""
+        self.monitor = NonFiniteMonitor(first_iteration=first_iteration, parts=parts)
+        self.skipper = None
+        if self.mode == "skip":
+            self.skipper = UpdateSkipper(
+                list(parts.values()), optimizers, self.max_skipped_in_a_row
+            )
+
+    def before_forward(self) -> None:
+        """Keep the state an iteration may have to be undone to (batch norm moves in it)."""
+        if self.skipper is not None:
+            self.skipper.snapshot()
+
+    def gradients_finite(self) -> Tensor | None:
+        """Whether all gradients are finite (a device flag), where the mode needs it."""
+        return self.skipper.gradients_finite() if self.skipper is not None else None
+
+    def after_step(
+        self,
+        finite: Tensor | None,
+        terms: Mapping[str, Tensor],
+        case_ids: Sequence[str],
+        iteration: int,
+    ) -> None:
+        """Undo the update (``"skip"``, where not finite) or flag the terms (``"raise"``)."""
+        if self.skipper is not None and finite is not None:
+            self.skipper.restore_unless(finite, iteration, case_ids)
+        if self.mode == "raise":
+            self.monitor.flag(terms, case_ids, iteration)
+
+    @property
+    def skipped_total(self) -> int | None:
+        """Iterations skipped so far (``"skip"``), else None."""
+        return self.skipper.skipped_total if self.skipper is not None else None
+
+    def check(self, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Act on the flags not checked yet (one host sync): raise or report.
+
+        Raises:
+            FloatingPointError: As :meth:`NonFiniteMonitor.check` and
+                :meth:`UpdateSkipper.report` describe.
+        """
+        if self.mode == "raise":
+            self.monitor.check(reduce)
+        if self.skipper is not None:
+            self.skipper.report()

@@ -84,3 +84,10 @@ def clip_gradients(optimizer: torch.optim.Optimizer) -> None:
     if clip:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, clip)
+
+
+def update_groups(optimizers: Sequence[torch.optim.Optimizer], **values: Any) -> None:
+    """Set ``values`` (``lr``, ``clip_norm``, implementation flags) in every parameter group."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group.update(values)

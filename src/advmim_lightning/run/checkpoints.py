@@ -137,6 +137,23 @@ def require_own_networks(
             )
 
 
+class SafeLoading:
+    """``load_from_checkpoint`` for a LightningModule, after checking the file safely.
+
+    A local file is read with ``weights_only=True`` first and refused (naming it) when it is
+    truncated, not an ``AdvMIMModule`` checkpoint, or names classes outside the trusted ones
+    that would be imported to rebuild it. A file object or a remote URL goes to Lightning.
+    """
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(checkpoint_path, (str, Path)):
+            checkpoint = read_checkpoint(checkpoint_path, check_classes=False)
+            require_own_networks(checkpoint, checkpoint_path, given=kwargs)
+            refuse_untrusted_classes(checkpoint, checkpoint_path, overridden=kwargs)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
+
+
 #: The AdvMIMModule's children whose weights are saved under their own names (``cnn.*``,
 #: not ``model.cnn.*``): the checkpoint format stays that of the published runs.
 _MODEL_PARTS = ("cnn", "transformer", "disc_cnn", "disc_transformer")

@@ -210,3 +210,12 @@ def metric_sync_flags(metric: Any) -> tuple[bool, bool]:
     they are what ``Metric.sync_context`` needs to synchronise a result outside ``compute()``.
     """
     return metric._to_sync, metric._should_unsync
+
+
+def max_over_ranks(trainer: Any) -> Callable[[Any], Any] | None:
+    """A function taking the element-wise max of a tensor over the DDP ranks of ``trainer``
+    (``strategy.reduce``), or None for one process (or no trainer)."""
+    if trainer is None or trainer.world_size <= 1:
+        return None
+    strategy = trainer.strategy
+    return lambda flags: strategy.reduce(flags, reduce_op="max")
