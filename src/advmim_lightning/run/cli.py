@@ -31,6 +31,7 @@ from advmim_lightning.run.folders import (
     ensure_writable_folder,
     launching_process,
     run_file_name,
+    settle_run_paths,
 )
 from advmim_lightning.run.lightning_private import SubcommandParserHook
 from advmim_lightning.run.quiet import quiet_known_noise
@@ -250,6 +251,8 @@ class AdvMIMCLI(SubcommandParserHook):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._given_args = sys.argv[1:] if args is None else args
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        settle_run_paths(self.config[subcommand] if subcommand else self.config)
         self._find_checkpoint()
 
     def _find_checkpoint(self) -> None:

@@ -40,6 +40,55 @@ def ensure_writable_folder(path: str | Path, what: str) -> Path:
     return folder
 
 
+#: Path settings of a subcommand's config that name a file or folder on this machine; ``~`` in
+#: them is expanded once, before anything derives a path from them (:func:`settle_run_paths`).
+PATH_SETTINGS = (
+    "runs_dir",
+    "ckpt_path",
+    "trainer.default_root_dir",
+    "prediction_writer.output_dir",
+)
+
+
+def settle_run_paths(config: Any) -> None:
+    """Expand ``~`` in the path settings and check ``run_name``, in place, once per command.
+
+    Lightning expands ``~`` in some places (the trainer's ``default_root_dir``, a
+    ``ModelCheckpoint``'s folder) and not in others (the run folder's lock, the panels), so a
+    literal ``~`` would split one run over two folders; every path setting is expanded here
+    instead, before the run folder, the lock or the checkpoint are derived from it.
+
+    Args:
+        config: One subcommand's parsed config (a jsonargparse ``Namespace``).
+
+    Raises:
+        ValueError: When ``run_name`` is not one folder name (see :func:`check_run_name`).
+    """
+    for key in PATH_SETTINGS:
+        value = config.get(key)
+        if isinstance(value, (str, Path)) and str(value).startswith("~"):
+            config[key] = os.path.expanduser(str(value))
+    check_run_name(config.get("run_name"))
+
+
+def check_run_name(name: Any) -> str:
+    """``name`` when it names one folder inside ``runs_dir``.
+
+    Raises:
+        ValueError: Naming the value, when it is empty, ``.`` or ``..``, or holds a path
+            separator (the run would be written outside ``runs_dir``, or into it itself).
+    """
+    text = str(name)
+    separators = {"/", os.sep, os.altsep or "/"}
+    if text in ("", ".", "..") or any(s in text for s in separators) or "\0" in text:
+        raise ValueError(
+            f"--run_name {text!r} is not a run name: it names one folder inside --runs_dir, "
+            "so it must be a non-empty folder name without '/' that is not '.' or '..' "
+            "(e.g. advmim, acdc_seed1)"
+        )
+    return text
+
+
 def run_file_name(subcommand: str, name: str) -> str:
     """``name`` for ``fit``, ``<subcommand>_<name>`` for an evaluation (``test_config.yaml``)."""
     return name if subcommand == "fit" else f"{subcommand}_{name}"
