@@ -12,7 +12,9 @@ checkpoint unless ``--allow_random_weights true``. An evaluation writes its own
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from advmim_lightning.data import AdvMIMDataModule
 from advmim_lightning.evaluation.panels import ValidationPanels
@@ -58,16 +61,72 @@ DEFAULT_NETWORKS = {
 log = logging.getLogger(__name__)
 
 
+class RunStopped(SystemExit):
+    """A command stopped by ``SIGTERM`` before its end: exit status 143 (128 + 15), as shells
+    report a process ended by that signal, so ``advmim fit && advmim test`` or a scheduler does
+    not take the partial run for a finished one.
+
+    Lightning answers ``SIGTERM`` by raising its ``SIGTERMException``, a ``SystemExit`` whose
+    status is 0; :class:`AdvMIMCLI` replaces it by this.
+
+    Attributes:
+        report: One line: what stopped, and where the run's state is (what resumes it).
+    """
+
+    def __init__(self, report: str) -> None:
+        super().__init__(128 + signal.SIGTERM)
+        self.report = report
+
+
 class AdvMIMCLI(SubcommandParserHook):
     """LightningCLI with the library's links between data and model, and run folders."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # LightningCLI runs the subcommand inside __init__: the run folder's lock (taken in
         # before_instantiate_classes) is given back when it ends, also on an error.
+        self._started = time.time()
         try:
             super().__init__(*args, **kwargs)
+        except SIGTERMException as err:
+            raise RunStopped(self._stopped_report()) from err
         finally:
             self._release_run_folder()
+
+    def _stopped_report(self) -> str:
+        """What a ``SIGTERM`` stopped, and what holds the run's state now (one line).
+
+        On SLURM with ``--signal=SIGUSR1@...``, Lightning answered the requeue signal first by
+        saving ``hpc_ckpt_<n>.ckpt`` in the run folder and asking SLURM to requeue the job;
+        the ``SIGTERM`` that follows is SLURM stopping this copy of the job. Any other
+        ``SIGTERM`` (``scancel``, ``kill``, a time limit without the requeue signal) leaves
+        ``checkpoints/last.ckpt`` as the run's state.
+        """
+        subcommand = self.subcommand or "fit"
+        if subcommand != "fit":
+            return (
+                f"advmim {subcommand} was stopped by SIGTERM before its end; its results are "
+                "incomplete: run it again"
+            )
+        iteration = getattr(self.model, "iteration", None)
+        at = "" if iteration is None else f" at iteration {iteration}"
+        root = Path(self.trainer.default_root_dir)
+        requeue = [p for p in root.glob("hpc_ckpt_*.ckpt") if p.stat().st_mtime >= self._started]
+        if requeue:
+            newest = max(requeue, key=lambda p: p.stat().st_mtime)
+            return (
+                f"advmim fit was stopped by SIGTERM{at} after SLURM's requeue signal: {newest} "
+                "holds the run's state, and the requeued job resumes from it with --ckpt_path "
+                "last (the run is not finished)"
+            )
+        saved = [c for c in self.trainer.callbacks if isinstance(c, RunCheckpoint)]
+        last = Path(saved[0].dirpath) / "last.ckpt" if saved and saved[0].dirpath else None
+        if last is not None and last.is_file():
+            held = saved[0].last_saved_iteration
+            state = f"{last} (iteration {held})" if held is not None else str(last)
+            where = f"{state} holds the run's state: resume it with --ckpt_path last"
+        else:
+            where = "no checkpoint was saved yet: the run starts again from iteration 0"
+        return f"advmim fit was stopped by SIGTERM{at}, before its end; {where}"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(

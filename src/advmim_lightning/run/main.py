@@ -23,9 +23,10 @@ from typing import Any
 from advmim_lightning.run.cli import (
     DEFAULT_NETWORKS,
     AdvMIMCLI,
+    RunStopped,
     build_cli,
 )
-from advmim_lightning.run.folders import run_file_name
+from advmim_lightning.run.folders import launching_process, run_file_name
 from advmim_lightning.run.resume import (
     EVALUATION_COMMANDS,
     RUNTIME_MODEL_SETTINGS,
@@ -45,6 +46,7 @@ __all__ = [
     "STRUCTURAL_SETTINGS",
     "USER_ERRORS",
     "AdvMIMCLI",
+    "RunStopped",
     "StoredCheckpoint",
     "_model_keys_in_config",
     "_plain",
@@ -97,6 +99,11 @@ def main(args: list[str] | None = None) -> None:
             _run_extra_command(argv[0], argv[1:])
         else:
             build_cli(None if args is None else argv)
+    except RunStopped as stopped:
+        # exit status 143, as a shell reports SIGTERM: a partial run is not a finished one
+        if launching_process():
+            print(f"advmim: {stopped.report}", file=sys.stderr)
+        raise
     except USER_ERRORS as err:
         user_error = _unwrap(err)
         if os.environ.get("ADVMIM_DEBUG", "0") not in ("", "0") or not _raised_here(user_error):

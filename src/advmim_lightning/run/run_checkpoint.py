@@ -38,6 +38,8 @@ class RunCheckpoint(_CheckpointFileHooks):
             raise ValueError(f"every_n_iterations must be >= 0, got {every_n_iterations}")
         self.every_n_iterations = every_n_iterations
         self._last_refreshed_step = -1
+        #: The module's iteration when this process last wrote ``last.ckpt`` (None: not yet).
+        self.last_saved_iteration: int | None = None
 
     def on_train_batch_end(
         self,
@@ -101,6 +103,9 @@ class RunCheckpoint(_CheckpointFileHooks):
             os.replace(tmp, filepath)
         trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
         self.record_saved_checkpoint(trainer, filepath)
+        if Path(filepath).name == "last.ckpt":
+            module = trainer.lightning_module
+            self.last_saved_iteration = getattr(module, "iteration", trainer.global_step)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
