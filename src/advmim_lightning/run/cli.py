@@ -85,12 +85,35 @@ class AdvMIMCLI(SubcommandParserHook):
         # LightningCLI runs the subcommand inside __init__: the run folder's lock (taken in
         # before_instantiate_classes) is given back when it ends, also on an error.
         self._started = time.time()
+        self._run_dir: Path | None = None
         try:
             super().__init__(*args, **kwargs)
+            removed = self._run_folder_removed()
         except SIGTERMException as err:
             raise RunStopped(self._stopped_report()) from err
+        except Exception as err:
+            if not self._run_folder_removed():
+                raise
+            # whatever wrote next (a checkpoint, metrics.csv, a panel) failed for this reason
+            raise OSError(self._removed_report()) from err
         finally:
             self._release_run_folder()
+        if removed:  # later writes made the folder again, without what went before
+            raise OSError(self._removed_report())
+
+    def _run_folder_removed(self) -> bool:
+        """Whether the run folder (or the lock file in it) was deleted while the command ran."""
+        if self._run_dir is None:
+            return False
+        lock = getattr(self, "_lock", None)
+        return (lock is not None and lock.removed) or not self._run_dir.is_dir()
+
+    def _removed_report(self) -> str:
+        return (
+            f"the run folder {self._run_dir} was removed during the run{self._at_iteration()}: "
+            "the checkpoints, config and logs written before went with it; start the run "
+            "again (and keep its folder until the command ends)"
+        )
 
     def _stopped_report(self) -> str:
         """What a ``SIGTERM`` stopped, and what holds the run's state now (one line).
@@ -107,8 +130,7 @@ class AdvMIMCLI(SubcommandParserHook):
                 f"advmim {subcommand} was stopped by SIGTERM before its end; its results are "
                 "incomplete: run it again"
             )
-        iteration = getattr(self.model, "iteration", None)
-        at = "" if iteration is None else f" at iteration {iteration}"
+        at = self._at_iteration()
         root = Path(self.trainer.default_root_dir)
         requeue = [p for p in root.glob("hpc_ckpt_*.ckpt") if p.stat().st_mtime >= self._started]
         if requeue:
@@ -127,6 +149,11 @@ class AdvMIMCLI(SubcommandParserHook):
         else:
             where = "no checkpoint was saved yet: the run starts again from iteration 0"
         return f"advmim fit was stopped by SIGTERM{at}, before its end; {where}"
+
+    def _at_iteration(self) -> str:
+        """`` at iteration <n>`` of the model being trained, or nothing when unknown."""
+        iteration = getattr(getattr(self, "model", None), "iteration", None)
+        return "" if iteration is None else f" at iteration {iteration}"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -236,6 +263,7 @@ class AdvMIMCLI(SubcommandParserHook):
                 raise ValueError(conflict)
         run_dir = Path(config["runs_dir"]) / config["run_name"]
         ensure_writable_folder(run_dir, "run folder (--runs_dir/--run_name)")
+        self._run_dir = run_dir
         subcommand = self.subcommand or "fit"
         self.save_config_kwargs = {
             **self.save_config_kwargs,

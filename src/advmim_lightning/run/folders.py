@@ -127,6 +127,18 @@ class RunFolderLock:
         """Whether this object holds the lock now."""
         return self._handle is not None
 
+    @property
+    def removed(self) -> bool:
+        """Whether the lock file held was removed or replaced since: its folder was deleted."""
+        if self._handle is None:
+            return False
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        held = os.fstat(self._handle.fileno())
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
     def acquire(self) -> RunFolderLock:
         """Take the lock at once or fail; returns ``self``.
 

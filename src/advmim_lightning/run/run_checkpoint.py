@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 from weakref import proxy
@@ -98,7 +100,14 @@ class RunCheckpoint(_CheckpointFileHooks):
         if callable(check_nonfinite_now) and trainer.state.fn == "fit":
             check_nonfinite_now()
         tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
+        try:
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+        except BaseException as err:
+            if trainer.is_global_zero:
+                Path(tmp).unlink(missing_ok=True)  # the file in place is the previous one
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(_no_space_message(trainer, Path(filepath), err)) from err
+            raise
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
         trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
@@ -109,3 +118,35 @@ class RunCheckpoint(_CheckpointFileHooks):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+def _no_space_message(trainer: pl.Trainer, filepath: Path, err: OSError) -> str:
+    """One line for a checkpoint the disk had no room for: the folder, the space needed (the
+    size of a checkpoint already in the folder, else at least the model's weights) and what
+    was kept."""
+    folder = filepath.parent
+    others = [p for p in folder.glob("*.ckpt") if p.is_file()]
+    if others:
+        needed = f"about {_megabytes(max(p.stat().st_size for p in others))}"
+    else:
+        weights = trainer.lightning_module.state_dict().values()
+        size = sum(t.numel() * t.element_size() for t in weights if hasattr(t, "element_size"))
+        needed = f"at least {_megabytes(size)}"
+    try:
+        free = f", {_megabytes(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = ""
+    reason = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on the disk"
+    kept = (
+        f"the previous {filepath.name} is kept: free space, then resume with --ckpt_path last"
+        if filepath.is_file()
+        else f"no {filepath.name} was written"
+    )
+    return (
+        f"{reason} in {folder} while saving the checkpoint {filepath.name} ({needed} "
+        f"needed{free}); {kept}"
+    )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
