@@ -36,7 +36,7 @@ from advmim_lightning.run.folders import (
     run_file_name,
     settle_run_paths,
 )
-from advmim_lightning.run.lightning_private import SubcommandParserHook
+from advmim_lightning.run.lightning_private import SubcommandParserHook, list_subcommand
 from advmim_lightning.run.quiet import quiet_known_noise
 from advmim_lightning.run.resume import (
     EVALUATION_COMMANDS,
@@ -51,6 +51,27 @@ from advmim_lightning.run.resume import (
     stated_model_settings,
 )
 from advmim_lightning.run.run_checkpoint import RunCheckpoint
+
+#: Plain subcommands beside the LightningCLI ones: the module whose ``main(argv)`` runs each
+#: (:func:`advmim_lightning.run.main.main` dispatches them) and its line in ``advmim --help``.
+PLAIN_COMMANDS = {
+    "export": (
+        "advmim_lightning.commands.export",
+        "Export one trained network as a plain file that loads without Lightning.",
+    ),
+    "prepare": (
+        "advmim_lightning.data.prepare",
+        "Convert the raw ACDC release into the h5 layout the data module reads.",
+    ),
+    "compare": (
+        "advmim_lightning.commands.compare",
+        "Train and test methods x labeled cases x seeds; one table and one plot.",
+    ),
+    "demo": (
+        "advmim_lightning.commands.demo",
+        "Train, test and predict the quickstart config, then show where things went.",
+    ),
+}
 
 #: The module's networks and the classes it builds when one is left at ``None``.
 DEFAULT_NETWORKS = {
@@ -154,6 +175,30 @@ class AdvMIMCLI(SubcommandParserHook):
         """`` at iteration <n>`` of the model being trained, or nothing when unknown."""
         iteration = getattr(getattr(self, "model", None), "iteration", None)
         return "" if iteration is None else f" at iteration {iteration}"
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        """Lightning's parser, plus ``--version`` and the plain subcommands listed in ``--help``.
+
+        ``advmim export|prepare|compare|demo`` are run by
+        :func:`~advmim_lightning.run.main.main` before this parser is built; they are listed
+        here (with an empty parser each) so that the usage line and ``--help`` name every
+        subcommand.
+        """
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        from advmim_lightning import __version__
+
+        self.parser.add_argument(
+            "--version",
+            action="version",
+            version=f"advmim {__version__}",
+            help="Print the version (advmim <version>) and exit.",
+        )
+        if add_subcommands:
+            for name, (_, help_line) in PLAIN_COMMANDS.items():
+                described = f"{help_line} (`advmim {name} --help`)"
+                list_subcommand(self.parser, name, LightningArgumentParser(), described)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -339,6 +384,11 @@ class AdvMIMCLI(SubcommandParserHook):
         self._given_args = sys.argv[1:] if args is None else args
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        if subcommand in PLAIN_COMMANDS:
+            raise ValueError(
+                f"advmim {subcommand} is not a Lightning subcommand: run it as `advmim "
+                f"{subcommand} ...` or advmim_lightning.run.main.main([{subcommand!r}, ...])"
+            )
         settle_run_paths(self.config[subcommand] if subcommand else self.config)
         self._find_checkpoint()
 
@@ -483,9 +533,11 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AdvMIMCLI:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"max_epochs": -1},
         parser_kwargs={
+            "prog": "advmim",
             "description": (
                 "AdvMIM semi-supervised segmentation. Subcommands: fit, validate, test, "
-                "predict (Lightning) and export, prepare, compare (see `advmim export --help`)."
-            )
+                f"predict (Lightning) and {', '.join(PLAIN_COMMANDS)} (see `advmim "
+                "<subcommand> --help`)."
+            ),
         },
     )

@@ -3,7 +3,8 @@
 ``advmim fit -c configs/quickstart.yaml`` trains; ``validate``, ``test`` and ``predict`` take the
 same configs plus ``--ckpt_path``. These four are LightningCLI subcommands
 (:class:`~advmim_lightning.run.cli.AdvMIMCLI`, built by :func:`build_cli`); ``advmim export``,
-``prepare`` and ``compare`` are plain subcommands beside them. Errors that describe bad input
+``prepare``, ``compare`` and ``demo`` are plain subcommands beside them (all are listed by
+``advmim --help``; ``advmim --version`` prints the version). Errors that describe bad input
 are printed as one line (:data:`USER_ERRORS`).
 
 The names tests and notebooks import from here (``build_cli``, ``find_run_checkpoint``, ...)
@@ -22,6 +23,7 @@ from typing import Any
 
 from advmim_lightning.run.cli import (
     DEFAULT_NETWORKS,
+    PLAIN_COMMANDS,
     AdvMIMCLI,
     RunStopped,
     build_cli,
@@ -77,13 +79,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 _PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given")
 
-#: Plain subcommands beside the LightningCLI ones, and the module whose ``main(argv)`` runs each.
-EXTRA_COMMANDS = {
-    "export": "advmim_lightning.commands.export",
-    "prepare": "advmim_lightning.data.prepare",
-    "compare": "advmim_lightning.commands.compare",
-    "demo": "advmim_lightning.commands.demo",
-}
+#: Plain subcommands beside the LightningCLI ones, and the module whose ``main(argv)`` runs each
+#: (listed in ``advmim --help`` from :data:`~advmim_lightning.run.cli.PLAIN_COMMANDS`).
+EXTRA_COMMANDS = {name: module for name, (module, _) in PLAIN_COMMANDS.items()}
 
 
 def main(args: list[str] | None = None) -> None:
