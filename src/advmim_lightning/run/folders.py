@@ -47,6 +47,8 @@ PATH_SETTINGS = (
     "ckpt_path",
     "trainer.default_root_dir",
     "prediction_writer.output_dir",
+    "data.root",
+    "data.cache_dir",
 )
 
 
