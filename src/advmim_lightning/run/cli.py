@@ -152,6 +152,8 @@ class AdvMIMCLI(SubcommandParserHook):
                 "incomplete: run it again"
             )
         at = self._at_iteration()
+        if getattr(self, "trainer", None) is None:
+            return f"advmim fit was stopped by SIGTERM{at}, before its end"
         root = Path(self.trainer.default_root_dir)
         requeue = [p for p in root.glob("hpc_ckpt_*.ckpt") if p.stat().st_mtime >= self._started]
         if requeue:
