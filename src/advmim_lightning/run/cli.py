@@ -30,8 +30,9 @@ from advmim_lightning.evaluation.panels import ValidationPanels
 from advmim_lightning.evaluation.prediction_writer import PredictionWriter
 from advmim_lightning.method.lightning_module import AdvMIMModule
 from advmim_lightning.run.folders import (
+    REQUEUE_CHECKPOINTS,
+    RunFolder,
     RunFolderLock,
-    ensure_writable_folder,
     launching_process,
     run_file_name,
     settle_run_paths,
@@ -45,7 +46,6 @@ from advmim_lightning.run.resume import (
     StoredCheckpoint,
     _gives_own_checkpoint_callback,
     _plain,
-    _refuse_a_second_run_in,
     checkpoint_conflict,
     find_run_checkpoint,
     stated_model_settings,
@@ -106,7 +106,7 @@ class AdvMIMCLI(SubcommandParserHook):
         # LightningCLI runs the subcommand inside __init__: the run folder's lock (taken in
         # before_instantiate_classes) is given back when it ends, also on an error.
         self._started = time.time()
-        self._run_dir: Path | None = None
+        self._run: RunFolder | None = None
         try:
             super().__init__(*args, **kwargs)
             removed = self._run_folder_removed()
@@ -124,14 +124,14 @@ class AdvMIMCLI(SubcommandParserHook):
 
     def _run_folder_removed(self) -> bool:
         """Whether the run folder (or the lock file in it) was deleted while the command ran."""
-        if self._run_dir is None:
+        if self._run is None:
             return False
         lock = getattr(self, "_lock", None)
-        return (lock is not None and lock.removed) or not self._run_dir.is_dir()
+        return (lock is not None and lock.removed) or not self._run.path.is_dir()
 
     def _removed_report(self) -> str:
         return (
-            f"the run folder {self._run_dir} was removed during the run{self._at_iteration()}: "
+            f"the run folder {self._run.path} was removed during the run{self._at_iteration()}: "
             "the checkpoints, config and logs written before went with it; start the run "
             "again (and keep its folder until the command ends)"
         )
@@ -155,7 +155,7 @@ class AdvMIMCLI(SubcommandParserHook):
         if getattr(self, "trainer", None) is None:
             return f"advmim fit was stopped by SIGTERM{at}, before its end"
         root = Path(self.trainer.default_root_dir)
-        requeue = [p for p in root.glob("hpc_ckpt_*.ckpt") if p.stat().st_mtime >= self._started]
+        requeue = [p for p in root.glob(REQUEUE_CHECKPOINTS) if p.stat().st_mtime >= self._started]
         if requeue:
             newest = max(requeue, key=lambda p: p.stat().st_mtime)
             return (
@@ -308,9 +308,8 @@ class AdvMIMCLI(SubcommandParserHook):
                 conflict = self._checkpoint.iteration_conflict  # resuming follows the counts
             if conflict:
                 raise ValueError(conflict)
-        run_dir = Path(config["runs_dir"]) / config["run_name"]
-        ensure_writable_folder(run_dir, "run folder (--runs_dir/--run_name)")
-        self._run_dir = run_dir
+        self._run = RunFolder.of(config)
+        run_dir = self._run.make()
         subcommand = self.subcommand or "fit"
         self.save_config_kwargs = {
             **self.save_config_kwargs,
@@ -338,7 +337,7 @@ class AdvMIMCLI(SubcommandParserHook):
         if wants_checkpoints and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(
                 RunCheckpoint(
-                    dirpath=run_dir / "checkpoints",
+                    dirpath=self._run.checkpoints,
                     filename="best-{step}",
                     monitor="val/dice_mean",
                     mode="max",
@@ -371,10 +370,8 @@ class AdvMIMCLI(SubcommandParserHook):
         """
         self._keep_stated_settings()
         if self.subcommand and launching_process():
-            config = self.config[self.subcommand]
-            run_dir = Path(config["runs_dir"]) / config["run_name"]
-            ensure_writable_folder(run_dir, "run folder (--runs_dir/--run_name)")
-            self._lock = RunFolderLock(run_dir, f"advmim {self.subcommand}").acquire()
+            run = RunFolder.of(self.config[self.subcommand])
+            self._lock = run.lock(f"advmim {self.subcommand}")
         self._spell_out_default_networks()
 
     def _release_run_folder(self) -> None:
@@ -422,7 +419,7 @@ class AdvMIMCLI(SubcommandParserHook):
         """
         self._checkpoint: StoredCheckpoint | None = None
         self._lock: RunFolderLock | None = None
-        self._settings_before_checkpoint: tuple[str, Any, Path, set[str], Namespace] | None = None
+        self._settings_before_checkpoint: tuple[str, Path, set[str], Namespace] | None = None
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
@@ -439,7 +436,7 @@ class AdvMIMCLI(SubcommandParserHook):
         config["ckpt_path"] = None if path is None else str(path)
         if path is None:
             if subcommand == "fit" and not (config.get("trainer") or {}).get("fast_dev_run"):
-                _refuse_a_second_run_in(Path(config["runs_dir"]) / config["run_name"])
+                RunFolder.of(config).refuse_a_second_run()
             return
         from advmim_lightning.run.checkpoints import read_checkpoint
 
@@ -449,7 +446,7 @@ class AdvMIMCLI(SubcommandParserHook):
             raise ValueError(f"--ckpt_path {given}: {err}") from err
         stated = stated_model_settings(self._given_args)
         before = self.config[subcommand]["model"].clone()
-        self._settings_before_checkpoint = (subcommand, config, path, stated, before)
+        self._settings_before_checkpoint = (subcommand, path, stated, before)
 
     def _keep_stated_settings(self) -> None:
         """Put the stated run-time settings back over the checkpoint's, refuse or report others.
@@ -462,10 +459,10 @@ class AdvMIMCLI(SubcommandParserHook):
         """
         if self._settings_before_checkpoint is None:
             return
-        subcommand, config, path, stated, before = self._settings_before_checkpoint
+        subcommand, path, stated, before = self._settings_before_checkpoint
         self._settings_before_checkpoint = None
         model = self.config[subcommand]["model"]
-        if self._checkpoint_exists(config, str(path)):
+        if Path(path).is_file():
             # The checkpoint holds the weights: a network's ImageNet source is not read (no
             # Hugging Face cache or file is needed to test, predict or resume).
             for network in ("cnn", "transformer"):
@@ -501,15 +498,6 @@ class AdvMIMCLI(SubcommandParserHook):
                 ", ".join(ignored),
                 ", ".join(RUNTIME_MODEL_SETTINGS),
             )
-
-    @staticmethod
-    def _checkpoint_exists(config: Any, path: str) -> bool:
-        """Whether ``--ckpt_path`` names a checkpoint that will be loaded (``last``: the run
-        folder's ``checkpoints/last.ckpt``, which a first run with ``--ckpt_path last`` lacks)."""
-        if path == "last":
-            run_dir = Path(config["runs_dir"]) / config["run_name"]
-            return (run_dir / "checkpoints" / "last.ckpt").is_file()
-        return Path(path).is_file()
 
 
 def _refuse_a_network_that_failed_to_parse(network: str, config: Any, words: list[Any]) -> None:

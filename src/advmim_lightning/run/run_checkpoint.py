@@ -11,6 +11,7 @@ from weakref import proxy
 
 import lightning.pytorch as pl
 
+from advmim_lightning.run.folders import REQUEUE_CHECKPOINTS
 from advmim_lightning.run.lightning_private import _CheckpointFileHooks
 
 
@@ -77,7 +78,7 @@ class RunCheckpoint(_CheckpointFileHooks):
         """
         found = super().last_checkpoint_files(trainer)
         folder = Path(trainer.default_root_dir)
-        return found | {os.path.normpath(p) for p in folder.glob("hpc_ckpt_*.ckpt")}
+        return found | {os.path.normpath(p) for p in folder.glob(REQUEUE_CHECKPOINTS)}
 
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
