@@ -138,3 +138,13 @@ def test_torchmetrics_metric_keeps_its_sync_flags():
     require_attribute(metric, "_to_sync")
     require_attribute(metric, "_should_unsync")
     assert lightning_private.metric_sync_flags(metric) == (metric.sync_on_compute, True)
+
+
+def test_jsonargparse_keeps_the_subcommands_action_that_lists_a_plain_subcommand():
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    parser = LightningArgumentParser(prog="advmim", exit_on_error=False)
+    parser.add_subcommands().add_subcommand("fit", LightningArgumentParser())
+    lightning_private.list_subcommand(parser, "export", LightningArgumentParser(), "Export.")
+    usage = parser.format_usage()
+    assert "{fit,export}" in usage, usage

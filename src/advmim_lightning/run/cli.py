@@ -12,7 +12,9 @@ checkpoint unless ``--allow_random_weights true``. An evaluation writes its own
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +23,21 @@ from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from advmim_lightning.data import AdvMIMDataModule
 from advmim_lightning.evaluation.panels import ValidationPanels
 from advmim_lightning.evaluation.prediction_writer import PredictionWriter
 from advmim_lightning.method.lightning_module import AdvMIMModule
 from advmim_lightning.run.folders import (
+    REQUEUE_CHECKPOINTS,
+    RunFolder,
     RunFolderLock,
-    ensure_writable_folder,
     launching_process,
     run_file_name,
+    settle_run_paths,
 )
-from advmim_lightning.run.lightning_private import SubcommandParserHook
+from advmim_lightning.run.lightning_private import SubcommandParserHook, list_subcommand
 from advmim_lightning.run.quiet import quiet_known_noise
 from advmim_lightning.run.resume import (
     EVALUATION_COMMANDS,
@@ -41,12 +46,32 @@ from advmim_lightning.run.resume import (
     StoredCheckpoint,
     _gives_own_checkpoint_callback,
     _plain,
-    _refuse_a_second_run_in,
     checkpoint_conflict,
     find_run_checkpoint,
     stated_model_settings,
 )
 from advmim_lightning.run.run_checkpoint import RunCheckpoint
+
+#: Plain subcommands beside the LightningCLI ones: the module whose ``main(argv)`` runs each
+#: (:func:`advmim_lightning.run.main.main` dispatches them) and its line in ``advmim --help``.
+PLAIN_COMMANDS = {
+    "export": (
+        "advmim_lightning.commands.export",
+        "Export one trained network as a plain file that loads without Lightning.",
+    ),
+    "prepare": (
+        "advmim_lightning.data.prepare",
+        "Convert the raw ACDC release into the h5 layout the data module reads.",
+    ),
+    "compare": (
+        "advmim_lightning.commands.compare",
+        "Train and test methods x labeled cases x seeds; one table and one plot.",
+    ),
+    "demo": (
+        "advmim_lightning.commands.demo",
+        "Train, test and predict the quickstart config, then show where things went.",
+    ),
+}
 
 #: The module's networks and the classes it builds when one is left at ``None``.
 DEFAULT_NETWORKS = {
@@ -57,16 +82,125 @@ DEFAULT_NETWORKS = {
 log = logging.getLogger(__name__)
 
 
+class RunStopped(SystemExit):
+    """A command stopped by ``SIGTERM`` before its end: exit status 143 (128 + 15), as shells
+    report a process ended by that signal, so ``advmim fit && advmim test`` or a scheduler does
+    not take the partial run for a finished one.
+
+    Lightning answers ``SIGTERM`` by raising its ``SIGTERMException``, a ``SystemExit`` whose
+    status is 0; :class:`AdvMIMCLI` replaces it by this.
+
+    Attributes:
+        report: One line: what stopped, and where the run's state is (what resumes it).
+    """
+
+    def __init__(self, report: str) -> None:
+        super().__init__(128 + signal.SIGTERM)
+        self.report = report
+
+
 class AdvMIMCLI(SubcommandParserHook):
     """LightningCLI with the library's links between data and model, and run folders."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # LightningCLI runs the subcommand inside __init__: the run folder's lock (taken in
         # before_instantiate_classes) is given back when it ends, also on an error.
+        self._started = time.time()
+        self._run: RunFolder | None = None
         try:
             super().__init__(*args, **kwargs)
+            removed = self._run_folder_removed()
+        except SIGTERMException as err:
+            raise RunStopped(self._stopped_report()) from err
+        except Exception as err:
+            if not self._run_folder_removed():
+                raise
+            # whatever wrote next (a checkpoint, metrics.csv, a panel) failed for this reason
+            raise OSError(self._removed_report()) from err
         finally:
             self._release_run_folder()
+        if removed:  # later writes made the folder again, without what went before
+            raise OSError(self._removed_report())
+
+    def _run_folder_removed(self) -> bool:
+        """Whether the run folder (or the lock file in it) was deleted while the command ran."""
+        if self._run is None:
+            return False
+        lock = getattr(self, "_lock", None)
+        return (lock is not None and lock.removed) or not self._run.path.is_dir()
+
+    def _removed_report(self) -> str:
+        return (
+            f"the run folder {self._run.path} was removed during the run{self._at_iteration()}: "
+            "the checkpoints, config and logs written before went with it; start the run "
+            "again (and keep its folder until the command ends)"
+        )
+
+    def _stopped_report(self) -> str:
+        """What a ``SIGTERM`` stopped, and what holds the run's state now (one line).
+
+        On SLURM with ``--signal=SIGUSR1@...``, Lightning answered the requeue signal first by
+        saving ``hpc_ckpt_<n>.ckpt`` in the run folder and asking SLURM to requeue the job;
+        the ``SIGTERM`` that follows is SLURM stopping this copy of the job. Any other
+        ``SIGTERM`` (``scancel``, ``kill``, a time limit without the requeue signal) leaves
+        ``checkpoints/last.ckpt`` as the run's state.
+        """
+        subcommand = self.subcommand or "fit"
+        if subcommand != "fit":
+            return (
+                f"advmim {subcommand} was stopped by SIGTERM before its end; its results are "
+                "incomplete: run it again"
+            )
+        at = self._at_iteration()
+        if getattr(self, "trainer", None) is None:
+            return f"advmim fit was stopped by SIGTERM{at}, before its end"
+        root = Path(self.trainer.default_root_dir)
+        requeue = [p for p in root.glob(REQUEUE_CHECKPOINTS) if p.stat().st_mtime >= self._started]
+        if requeue:
+            newest = max(requeue, key=lambda p: p.stat().st_mtime)
+            return (
+                f"advmim fit was stopped by SIGTERM{at} after SLURM's requeue signal: {newest} "
+                "holds the run's state, and the requeued job resumes from it with --ckpt_path "
+                "last (the run is not finished)"
+            )
+        saved = [c for c in self.trainer.callbacks if isinstance(c, RunCheckpoint)]
+        last = Path(saved[0].dirpath) / "last.ckpt" if saved and saved[0].dirpath else None
+        if last is not None and last.is_file():
+            held = saved[0].last_saved_iteration
+            state = f"{last} (iteration {held})" if held is not None else str(last)
+            where = f"{state} holds the run's state: resume it with --ckpt_path last"
+        else:
+            where = "no checkpoint was saved yet: the run starts again from iteration 0"
+        return f"advmim fit was stopped by SIGTERM{at}, before its end; {where}"
+
+    def _at_iteration(self) -> str:
+        """`` at iteration <n>`` of the model being trained, or nothing when unknown."""
+        iteration = getattr(getattr(self, "model", None), "iteration", None)
+        return "" if iteration is None else f" at iteration {iteration}"
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        """Lightning's parser, plus ``--version`` and the plain subcommands listed in ``--help``.
+
+        ``advmim export|prepare|compare|demo`` are run by
+        :func:`~advmim_lightning.run.main.main` before this parser is built; they are listed
+        here (with an empty parser each) so that the usage line and ``--help`` name every
+        subcommand.
+        """
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        from advmim_lightning import __version__
+
+        self.parser.add_argument(
+            "--version",
+            action="version",
+            version=f"advmim {__version__}",
+            help="Print the version (advmim <version>) and exit.",
+        )
+        if add_subcommands:
+            for name, (_, help_line) in PLAIN_COMMANDS.items():
+                described = f"{help_line} (`advmim {name} --help`)"
+                list_subcommand(self.parser, name, LightningArgumentParser(), described)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -169,8 +303,8 @@ class AdvMIMCLI(SubcommandParserHook):
             conflict = checkpoint_conflict(self._checkpoint, self.model)
             if conflict:
                 raise ValueError(conflict)
-        run_dir = Path(config["runs_dir"]) / config["run_name"]
-        ensure_writable_folder(run_dir, "run folder (--runs_dir/--run_name)")
+        self._run = RunFolder.of(config)
+        run_dir = self._run.make()
         subcommand = self.subcommand or "fit"
         self.save_config_kwargs = {
             **self.save_config_kwargs,
@@ -198,7 +332,7 @@ class AdvMIMCLI(SubcommandParserHook):
         if wants_checkpoints and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(
                 RunCheckpoint(
-                    dirpath=run_dir / "checkpoints",
+                    dirpath=self._run.checkpoints,
                     filename="best-{step}",
                     monitor="val/dice_mean",
                     mode="max",
@@ -231,10 +365,8 @@ class AdvMIMCLI(SubcommandParserHook):
         """
         self._keep_stated_settings()
         if self.subcommand and launching_process():
-            config = self.config[self.subcommand]
-            run_dir = Path(config["runs_dir"]) / config["run_name"]
-            ensure_writable_folder(run_dir, "run folder (--runs_dir/--run_name)")
-            self._lock = RunFolderLock(run_dir, f"advmim {self.subcommand}").acquire()
+            run = RunFolder.of(self.config[self.subcommand])
+            self._lock = run.lock(f"advmim {self.subcommand}")
         self._spell_out_default_networks()
 
     def _release_run_folder(self) -> None:
@@ -245,6 +377,16 @@ class AdvMIMCLI(SubcommandParserHook):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._given_args = sys.argv[1:] if args is None else args
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand in self.config else self.config
+        for network in DEFAULT_NETWORKS:
+            _refuse_a_network_that_failed_to_parse(network, config, self._given_args)
+        if subcommand in PLAIN_COMMANDS:
+            raise ValueError(
+                f"advmim {subcommand} is not a Lightning subcommand: run it as `advmim "
+                f"{subcommand} ...` or advmim_lightning.run.main.main([{subcommand!r}, ...])"
+            )
+        settle_run_paths(self.config[subcommand] if subcommand else self.config)
         self._find_checkpoint()
 
     def _find_checkpoint(self) -> None:
@@ -272,7 +414,7 @@ class AdvMIMCLI(SubcommandParserHook):
         """
         self._checkpoint: StoredCheckpoint | None = None
         self._lock: RunFolderLock | None = None
-        self._settings_before_checkpoint: tuple[str, Any, Path, set[str], Namespace] | None = None
+        self._settings_before_checkpoint: tuple[str, Path, set[str], Namespace] | None = None
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
@@ -289,7 +431,7 @@ class AdvMIMCLI(SubcommandParserHook):
         config["ckpt_path"] = None if path is None else str(path)
         if path is None:
             if subcommand == "fit" and not (config.get("trainer") or {}).get("fast_dev_run"):
-                _refuse_a_second_run_in(Path(config["runs_dir"]) / config["run_name"])
+                RunFolder.of(config).refuse_a_second_run()
             return
         from advmim_lightning.run.checkpoints import read_checkpoint
 
@@ -299,7 +441,7 @@ class AdvMIMCLI(SubcommandParserHook):
             raise ValueError(f"--ckpt_path {given}: {err}") from err
         stated = stated_model_settings(self._given_args)
         before = self.config[subcommand]["model"].clone()
-        self._settings_before_checkpoint = (subcommand, config, path, stated, before)
+        self._settings_before_checkpoint = (subcommand, path, stated, before)
 
     def _keep_stated_settings(self) -> None:
         """Put the stated run-time settings back over the checkpoint's, refuse or report others.
@@ -312,10 +454,10 @@ class AdvMIMCLI(SubcommandParserHook):
         """
         if self._settings_before_checkpoint is None:
             return
-        subcommand, config, path, stated, before = self._settings_before_checkpoint
+        subcommand, path, stated, before = self._settings_before_checkpoint
         self._settings_before_checkpoint = None
         model = self.config[subcommand]["model"]
-        if self._checkpoint_exists(config, str(path)):
+        if Path(path).is_file():
             # The checkpoint holds the weights: a network's ImageNet source is not read (no
             # Hugging Face cache or file is needed to test, predict or resume).
             for network in ("cnn", "transformer"):
@@ -352,14 +494,101 @@ class AdvMIMCLI(SubcommandParserHook):
                 ", ".join(RUNTIME_MODEL_SETTINGS),
             )
 
-    @staticmethod
-    def _checkpoint_exists(config: Any, path: str) -> bool:
-        """Whether ``--ckpt_path`` names a checkpoint that will be loaded (``last``: the run
-        folder's ``checkpoints/last.ckpt``, which a first run with ``--ckpt_path last`` lacks)."""
-        if path == "last":
-            run_dir = Path(config["runs_dir"]) / config["run_name"]
-            return (run_dir / "checkpoints" / "last.ckpt").is_file()
-        return Path(path).is_file()
+
+def _refuse_a_network_that_failed_to_parse(network: str, config: Any, words: list[Any]) -> None:
+    """Refuse ``model.<network>`` when its class_path spec did not validate, naming the argument.
+
+    The module takes a network as an ``nn.Module`` or a ``{"class_path": ...}`` mapping (as
+    checkpoints store it). When an init argument has the wrong type
+    (``--model.cnn.init_args.dropout 0.9``), jsonargparse rejects the ``nn.Module`` spec and
+    keeps the words as a plain mapping, which then fails at instantiation with a traceback
+    about a linked key. Each stated init argument is checked against the class's signature
+    here instead.
+
+    Raises:
+        ValueError: Naming the setting, the value given and the type the class expects.
+    """
+    value = (config.get("model") or {}).get(network)
+    if not isinstance(value, dict):
+        return  # None, or a spec jsonargparse accepted (a Namespace with class_path)
+    from jsonargparse import ArgumentParser
+
+    from advmim_lightning.run.resume import _class_named
+
+    specs = _stated_network_specs(network, [str(w) for w in words])
+    class_path = value.get("class_path") or next(
+        (c for c, _ in reversed(specs) if c), DEFAULT_NETWORKS[network]
+    )
+    cls = _class_named(str(class_path))
+    stated = [(k, v, False) for k, v in (value.get("init_args") or {}).items()]
+    stated += [(k, v, False) for k, v in value.items() if k not in ("class_path", "init_args")]
+    for _, init_args in specs:
+        stated += [(k, v, isinstance(v, str)) for k, v in init_args.items()]
+    where = f"model.{network}.init_args"
+    if cls is None:
+        raise ValueError(f"model.{network}.class_path {class_path!r} names no class")
+    import inspect
+
+    parameters = inspect.signature(cls).parameters
+    for key, given, from_words in stated:
+        if key not in parameters:
+            raise ValueError(
+                f"{where}.{key}: {class_path} has no argument {key!r} (its arguments: "
+                f"{', '.join(parameters)})"
+            )
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "net", fail_untyped=False, sub_configs=True)
+        try:
+            if from_words:
+                parser.parse_args([f"--net.{key}", given])
+            else:
+                parser.parse_object({"net": {key: given}})
+        except Exception:  # jsonargparse's ArgumentError, or its wrapped TypeError
+            annotation = parameters[key].annotation
+            expected = annotation if isinstance(annotation, str) else _type_name(annotation)
+            raise ValueError(
+                f"{where}.{key} {given}: expected {expected} (the {key} argument of "
+                f"{class_path}), got {given!r}"
+            ) from None
+    raise ValueError(
+        f"model.{network} is not a network spec {class_path} accepts: {value!r}; give "
+        f"class_path and init_args (see `advmim fit --model.{network}.help {class_path}`)"
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _stated_network_specs(network: str, words: list[str]) -> list[tuple[str | None, dict]]:
+    """``(class_path, init_args)`` stated for ``model.<network>``, in the order given: the
+    ``model:`` sections of ``-c`` files (YAML values) and ``--model.<network>...`` words
+    (strings)."""
+    import yaml
+
+    specs: list[tuple[str | None, dict]] = []
+    prefix = f"--model.{network}."
+    for index, word in enumerate(words):
+        following = words[index + 1] if index + 1 < len(words) else ""
+        key, _, inline = word.partition("=")
+        given = inline if "=" in word else following
+        if key in ("-c", "--config") or word.startswith("--config="):
+            try:
+                tree = yaml.safe_load(Path(given).read_text()) or {}
+            except (OSError, ValueError, yaml.YAMLError):
+                continue
+            sections = [tree, *(tree.get(k) for k in ("fit", "validate", "test", "predict"))]
+            for section in sections:
+                model = section.get("model") if isinstance(section, dict) else None
+                spec = model.get(network) if isinstance(model, dict) else None
+                if isinstance(spec, dict):
+                    init_args = spec.get("init_args")
+                    specs.append((spec.get("class_path"), dict(init_args or {})))
+        elif key == f"{prefix}class_path" or key == f"--model.{network}":
+            specs.append((given, {}))
+        elif key.startswith(f"{prefix}init_args."):
+            specs.append((None, {key[len(f"{prefix}init_args.") :]: given}))
+    return specs
 
 
 def _needs_unlabeled(method: str) -> bool:
@@ -388,9 +617,11 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AdvMIMCLI:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"max_epochs": -1},
         parser_kwargs={
+            "prog": "advmim",
             "description": (
                 "AdvMIM semi-supervised segmentation. Subcommands: fit, validate, test, "
-                "predict (Lightning) and export, prepare, compare (see `advmim export --help`)."
-            )
+                f"predict (Lightning) and {', '.join(PLAIN_COMMANDS)} (see `advmim "
+                "<subcommand> --help`)."
+            ),
         },
     )

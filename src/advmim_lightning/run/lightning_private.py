@@ -1,13 +1,14 @@
-"""Every use of a private Lightning (and torchmetrics) name, one function or hook each.
+"""Every use of a private Lightning (torchmetrics, jsonargparse) name, one function or hook each.
 
 The library needs a few things Lightning offers no public API for: a parser argument for some
 subcommands only, the counters a ``ModelCheckpoint`` keeps, the step count of an optimiser
 stepped inside a CUDA graph, the settings a DDP strategy was built with. Each such use lives
-here, written against **Lightning 2.6** (and torchmetrics 1.9), so an upgrade has one file to
-check; ``tests/test_lightning_private.py`` fails, naming the API, when one of them is gone or
-has changed its signature. Private hooks Lightning calls are overridden in small base classes
-that hand over to a method with a public name (:class:`SubcommandParserHook`,
-:class:`_CheckpointFileHooks`, :class:`AppendingExperimentWriter`).
+here, written against **Lightning 2.6** (and torchmetrics 1.9, jsonargparse 4), so an upgrade
+has one file to check; ``tests/test_lightning_private.py`` fails, naming the API, when one of
+them is gone or has changed its signature. Private hooks Lightning calls are overridden in
+small base classes that hand over to a method with a public name
+(:class:`SubcommandParserHook`, :class:`_CheckpointFileHooks`,
+:class:`AppendingExperimentWriter`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def _subcommand_parser_hook() -> type:
 
     SubcommandParserHook.__module__ = __name__
     return SubcommandParserHook
+
+
+def list_subcommand(parser: Any, name: str, subparser: Any, help_line: str) -> None:
+    """Add ``name`` to the subcommands ``parser`` lists in its usage line and ``--help``.
+
+    jsonargparse 4 keeps the action LightningCLI's ``parser.add_subcommands()`` made in the
+    private ``ArgumentParser._subcommands_action``; the parser offers no other way to add a
+    subcommand after LightningCLI has added its own.
+    """
+    parser._subcommands_action.add_subcommand(name, subparser, help=help_line)
 
 
 def __getattr__(name: str) -> Any:

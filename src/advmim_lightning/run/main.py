@@ -3,7 +3,8 @@
 ``advmim fit -c configs/quickstart.yaml`` trains; ``validate``, ``test`` and ``predict`` take the
 same configs plus ``--ckpt_path``. These four are LightningCLI subcommands
 (:class:`~advmim_lightning.run.cli.AdvMIMCLI`, built by :func:`build_cli`); ``advmim export``,
-``prepare`` and ``compare`` are plain subcommands beside them. Errors that describe bad input
+``prepare``, ``compare`` and ``demo`` are plain subcommands beside them (all are listed by
+``advmim --help``; ``advmim --version`` prints the version). Errors that describe bad input
 are printed as one line (:data:`USER_ERRORS`).
 
 The names tests and notebooks import from here (``build_cli``, ``find_run_checkpoint``, ...)
@@ -22,10 +23,12 @@ from typing import Any
 
 from advmim_lightning.run.cli import (
     DEFAULT_NETWORKS,
+    PLAIN_COMMANDS,
     AdvMIMCLI,
+    RunStopped,
     build_cli,
 )
-from advmim_lightning.run.folders import run_file_name
+from advmim_lightning.run.folders import launching_process, run_file_name
 from advmim_lightning.run.resume import (
     EVALUATION_COMMANDS,
     RUNTIME_MODEL_SETTINGS,
@@ -45,6 +48,7 @@ __all__ = [
     "STRUCTURAL_SETTINGS",
     "USER_ERRORS",
     "AdvMIMCLI",
+    "RunStopped",
     "StoredCheckpoint",
     "_model_keys_in_config",
     "_plain",
@@ -75,13 +79,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 _PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given")
 
-#: Plain subcommands beside the LightningCLI ones, and the module whose ``main(argv)`` runs each.
-EXTRA_COMMANDS = {
-    "export": "advmim_lightning.commands.export",
-    "prepare": "advmim_lightning.data.prepare",
-    "compare": "advmim_lightning.commands.compare",
-    "demo": "advmim_lightning.commands.demo",
-}
+#: Plain subcommands beside the LightningCLI ones, and the module whose ``main(argv)`` runs each
+#: (listed in ``advmim --help`` from :data:`~advmim_lightning.run.cli.PLAIN_COMMANDS`).
+EXTRA_COMMANDS = {name: module for name, (module, _) in PLAIN_COMMANDS.items()}
 
 
 def main(args: list[str] | None = None) -> None:
@@ -97,6 +97,11 @@ def main(args: list[str] | None = None) -> None:
             _run_extra_command(argv[0], argv[1:])
         else:
             build_cli(None if args is None else argv)
+    except RunStopped as stopped:
+        # exit status 143, as a shell reports SIGTERM: a partial run is not a finished one
+        if launching_process():
+            print(f"advmim: {stopped.report}", file=sys.stderr)
+        raise
     except USER_ERRORS as err:
         user_error = _unwrap(err)
         if os.environ.get("ADVMIM_DEBUG", "0") not in ("", "0") or not _raised_here(user_error):

@@ -17,6 +17,8 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from advmim_lightning.run.folders import RunFolder, some
+
 log = logging.getLogger(__name__)
 
 #: Model settings that ``validate``/``test``/``predict``/a resumed ``fit`` may change from the
@@ -26,6 +28,7 @@ RUNTIME_MODEL_SETTINGS = (
     "eval_interpolation",
     "eval_slice_batch",
     "nsd_tolerance",
+    "nsd_zero_below_dice",
     "max_iterations",
     "nonfinite_check",
     "max_skipped_in_a_row",
@@ -108,8 +111,8 @@ def checkpoint_conflict(checkpoint: StoredCheckpoint, model: Any) -> str | None:
     only_here = sorted(shapes.keys() - checkpoint.shapes.keys())
     if only_stored or only_here:
         return (
-            f"{head}: state-dict entries only in the checkpoint: {_some(only_stored)}; only in "
-            f"the model built here: {_some(only_here)}"
+            f"{head}: state-dict entries only in the checkpoint: {some(only_stored)}; only in "
+            f"the model built here: {some(only_here)}"
         )
     return None
 
@@ -167,13 +170,6 @@ def _canonical_class_path(class_path: str) -> str:
     return class_path if cls is None else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _some(names: list[str], shown: int = 4) -> str:
-    if not names:
-        return "none"
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
 def find_run_checkpoint(
     subcommand: str,
     ckpt_path: str | Path | None,
@@ -198,8 +194,7 @@ def find_run_checkpoint(
         ValueError: Naming the run folder looked in and the runs that have checkpoints, when
             the requested checkpoint is not there; on Lightning's ``hpc``/``registry`` values.
     """
-    run_dir = runs_dir / run_name
-    folder = run_dir / "checkpoints"
+    run = RunFolder(runs_dir, run_name)
     if ckpt_path is None:
         if subcommand not in EVALUATION_COMMANDS:
             return None
@@ -212,7 +207,7 @@ def find_run_checkpoint(
             return None
         raise ValueError(
             f"advmim {subcommand} needs trained weights and has no --ckpt_path: give last, "
-            f"best or a checkpoint file ({_checkpoints_of(run_dir, runs_dir)}), or "
+            f"best or a checkpoint file ({run.describe_checkpoints()}), or "
             "--allow_random_weights true to run untrained networks on purpose"
         )
     word = str(ckpt_path)
@@ -230,25 +225,24 @@ def find_run_checkpoint(
     if word == "last":
         # On SLURM, Lightning answers the preemption signal by saving hpc_ckpt_<n>.ckpt in the
         # run folder before requeueing: the newest of those and last.ckpt is the run's state.
-        found = [p for p in (folder / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+        found = run.resume_candidates()
         if found:
             return max(found, key=lambda p: p.stat().st_mtime)
         if subcommand == "fit":
             log.warning(
                 "--ckpt_path last: %s has no checkpoints/last.ckpt yet; the run starts at "
                 "iteration 0",
-                run_dir,
+                run.path,
             )
             return None
         raise ValueError(
-            f"--ckpt_path last: no checkpoints/last.ckpt in the run; "
-            f"{_checkpoints_of(run_dir, runs_dir)}"
+            f"--ckpt_path last: no checkpoints/last.ckpt in the run; {run.describe_checkpoints()}"
         )
-    candidates = sorted(folder.glob("best-*.ckpt")) if folder.is_dir() else []
+    candidates = run.checkpoint_files("best-*.ckpt")
     if not candidates:
         raise ValueError(
             "--ckpt_path best: no checkpoints/best-*.ckpt in the run (one is saved at each "
-            f"validation that improves val/dice_mean); {_checkpoints_of(run_dir, runs_dir)}"
+            f"validation that improves val/dice_mean); {run.describe_checkpoints()}"
         )
     if len(candidates) == 1:
         return candidates[0]
@@ -272,27 +266,6 @@ def find_run_checkpoint(
     return best
 
 
-def _refuse_a_second_run_in(run_dir: Path) -> None:
-    """Refuse a fit from initial weights into a run folder that holds checkpoints.
-
-    It would append a second training curve to ``metrics.csv``, replace ``config.yaml`` and
-    leave the old ``last.ckpt`` beside the new run's ``last-v1.ckpt``, so that ``--ckpt_path
-    last`` would then pick the old run's weights.
-
-    Raises:
-        ValueError: Naming the folder, its checkpoints and the ways out.
-    """
-    folder = run_dir / "checkpoints"
-    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
-    if found:
-        raise ValueError(
-            f"the run folder {run_dir} already holds a run (checkpoints/"
-            f"{', checkpoints/'.join(found)}); a new fit would mix two runs in one record: "
-            "resume it with --ckpt_path last, or choose another --run_name (or delete the "
-            "folder to train it again)"
-        )
-
-
 def _stored_score(checkpoint: dict[str, Any]) -> float | None:
     """The ``val/dice_mean`` a checkpoint callback recorded when it saved this file."""
     for state in (checkpoint.get("callbacks") or {}).values():
@@ -300,23 +273,6 @@ def _stored_score(checkpoint: dict[str, Any]) -> float | None:
             score = state.get("current_score")
             return None if score is None else float(score)
     return None
-
-
-def _checkpoints_of(run_dir: Path, runs_dir: Path) -> str:
-    """What ``run_dir`` holds, or which runs of ``runs_dir`` have checkpoints, for messages."""
-    folder = run_dir / "checkpoints"
-    here = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
-    if here:
-        return f"the run folder {run_dir} holds checkpoints/{', checkpoints/'.join(here)}"
-    looked = f"the run folder {run_dir} has no checkpoint"
-    if not runs_dir.is_dir():
-        return f"{looked}, and the runs folder {runs_dir} does not exist"
-    runs = sorted(
-        p.name for p in runs_dir.iterdir() if p.is_dir() and any(p.glob("checkpoints/*.ckpt"))
-    )
-    if not runs:
-        return f"{looked}, nor has any other run in {runs_dir}"
-    return f"{looked}; runs with checkpoints in {runs_dir}: {_some(runs, 10)}"
 
 
 def stated_model_settings(given_args: list[Any]) -> set[str]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 from weakref import proxy
 
 import lightning.pytorch as pl
 
+from advmim_lightning.run.folders import REQUEUE_CHECKPOINTS
 from advmim_lightning.run.lightning_private import _CheckpointFileHooks
 
 
@@ -38,6 +41,8 @@ class RunCheckpoint(_CheckpointFileHooks):
             raise ValueError(f"every_n_iterations must be >= 0, got {every_n_iterations}")
         self.every_n_iterations = every_n_iterations
         self._last_refreshed_step = -1
+        #: The module's iteration when this process last wrote ``last.ckpt`` (None: not yet).
+        self.last_saved_iteration: int | None = None
 
     def on_train_batch_end(
         self,
@@ -73,7 +78,7 @@ class RunCheckpoint(_CheckpointFileHooks):
         """
         found = super().last_checkpoint_files(trainer)
         folder = Path(trainer.default_root_dir)
-        return found | {os.path.normpath(p) for p in folder.glob("hpc_ckpt_*.ckpt")}
+        return found | {os.path.normpath(p) for p in folder.glob(REQUEUE_CHECKPOINTS)}
 
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
@@ -96,11 +101,53 @@ class RunCheckpoint(_CheckpointFileHooks):
         if callable(check_nonfinite_now) and trainer.state.fn == "fit":
             check_nonfinite_now()
         tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
+        try:
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+        except BaseException as err:
+            if trainer.is_global_zero:
+                Path(tmp).unlink(missing_ok=True)  # the file in place is the previous one
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(_no_space_message(trainer, Path(filepath), err)) from err
+            raise
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
         trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
         self.record_saved_checkpoint(trainer, filepath)
+        if Path(filepath).name == "last.ckpt":
+            module = trainer.lightning_module
+            self.last_saved_iteration = getattr(module, "iteration", trainer.global_step)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+def _no_space_message(trainer: pl.Trainer, filepath: Path, err: OSError) -> str:
+    """One line for a checkpoint the disk had no room for: the folder, the space needed (the
+    size of a checkpoint already in the folder, else at least the model's weights) and what
+    was kept."""
+    folder = filepath.parent
+    others = [p for p in folder.glob("*.ckpt") if p.is_file()]
+    if others:
+        needed = f"about {_megabytes(max(p.stat().st_size for p in others))}"
+    else:
+        weights = trainer.lightning_module.state_dict().values()
+        size = sum(t.numel() * t.element_size() for t in weights if hasattr(t, "element_size"))
+        needed = f"at least {_megabytes(size)}"
+    try:
+        free = f", {_megabytes(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = ""
+    reason = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on the disk"
+    kept = (
+        f"the previous {filepath.name} is kept: free space, then resume with --ckpt_path last"
+        if filepath.is_file()
+        else f"no {filepath.name} was written"
+    )
+    return (
+        f"{reason} in {folder} while saving the checkpoint {filepath.name} ({needed} "
+        f"needed{free}); {kept}"
+    )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
