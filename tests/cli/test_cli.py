@@ -15,7 +15,8 @@ import torch
 
 from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti
 from advmim_lightning.networks import IMAGENET_SWIN_T
-from advmim_lightning.run.main import build_cli, main
+from advmim_lightning.run.cli import build_cli
+from advmim_lightning.run.main import main
 from tiny import cli_error, timm_swin_state, write_hf_cache
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import advmim_lightning
-from advmim_lightning.run.main import EXTRA_COMMANDS, build_cli, main
+from advmim_lightning.run.cli import build_cli
+from advmim_lightning.run.main import EXTRA_COMMANDS, main
 
 ALL = ("fit", "validate", "test", "predict", "export", "prepare", "compare", "demo")
 

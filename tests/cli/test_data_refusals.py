@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti, write_tiny_raw_acdc
-from advmim_lightning.run.main import build_cli
+from advmim_lightning.run.cli import build_cli
 from cli.test_cli import ROOT, TINY, cli_error, common, run
 
 QUICKSTART = ["-c", ROOT / "configs/quickstart.yaml", "-c", TINY]

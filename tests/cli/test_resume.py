@@ -154,7 +154,7 @@ def test_ckpt_path_keeps_stated_run_time_settings_and_warns_about_the_rest(tmp_p
 def test_a_class_path_spelled_another_way_for_the_same_class_does_not_warn(tmp_path, caplog):
     # tiny.yaml names advmim_lightning.networks.UNet / .SwinUNet (the re-exports); checkpoints
     # store where the classes are defined (advmim_lightning.networks.unet.UNet, ...).
-    from advmim_lightning.run.main import _plain
+    from advmim_lightning.run.resume import _plain
 
     checkpoint = fit(tmp_path, "run", "--model.max_iterations", "1")
     stored = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
@@ -233,7 +233,7 @@ def test_a_resumed_run_takes_the_stated_speed_options(tmp_path):
 
 
 def test_stated_model_settings_are_found_in_every_kind_of_config(tmp_path):
-    from advmim_lightning.run.main import _model_keys_in_config
+    from advmim_lightning.run.resume import _model_keys_in_config
 
     nested = tmp_path / "nested.yaml"
     nested.write_text("fit:\n  model:\n    eval_network: cnn\n")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from advmim_lightning.run.main import build_cli, main
+from advmim_lightning.run.cli import build_cli
+from advmim_lightning.run.main import main
 from tiny import cli_error
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ import pytest
 import torch
 from lightning.pytorch.utilities import rank_zero
 
-from advmim_lightning.run.main import find_run_checkpoint, main
+from advmim_lightning.run.main import main
+from advmim_lightning.run.resume import find_run_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(Path(__file__).with_name("tiny.yaml"))

@@ -13,7 +13,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero
 
-from advmim_lightning.run.main import build_cli, find_run_checkpoint
+from advmim_lightning.run.cli import build_cli
+from advmim_lightning.run.resume import find_run_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(Path(__file__).with_name("tiny.yaml"))

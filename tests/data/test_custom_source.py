@@ -18,7 +18,8 @@ from advmim_lightning.data import (
     SourceSettings,
 )
 from advmim_lightning.data.phantom import generate_phantom_case
-from advmim_lightning.run.main import build_cli, main
+from advmim_lightning.run.cli import build_cli
+from advmim_lightning.run.main import main
 from tiny import cli_error
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from advmim_lightning.run.main import _default_loggers
+from advmim_lightning.run.loggers import default_loggers as _default_loggers
 from advmim_lightning.run.quiet import quiet_known_noise
 
 

@@ -31,7 +31,7 @@ def _overlay_rows(configs: list[str], checkpoint: Path, num_cases: int) -> tuple
     """Middle slices of the first test cases with both networks' predictions, and class names."""
     from advmim_lightning.evaluation.overlays import panel
     from advmim_lightning.method.lightning_module import AdvMIMModule
-    from advmim_lightning.run.main import build_cli
+    from advmim_lightning.run.cli import build_cli
 
     words = [w for c in configs for w in ("-c", c)]
     with _no_command_line():

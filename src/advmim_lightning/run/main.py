@@ -7,10 +7,8 @@ same configs plus ``--ckpt_path``. These four are LightningCLI subcommands
 ``advmim --help``; ``advmim --version`` prints the version). Errors that describe bad input
 are printed as one line (:data:`USER_ERRORS`).
 
-The names tests and notebooks import from here (``build_cli``, ``find_run_checkpoint``, ...)
-are re-exported from where they live: :mod:`advmim_lightning.run.cli` (the LightningCLI),
-:mod:`advmim_lightning.run.resume` (which checkpoint a command uses and whether it fits) and
-:mod:`advmim_lightning.run.loggers` (the run folder's loggers).
+:mod:`advmim_lightning.run.cli` builds the LightningCLI (``build_cli``),
+:mod:`advmim_lightning.run.resume` decides which checkpoint a command uses and whether it fits.
 """
 
 from __future__ import annotations
@@ -19,55 +17,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from advmim_lightning.run.cli import (
-    DEFAULT_NETWORKS,
-    PLAIN_COMMANDS,
-    AdvMIMCLI,
-    RunStopped,
-    build_cli,
-)
-from advmim_lightning.run.folders import launching_process, run_file_name
-from advmim_lightning.run.resume import (
-    EVALUATION_COMMANDS,
-    RUNTIME_MODEL_SETTINGS,
-    STRUCTURAL_SETTINGS,
-    StoredCheckpoint,
-    _model_keys_in_config,
-    _plain,
-    checkpoint_conflict,
-    find_run_checkpoint,
-)
+from advmim_lightning.run.cli import PLAIN_COMMANDS, RunStopped, build_cli
+from advmim_lightning.run.folders import launching_process
 
-__all__ = [
-    "DEFAULT_NETWORKS",
-    "EVALUATION_COMMANDS",
-    "EXTRA_COMMANDS",
-    "RUNTIME_MODEL_SETTINGS",
-    "STRUCTURAL_SETTINGS",
-    "USER_ERRORS",
-    "AdvMIMCLI",
-    "RunStopped",
-    "StoredCheckpoint",
-    "_model_keys_in_config",
-    "_plain",
-    "build_cli",
-    "checkpoint_conflict",
-    "find_run_checkpoint",
-    "main",
-    "run_file_name",
-]
-
-
-def __getattr__(name: str) -> Any:
-    # _default_loggers is imported on first use, as the CLI imports it: once imported, its
-    # logger class would be offered among the trainer.logger choices of --help
-    if name == "_default_loggers":
-        from advmim_lightning.run.loggers import default_loggers
-
-        return default_loggers
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["EXTRA_COMMANDS", "USER_ERRORS", "main"]
 
 
 #: Errors that describe bad input (data, paths, arguments, a diverged run): the command line
