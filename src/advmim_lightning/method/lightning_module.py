@@ -260,11 +260,8 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
     def _take_the_data_class_names(self) -> None:
         """Name the metrics after the data module's classes when none were given."""
         names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
-        if not isinstance(names, (list, tuple)) or len(names) != self.settings.num_classes:
-            return
-        names = [str(n) for n in names]
-        if tuple(names) != self.settings.class_names:
-            record = {**self.settings.hparams(), "class_names": names}
+        if isinstance(names, (list, tuple)) and len(names) == self.settings.num_classes:
+            record = {**self.settings.hparams(), "class_names": [str(n) for n in names]}
             self.model.settings = config.build_settings(**record)
             self._record_settings()
             self._build_metrics()
@@ -291,23 +288,14 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         self.contract_watch.watch(self.model.segmenters, "train")
         self._graphed = None
         if s.cuda_graph:
-            self._graphed = GraphedIteration(
-                self.model.iteration_losses,
-                self.trainer.optimizers,
-                self.device,
-                capture=self.device.type == "cuda",
-            )
-        trainer = self.trainer
-        stop = trainer_stop_iteration(
-            trainer.max_steps,
-            trainer.max_epochs,
-            trainer.num_training_batches,
-            self.optimizer_steps_per_iteration,
-        )
+            loss, device = self.model.iteration_losses, self.device
+            optimizers = self.trainer.optimizers
+            self._graphed = GraphedIteration(loss, optimizers, device, device.type == "cuda")
+        stop = trainer_stop_iteration(self.trainer, self.optimizer_steps_per_iteration)
         for message in fit_start_warnings(s, self.iteration, stop):
             rank_zero_warn(message)
         if self.iteration >= s.max_iterations:
-            trainer.should_stop = True
+            self.trainer.should_stop = True
 
     def on_fit_end(self) -> None:
         self.randomness.restore_global_state()  # the steps re-seeded torch's generators

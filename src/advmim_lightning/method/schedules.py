@@ -150,17 +150,16 @@ def ramp_outlasts_run(
     )
 
 
-def trainer_stop_iteration(
-    max_steps: int, max_epochs: int | None, iterations_per_epoch: float, steps_per_iteration: int
-) -> int | None:
+def trainer_stop_iteration(trainer: Any, steps_per_iteration: int) -> int | None:
     """The iteration at which a trainer's own limits end a fit, or None for no limit.
 
     Args:
-        max_steps: ``trainer.max_steps`` (optimiser steps; ``-1``: none).
-        max_epochs: ``trainer.max_epochs`` (None or ``-1``: none).
-        iterations_per_epoch: ``trainer.num_training_batches`` (``inf`` for an endless loader).
+        trainer: Its ``max_steps`` (optimiser steps; ``-1``: none), ``max_epochs`` (None or
+            ``-1``: none) and ``num_training_batches`` (``inf`` for an endless loader) count.
         steps_per_iteration: Optimiser steps per iteration (4 for AdvMIM, 2 otherwise).
     """
+    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    iterations_per_epoch = trainer.num_training_batches
     limits = []
     if max_steps is not None and max_steps >= 0:
         limits.append(max_steps // steps_per_iteration)
