@@ -582,3 +582,50 @@ def test_fit_restores_torchs_global_generator_it_reseeds_every_iteration():
     torch.manual_seed(1234)
     fit(module, 2)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_trainer_limit_shorter_than_max_iterations_is_warned_once_at_fit_start():
+    module = make_module("ctct", max_iterations=10)
+    with pytest.warns(UserWarning) as caught:
+        fit(module, 5, max_steps=2 * 2)  # 2 iterations of CTCT's 2 optimiser steps
+    messages = [str(w.message) for w in caught if "max_steps / max_epochs" in str(w.message)]
+    assert len(messages) == 1 and module.iteration == 2
+    lr = 0.01 * (1 - 2 / 10) ** 0.9
+    assert messages[0].startswith(
+        "the trainer's max_steps / max_epochs end this fit after iteration 2, before "
+        f"max_iterations=10: the poly learning rate is then {lr:.3g} (of lr=0.01)"
+    )
+    with pytest.warns(UserWarning) as caught:
+        fit(make_module("ctct", max_iterations=5), 5, max_epochs=1)  # 5 batches: no limit hit
+    assert not [w for w in caught if "max_steps / max_epochs" in str(w.message)]
+
+
+def test_two_validation_loaders_are_scored_apart_under_their_own_names():
+    module = make_module("advmim", max_iterations=1, nsd_tolerance=[2.0, 1.0, 1.0])
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    loaders = [DataLoader(Volumes(2), batch_size=None), DataLoader(Volumes(3), batch_size=None)]
+    trainer.validate(module, dataloaders=loaders, verbose=False)
+    logged = trainer.callback_metrics
+    assert {"val/dice_mean", "val/dice_mean/dataloader_idx_0"} <= set(logged)
+    assert {"val/dice_mean/dataloader_idx_1", "val/dice_mean_cnn/dataloader_idx_1"} <= set(logged)
+    assert module.hparams.nsd_tolerance == [2.0, 1.0, 1.0]
+
+
+def test_a_batched_evaluation_item_is_refused_naming_the_item_and_the_fix():
+    module = make_module("advmim")
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError) as info:
+        trainer.validate(module, dataloaders=DataLoader(Volumes(1), batch_size=1), verbose=False)
+    message = str(info.value)
+    assert "validation item" in message and "'image' has shape (1, 1, 3, 40, 40)" in message
+    assert "batch_size=None" in message
+
+
+def test_hparams_yaml_holds_plain_lists(tmp_path):
+    import yaml
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = make_module("advmim", max_iterations=1)
+    fit(module, 1, logger=CSVLogger(tmp_path, name="run"))
+    saved = yaml.safe_load(next(tmp_path.rglob("hparams.yaml")).read_text())
+    assert saved["image_size"] == [TINY_SIZE, TINY_SIZE] and saved["lr"] == 0.05

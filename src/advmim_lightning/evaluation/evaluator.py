@@ -72,18 +72,24 @@ class Evaluator(nn.Module):
             nsd_zero_below_dice=settings.nsd_zero_below_dice,
         )
 
+    def check(
+        self, item: Mapping[str, Any], where: str, batch_idx: int
+    ) -> tuple[int | None, tuple[float, ...] | None]:
+        """Refuse an item that cannot be scored (before anything is predicted); its case
+        index and spacing (:func:`~advmim_lightning.evaluation.items.check_evaluation_item`)."""
+        return check_evaluation_item(item, self.num_classes, self.in_channels, where, batch_idx)
+
     def validation_case(
         self,
         predictions: Mapping[str, Tensor],
         item: Mapping[str, Any],
+        checked: tuple[Any, Any],
         evaluated: str,
-        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Score one validation case (``predictions`` by network; ``evaluated`` is reported)."""
-        index, spacing = check_evaluation_item(
-            item, self.num_classes, self.in_channels, "validation", batch_idx
-        )
+        """Score one validation case (``predictions`` by network; ``evaluated`` is reported;
+        ``checked`` is :meth:`check`'s result)."""
+        index, spacing = checked
         label = item["label"]
         self.val_metrics.update(predictions[evaluated], label, index, spacing, dataloader_idx)
         for name, metric in self.val_dice_per_network.items():
@@ -105,14 +111,12 @@ class Evaluator(nn.Module):
         self,
         predictions: Mapping[str, Tensor],
         item: Mapping[str, Any],
+        checked: tuple[Any, Any],
         evaluated: str,
-        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         """Score one test case and remember its id for the per-case table."""
-        index, spacing = check_evaluation_item(
-            item, self.num_classes, self.in_channels, "test", batch_idx
-        )
+        index, spacing = checked
         self._test_case_ids[(dataloader_idx, int(index))] = str(item["case_id"])
         self.test_metrics.update(
             predictions[evaluated], item["label"], index, spacing, dataloader_idx

@@ -19,7 +19,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from advmim_lightning.evaluation.evaluator import Evaluator
-from advmim_lightning.evaluation.items import check_evaluation_item
 from advmim_lightning.method import config, contracts, optim, records
 from advmim_lightning.method.config import NETWORK_NAMES, Method, MethodSettings
 from advmim_lightning.method.cuda_graph import GraphedIteration
@@ -384,9 +383,10 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         self, item: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Tensor]:
         """Score one case; returns the label volumes by network (for panel logging)."""
+        checked = self.evaluator.check(item, "validation", batch_idx)
         predictions = self.predict_volume(item["image"])
         evaluated = self.settings.eval_network
-        self.evaluator.validation_case(predictions, item, evaluated, batch_idx, dataloader_idx)
+        self.evaluator.validation_case(predictions, item, checked, evaluated, dataloader_idx)
         return predictions
 
     def on_validation_epoch_end(self) -> None:
@@ -398,9 +398,10 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         )
 
     def test_step(self, item: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        checked = self.evaluator.check(item, "test", batch_idx)
         predictions = self.predict_volume(item["image"])
         evaluated = self.settings.eval_network
-        self.evaluator.test_case(predictions, item, evaluated, batch_idx, dataloader_idx)
+        self.evaluator.test_case(predictions, item, checked, evaluated, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
         loaders = len(self.trainer.num_test_batches)
@@ -419,9 +420,8 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
     def predict_step(self, item: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Predict one case: ``{"case_id", "prediction", "affine", "source", "spacing"}`` for
         :class:`~advmim_lightning.evaluation.prediction_writer.PredictionWriter`."""
-        s = self.settings
-        check_evaluation_item(item, s.num_classes, s.in_channels, "prediction", batch_idx)
-        labels = self.predict_volume(item["image"])[s.eval_network]
+        self.evaluator.check(item, "prediction", batch_idx)
+        labels = self.predict_volume(item["image"])[self.settings.eval_network]
         return records.prediction_record(item, labels)
 
     # ------------------------------------------------------------------ checkpoints
