@@ -19,7 +19,7 @@ import torch
 
 from advmim_lightning.data import AdvMIMDataModule, SourceSettings
 from advmim_lightning.data.cache_files import CacheRebuiltWarning
-from advmim_lightning.data.prepare import MANIFEST_NAME
+from advmim_lightning.data.prepare_folders import MANIFEST_NAME
 from advmim_lightning.data.synthetic import write_tiny_acdc, write_tiny_nifti, write_tiny_raw_acdc
 from cli.test_cli import ROOT, TINY, cli_error, common, run
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from advmim_lightning.evaluation.case_metrics import compute_case_metrics
 from advmim_lightning.evaluation.inference import case_index_and_spacing
 from advmim_lightning.evaluation.items import (
     UNBATCHED_HINT,
@@ -13,7 +14,6 @@ from advmim_lightning.evaluation.items import (
     describe_item,
     item_spacing,
 )
-from advmim_lightning.evaluation.metrics import compute_case_metrics
 
 NUM_CLASSES, IN_CHANNELS = 4, 1
 

@@ -1,4 +1,4 @@
-"""Tests for advmim_lightning.evaluation.metrics against hand-made volumes."""
+"""Tests for advmim_lightning.evaluation.case_metrics and .metrics against hand-made volumes."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import math
 import pytest
 import torch
 
-from advmim_lightning.evaluation.metrics import (
-    METRIC_NAMES,
-    SegmentationMetrics,
-    compute_case_metrics,
-)
+from advmim_lightning.evaluation.case_metrics import METRIC_NAMES, compute_case_metrics
+from advmim_lightning.evaluation.metrics import SegmentationMetrics
 
 SHAPE = (8, 16, 16)
 

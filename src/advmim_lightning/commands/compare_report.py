@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from advmim_lightning.evaluation.metrics import METRIC_NAMES
+from advmim_lightning.evaluation.case_metrics import METRIC_NAMES
 
 __all__ = [
     "COLUMNS",

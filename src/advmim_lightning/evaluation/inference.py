@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advmim_lightning.evaluation.case_metrics import METRIC_NAMES
 from advmim_lightning.evaluation.items import case_index, describe_item, item_spacing
-from advmim_lightning.evaluation.metrics import METRIC_NAMES
 from advmim_lightning.evaluation.resize import zoom_nearest
 from advmim_lightning.method.config import NETWORK_NAMES
 

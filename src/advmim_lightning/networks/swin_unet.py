@@ -7,11 +7,12 @@ Architecture (Cao et al., Swin-Unet, as used by SSL4MIS and AdvMIM; "tiny lite" 
   (windowed attention with alternating shifted windows, no absolute position embedding); stage
   ``i > 0`` starts with timm's 2x2 patch merging, so token maps are B x H_i x W_i x C_i with
   channels-last layout throughout, ``C_i = embed_dim * 2**i``;
-- bottleneck LayerNorm, then a patch-expanding decoder written here with einops: each decoder
-  stage ``k`` concatenates the skip of encoder stage ``n-1-k`` (the tokens entering that stage's
-  blocks, as in the public code), fuses with a linear layer, runs Swin blocks of the mirrored
-  configuration and expands x2; a final x4 expansion (``patch_size`` in general), LayerNorm and a
-  1x1 convolution give the logits at input resolution.
+- bottleneck LayerNorm, then a patch-expanding decoder (its blocks written with einops in
+  :mod:`~advmim_lightning.networks.swin_blocks`): each decoder stage ``k`` concatenates the skip
+  of encoder stage ``n-1-k`` (the tokens entering that stage's blocks, as in the public code),
+  fuses with a linear layer, runs Swin blocks of the mirrored configuration and expands x2; a
+  final x4 expansion (``patch_size`` in general), LayerNorm and a 1x1 convolution give the
+  logits at input resolution.
 
 Parameter and module names mirror the published ``SwinTransformerSys`` (``layers``,
 ``layers_up``, ``concat_back_dim``, ``norm``, ``norm_up``) with timm's encoder layout (patch
@@ -31,10 +32,11 @@ masked pixel are replaced by a learnable mask token, either position-specific (`
 per token position, as the public code) or one shared token (``1 x 1 x C``); the masked stream runs
 the whole encoder and decoder with its own skips.
 
-The file is longer than about 400 lines because it is one network: the patch expansion and
-decoder stage it is built from, the :class:`SwinUNet` class (whose docstring documents its 15
-arguments and their checks) and those argument checks; the ImageNet weights it can start from
-load in :mod:`advmim_lightning.networks.pretrained`, which does not import this module.
+The file is longer than about 400 lines because it is one network: the :class:`SwinUNet` class
+(whose docstring documents its 15 arguments and their checks) and those argument checks; the
+patch expansion and decoder stage it is built from are in
+:mod:`advmim_lightning.networks.swin_blocks`, and the ImageNet weights it can start from load in
+:mod:`advmim_lightning.networks.pretrained`, which does not import this module.
 """
 
 from __future__ import annotations
@@ -44,93 +46,18 @@ from os import PathLike
 from typing import Any, Literal
 
 import torch
-from einops import rearrange
 from timm.layers import PatchEmbed
-from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerStage, WindowAttention
+from timm.models.swin_transformer import SwinTransformerStage, WindowAttention
 from torch import Tensor, nn
 
 from advmim_lightning.networks.masking import check_mask, downsample_mask
 from advmim_lightning.networks.pretrained import load_pretrained_swin
+from advmim_lightning.networks.swin_blocks import DecoderStage, PatchExpand
 
 __all__ = ["SwinUNet"]
 
 _MASK_TOKENS = ("position", "shared")
 _WEIGHT_INITS = ("trunc_normal", "pytorch")
-
-
-class PatchExpand(nn.Module):
-    """Expand a token map by ``scale`` in each direction (Swin-Unet patch expanding).
-
-    A bias-free linear layer maps C to ``scale**2 * out_dim`` channels, which are rearranged into a
-    ``scale x scale`` neighbourhood per token (einops ``b h w (p1 p2 c) -> b (h p1) (w p2) c``,
-    the channel order of the public code), then LayerNorm.
-
-    Args:
-        dim: input channels C.
-        scale: expansion factor per side (2 between decoder stages, the patch size at the end).
-        out_dim: output channels.
-    """
-
-    def __init__(self, dim: int, scale: int, out_dim: int) -> None:
-        super().__init__()
-        self.scale = scale
-        self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
-        self.norm = nn.LayerNorm(out_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """B x H x W x C -> B x scale*H x scale*W x out_dim."""
-        x = rearrange(
-            self.expand(x), "b h w (p1 p2 c) -> b (h p1) (w p2) c", p1=self.scale, p2=self.scale
-        )
-        return self.norm(x)
-
-
-class DecoderStage(nn.Module):
-    """Swin blocks at one resolution, then an optional x2 patch expansion.
-
-    Args:
-        dim: token channels.
-        resolution: token grid (H, W) of this stage.
-        depth: number of Swin blocks (even-indexed blocks use plain windows, odd ones shifted).
-        num_heads: attention heads.
-        window_size: attention window side.
-        mlp_ratio: MLP hidden size / dim.
-        drop_path: stochastic depth rate per block (``depth`` values).
-        upsample: whether to end with a x2 expansion to ``dim // 2`` channels.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        resolution: tuple[int, int],
-        depth: int,
-        num_heads: int,
-        window_size: int,
-        mlp_ratio: float,
-        drop_path: Sequence[float],
-        upsample: bool,
-    ) -> None:
-        super().__init__()
-        self.blocks = nn.Sequential(
-            *(
-                SwinTransformerBlock(
-                    dim=dim,
-                    input_resolution=resolution,
-                    num_heads=num_heads,
-                    window_size=window_size,
-                    shift_size=0 if i % 2 == 0 else window_size // 2,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=True,
-                    drop_path=drop_path[i],
-                )
-                for i in range(depth)
-            )
-        )
-        self.upsample = PatchExpand(dim, 2, dim // 2) if upsample else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        """B x H x W x C -> B x H x W x C, or B x 2H x 2W x C/2 with ``upsample``."""
-        return self.upsample(self.blocks(x))
 
 
 class SwinUNet(nn.Module):
