@@ -12,7 +12,6 @@ checkpoint unless ``--allow_random_weights true``. An evaluation writes its own
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ from advmim_lightning.data import AdvMIMDataModule
 from advmim_lightning.evaluation.panels import ValidationPanels
 from advmim_lightning.evaluation.prediction_writer import PredictionWriter
 from advmim_lightning.method.lightning_module import AdvMIMModule
+from advmim_lightning.run import stops
 from advmim_lightning.run.folders import (
-    REQUEUE_CHECKPOINTS,
     RunFolder,
     RunFolderLock,
     launching_process,
@@ -38,16 +37,15 @@ from advmim_lightning.run.folders import (
     settle_run_paths,
 )
 from advmim_lightning.run.lightning_private import SubcommandParserHook, list_subcommand
+from advmim_lightning.run.network_arguments import refuse_a_network_that_failed_to_parse
 from advmim_lightning.run.quiet import quiet_known_noise
 from advmim_lightning.run.resume import (
     EVALUATION_COMMANDS,
-    RUNTIME_MODEL_SETTINGS,
-    STRUCTURAL_SETTINGS,
     StoredCheckpoint,
     _gives_own_checkpoint_callback,
-    _plain,
     checkpoint_conflict,
     find_run_checkpoint,
+    keep_stated_settings,
     stated_model_settings,
 )
 from advmim_lightning.run.run_checkpoint import RunCheckpoint
@@ -82,23 +80,6 @@ DEFAULT_NETWORKS = {
 log = logging.getLogger(__name__)
 
 
-class RunStopped(SystemExit):
-    """A command stopped by ``SIGTERM`` before its end: exit status 143 (128 + 15), as shells
-    report a process ended by that signal, so ``advmim fit && advmim test`` or a scheduler does
-    not take the partial run for a finished one.
-
-    Lightning answers ``SIGTERM`` by raising its ``SIGTERMException``, a ``SystemExit`` whose
-    status is 0; :class:`AdvMIMCLI` replaces it by this.
-
-    Attributes:
-        report: One line: what stopped, and where the run's state is (what resumes it).
-    """
-
-    def __init__(self, report: str) -> None:
-        super().__init__(128 + signal.SIGTERM)
-        self.report = report
-
-
 class AdvMIMCLI(SubcommandParserHook):
     """LightningCLI with the library's links between data and model, and run folders."""
 
@@ -111,7 +92,7 @@ class AdvMIMCLI(SubcommandParserHook):
             super().__init__(*args, **kwargs)
             removed = self._run_folder_removed()
         except SIGTERMException as err:
-            raise RunStopped(self._stopped_report()) from err
+            raise stops.RunStopped(self._stopped_report()) from err
         except Exception as err:
             if not self._run_folder_removed():
                 raise
@@ -130,48 +111,13 @@ class AdvMIMCLI(SubcommandParserHook):
         return (lock is not None and lock.removed) or not self._run.path.is_dir()
 
     def _removed_report(self) -> str:
-        return (
-            f"the run folder {self._run.path} was removed during the run{self._at_iteration()}: "
-            "the checkpoints, config and logs written before went with it; start the run "
-            "again (and keep its folder until the command ends)"
-        )
+        return stops.removed_report(self._run.path, self._at_iteration())
 
     def _stopped_report(self) -> str:
-        """What a ``SIGTERM`` stopped, and what holds the run's state now (one line).
-
-        On SLURM with ``--signal=SIGUSR1@...``, Lightning answered the requeue signal first by
-        saving ``hpc_ckpt_<n>.ckpt`` in the run folder and asking SLURM to requeue the job;
-        the ``SIGTERM`` that follows is SLURM stopping this copy of the job. Any other
-        ``SIGTERM`` (``scancel``, ``kill``, a time limit without the requeue signal) leaves
-        ``checkpoints/last.ckpt`` as the run's state.
-        """
-        subcommand = self.subcommand or "fit"
-        if subcommand != "fit":
-            return (
-                f"advmim {subcommand} was stopped by SIGTERM before its end; its results are "
-                "incomplete: run it again"
-            )
-        at = self._at_iteration()
-        if getattr(self, "trainer", None) is None:
-            return f"advmim fit was stopped by SIGTERM{at}, before its end"
-        root = Path(self.trainer.default_root_dir)
-        requeue = [p for p in root.glob(REQUEUE_CHECKPOINTS) if p.stat().st_mtime >= self._started]
-        if requeue:
-            newest = max(requeue, key=lambda p: p.stat().st_mtime)
-            return (
-                f"advmim fit was stopped by SIGTERM{at} after SLURM's requeue signal: {newest} "
-                "holds the run's state, and the requeued job resumes from it with --ckpt_path "
-                "last (the run is not finished)"
-            )
-        saved = [c for c in self.trainer.callbacks if isinstance(c, RunCheckpoint)]
-        last = Path(saved[0].dirpath) / "last.ckpt" if saved and saved[0].dirpath else None
-        if last is not None and last.is_file():
-            held = saved[0].last_saved_iteration
-            state = f"{last} (iteration {held})" if held is not None else str(last)
-            where = f"{state} holds the run's state: resume it with --ckpt_path last"
-        else:
-            where = "no checkpoint was saved yet: the run starts again from iteration 0"
-        return f"advmim fit was stopped by SIGTERM{at}, before its end; {where}"
+        trainer = getattr(self, "trainer", None)
+        return stops.stopped_report(
+            self.subcommand or "fit", trainer, self._started, self._at_iteration()
+        )
 
     def _at_iteration(self) -> str:
         """`` at iteration <n>`` of the model being trained, or nothing when unknown."""
@@ -380,7 +326,9 @@ class AdvMIMCLI(SubcommandParserHook):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand in self.config else self.config
         for network in DEFAULT_NETWORKS:
-            _refuse_a_network_that_failed_to_parse(network, config, self._given_args)
+            refuse_a_network_that_failed_to_parse(
+                network, config, self._given_args, DEFAULT_NETWORKS[network]
+            )
         if subcommand in PLAIN_COMMANDS:
             raise ValueError(
                 f"advmim {subcommand} is not a Lightning subcommand: run it as `advmim "
@@ -456,139 +404,7 @@ class AdvMIMCLI(SubcommandParserHook):
             return
         subcommand, path, stated, before = self._settings_before_checkpoint
         self._settings_before_checkpoint = None
-        model = self.config[subcommand]["model"]
-        if Path(path).is_file():
-            # The checkpoint holds the weights: a network's ImageNet source is not read (no
-            # Hugging Face cache or file is needed to test, predict or resume).
-            for network in ("cnn", "transformer"):
-                key = f"{network}.init_args.pretrained"
-                if key in model:
-                    model[key] = None
-        ignored = []
-        for key in sorted(stated):
-            if key.endswith(".init_args.pretrained"):
-                continue  # where initial weights come from: the checkpoint's replace them
-            if key not in before or key not in model:
-                continue
-            if _plain(before[key], key) == _plain(model[key], key):
-                continue
-            top = key.split(".")[0]
-            if top in RUNTIME_MODEL_SETTINGS:
-                model[key] = before[key]
-            elif subcommand == "fit" and top in dict(STRUCTURAL_SETTINGS):
-                raise ValueError(
-                    f"checkpoint {path} does not fit this run: model.{key} is "
-                    f"{_plain(model[key], key)!r} in the checkpoint but "
-                    f"{_plain(before[key], key)!r} "
-                    "here; a resumed run keeps its method and networks (start a new run with "
-                    "another --run_name and no --ckpt_path to train this one)"
-                )
-            else:
-                ignored.append(f"model.{key}={before[key]!r} (checkpoint: {model[key]!r})")
-        if ignored:
-            log.warning(
-                "--ckpt_path %s fixes the model's settings; the checkpoint's values replace "
-                "%s. Only %s can differ from the training run.",
-                path,
-                ", ".join(ignored),
-                ", ".join(RUNTIME_MODEL_SETTINGS),
-            )
-
-
-def _refuse_a_network_that_failed_to_parse(network: str, config: Any, words: list[Any]) -> None:
-    """Refuse ``model.<network>`` when its class_path spec did not validate, naming the argument.
-
-    The module takes a network as an ``nn.Module`` or a ``{"class_path": ...}`` mapping (as
-    checkpoints store it). When an init argument has the wrong type
-    (``--model.cnn.init_args.dropout 0.9``), jsonargparse rejects the ``nn.Module`` spec and
-    keeps the words as a plain mapping, which then fails at instantiation with a traceback
-    about a linked key. Each stated init argument is checked against the class's signature
-    here instead.
-
-    Raises:
-        ValueError: Naming the setting, the value given and the type the class expects.
-    """
-    value = (config.get("model") or {}).get(network)
-    if not isinstance(value, dict):
-        return  # None, or a spec jsonargparse accepted (a Namespace with class_path)
-    from jsonargparse import ArgumentParser
-
-    from advmim_lightning.run.resume import _class_named
-
-    specs = _stated_network_specs(network, [str(w) for w in words])
-    class_path = value.get("class_path") or next(
-        (c for c, _ in reversed(specs) if c), DEFAULT_NETWORKS[network]
-    )
-    cls = _class_named(str(class_path))
-    stated = [(k, v, False) for k, v in (value.get("init_args") or {}).items()]
-    stated += [(k, v, False) for k, v in value.items() if k not in ("class_path", "init_args")]
-    for _, init_args in specs:
-        stated += [(k, v, isinstance(v, str)) for k, v in init_args.items()]
-    where = f"model.{network}.init_args"
-    if cls is None:
-        raise ValueError(f"model.{network}.class_path {class_path!r} names no class")
-    import inspect
-
-    parameters = inspect.signature(cls).parameters
-    for key, given, from_words in stated:
-        if key not in parameters:
-            raise ValueError(
-                f"{where}.{key}: {class_path} has no argument {key!r} (its arguments: "
-                f"{', '.join(parameters)})"
-            )
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_class_arguments(cls, "net", fail_untyped=False, sub_configs=True)
-        try:
-            if from_words:
-                parser.parse_args([f"--net.{key}", given])
-            else:
-                parser.parse_object({"net": {key: given}})
-        except Exception:  # jsonargparse's ArgumentError, or its wrapped TypeError
-            annotation = parameters[key].annotation
-            expected = annotation if isinstance(annotation, str) else _type_name(annotation)
-            raise ValueError(
-                f"{where}.{key} {given}: expected {expected} (the {key} argument of "
-                f"{class_path}), got {given!r}"
-            ) from None
-    raise ValueError(
-        f"model.{network} is not a network spec {class_path} accepts: {value!r}; give "
-        f"class_path and init_args (see `advmim fit --model.{network}.help {class_path}`)"
-    )
-
-
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _stated_network_specs(network: str, words: list[str]) -> list[tuple[str | None, dict]]:
-    """``(class_path, init_args)`` stated for ``model.<network>``, in the order given: the
-    ``model:`` sections of ``-c`` files (YAML values) and ``--model.<network>...`` words
-    (strings)."""
-    import yaml
-
-    specs: list[tuple[str | None, dict]] = []
-    prefix = f"--model.{network}."
-    for index, word in enumerate(words):
-        following = words[index + 1] if index + 1 < len(words) else ""
-        key, _, inline = word.partition("=")
-        given = inline if "=" in word else following
-        if key in ("-c", "--config") or word.startswith("--config="):
-            try:
-                tree = yaml.safe_load(Path(given).read_text()) or {}
-            except (OSError, ValueError, yaml.YAMLError):
-                continue
-            sections = [tree, *(tree.get(k) for k in ("fit", "validate", "test", "predict"))]
-            for section in sections:
-                model = section.get("model") if isinstance(section, dict) else None
-                spec = model.get(network) if isinstance(model, dict) else None
-                if isinstance(spec, dict):
-                    init_args = spec.get("init_args")
-                    specs.append((spec.get("class_path"), dict(init_args or {})))
-        elif key == f"{prefix}class_path" or key == f"--model.{network}":
-            specs.append((given, {}))
-        elif key.startswith(f"{prefix}init_args."):
-            specs.append((None, {key[len(f"{prefix}init_args.") :]: given}))
-    return specs
+        keep_stated_settings(self.config[subcommand]["model"], subcommand, path, stated, before)
 
 
 def _needs_unlabeled(method: str) -> bool:

@@ -18,8 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from advmim_lightning.run.cli import PLAIN_COMMANDS, RunStopped, build_cli
+from advmim_lightning.run.cli import PLAIN_COMMANDS, build_cli
 from advmim_lightning.run.folders import launching_process
+from advmim_lightning.run.stops import RunStopped
 
 __all__ = ["EXTRA_COMMANDS", "USER_ERRORS", "main"]
 

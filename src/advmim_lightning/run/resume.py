@@ -337,3 +337,64 @@ def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
         dotted = f"{prefix}{key}"
         keys += _dotted_keys(value, f"{dotted}.") if isinstance(value, dict) else [dotted]
     return keys
+
+
+def keep_stated_settings(
+    model: Any, subcommand: str, path: str | Path, stated: set[str], before: Any
+) -> None:
+    """Put the stated run-time settings back over a checkpoint's; refuse or report others.
+
+    LightningCLI replaces the model settings by those stored in the checkpoint, so the weights
+    fit the networks. The settings in :data:`RUNTIME_MODEL_SETTINGS` (evaluation and run
+    length) are put back where the config files or the command line state them. A resumed
+    ``fit`` refuses a stated setting of :data:`STRUCTURAL_SETTINGS` that differs from the
+    checkpoint's (the run would change its method or networks half-way); any other stated
+    setting that differs is reported in a warning, never dropped in silence.
+
+    Args:
+        model: The ``model`` section of the parsed config, after the checkpoint's settings.
+        subcommand: The command.
+        path: The checkpoint.
+        stated: The model settings the words state (:func:`stated_model_settings`).
+        before: The ``model`` section before the checkpoint's settings replaced it.
+
+    Raises:
+        ValueError: When a resumed ``fit`` states a structural setting that differs from the
+            checkpoint's.
+    """
+    if Path(path).is_file():
+        # The checkpoint holds the weights: a network's ImageNet source is not read (no
+        # Hugging Face cache or file is needed to test, predict or resume).
+        for network in ("cnn", "transformer"):
+            key = f"{network}.init_args.pretrained"
+            if key in model:
+                model[key] = None
+    ignored = []
+    for key in sorted(stated):
+        if key.endswith(".init_args.pretrained"):
+            continue  # where initial weights come from: the checkpoint's replace them
+        if key not in before or key not in model:
+            continue
+        if _plain(before[key], key) == _plain(model[key], key):
+            continue
+        top = key.split(".")[0]
+        if top in RUNTIME_MODEL_SETTINGS:
+            model[key] = before[key]
+        elif subcommand == "fit" and top in dict(STRUCTURAL_SETTINGS):
+            raise ValueError(
+                f"checkpoint {path} does not fit this run: model.{key} is "
+                f"{_plain(model[key], key)!r} in the checkpoint but "
+                f"{_plain(before[key], key)!r} "
+                "here; a resumed run keeps its method and networks (start a new run with "
+                "another --run_name and no --ckpt_path to train this one)"
+            )
+        else:
+            ignored.append(f"model.{key}={before[key]!r} (checkpoint: {model[key]!r})")
+    if ignored:
+        log.warning(
+            "--ckpt_path %s fixes the model's settings; the checkpoint's values replace "
+            "%s. Only %s can differ from the training run.",
+            path,
+            ", ".join(ignored),
+            ", ".join(RUNTIME_MODEL_SETTINGS),
+        )
