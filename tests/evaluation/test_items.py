@@ -7,7 +7,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from advmim_lightning.evaluation.case_metrics import compute_case_metrics
-from advmim_lightning.evaluation.inference import case_index_and_spacing
 from advmim_lightning.evaluation.items import (
     UNBATCHED_HINT,
     check_evaluation_item,
@@ -53,8 +52,6 @@ def test_spacing_rule_missing_or_unknown_spacing_means_voxels():
     assert check(no_spacing) == (3, None)
     assert check(make_item(spacing_known=False)) == (3, None)
     assert check(make_item(spacing=None)) == (3, None)
-    assert case_index_and_spacing(no_spacing) == (3, None)
-    assert case_index_and_spacing(make_item()) == (3, (5.0, 1.5, 1.5))
     # In voxels: a 2-voxel shift along D gives HD95 2 (not 2 x 5 mm).
     label = torch.zeros(8, 8, 8, dtype=torch.long)
     label[2:6, 2:6, 2:6] = 1
@@ -85,9 +82,6 @@ def test_batch_size_1_loader_items_are_refused_as_batched():
     assert "validation item (case_id ['patient000_frame01'], case_index tensor([0]))" in message
     assert "'image' has shape (1, 1, 4, 8, 8), a batch of one C x D x H x W volume" in message
     assert "batch_size=None" in message and UNBATCHED_HINT in message
-    # The cheap path names it too (the case index is a 1-element tensor).
-    with pytest.raises(ValueError, match="1-element tensor is what batching adds"):
-        case_index_and_spacing(batched)
     # batch_size=None yields the items themselves.
     unbatched = next(iter(DataLoader(items, batch_size=None)))
     assert check(unbatched) == (0, (5.0, 1.5, 1.5))
@@ -145,7 +139,7 @@ def test_missing_keys_are_named_with_what_was_expected():
     no_index = make_item()
     del no_index["case_index"]
     with pytest.raises(ValueError, match="has no 'case_index'"):
-        case_index_and_spacing(no_index)
+        check(no_index)
 
 
 def test_prediction_items_need_no_label_or_index():

@@ -10,14 +10,12 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advmim_lightning.evaluation.case_metrics import METRIC_NAMES
-from advmim_lightning.evaluation.items import case_index, describe_item, item_spacing
 from advmim_lightning.evaluation.resize import zoom_nearest
 from advmim_lightning.method.config import NETWORK_NAMES
 
@@ -76,23 +74,6 @@ def predict_volume(
             labels = prob.argmax(1)  # B x h x w int64
             out[name].append(zoom_nearest(labels, size) if resize else labels)
     return {name: torch.cat(parts) for name, parts in out.items()}
-
-
-def case_index_and_spacing(
-    item: Mapping[str, Any], where: str = "validation"
-) -> tuple[int, tuple[float, ...] | None]:
-    """An evaluation item's case index, and its spacing (None when unknown: voxel units).
-
-    Cheap (no tensor is read); :func:`advmim_lightning.evaluation.items.check_evaluation_item`
-    checks the whole item. An item without ``spacing``, or with ``spacing_known=False``, is
-    scored in voxels.
-
-    Raises:
-        ValueError: When ``case_index`` is missing or batched, or ``spacing`` is not three
-            positive finite numbers; naming the item.
-    """
-    name = describe_item(item, where)
-    return case_index(item, name), item_spacing(item, name)
 
 
 def write_test_csv(

@@ -1,5 +1,5 @@
-"""What the module reports: the logged values of a training iteration and of a validation, and
-the record of one predicted case (no Lightning; ``AdvMIMModule`` hands them to its loggers and
+"""What the module reports: the logged values of a training iteration, and the record of one
+predicted case (no Lightning; ``AdvMIMModule`` hands them to its loggers and
 to :class:`~advmim_lightning.evaluation.prediction_writer.PredictionWriter`).
 """
 
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def training_values(
@@ -44,28 +44,6 @@ def training_values(
     if ct_weight is not None:
         logged["train/cross_teaching_weight"] = ct_weight
     return logged
-
-
-def validation_values(
-    metrics: nn.Module, dice_per_network: Mapping[str, nn.Module]
-) -> tuple[dict[str, Tensor], Tensor]:
-    """The ``val/...`` values of a validation, computed from the metrics, which are reset.
-
-    Args:
-        metrics: The evaluated network's
-            :class:`~advmim_lightning.evaluation.metrics.SegmentationMetrics`.
-        dice_per_network: A Dice-only metric per segmenter (``val/dice_mean_<name>``).
-
-    Returns:
-        Every value but ``val/dice_mean``, and ``val/dice_mean`` (shown in the progress bar).
-    """
-    values = {f"val/{k}": v for k, v in metrics.compute().items()}
-    for name, metric in dice_per_network.items():
-        values[f"val/dice_mean_{name}"] = metric.compute()["dice_mean"]
-        metric.reset()
-    metrics.reset()
-    dice_mean = values.pop("val/dice_mean")
-    return values, dice_mean
 
 
 def prediction_record(item: Mapping[str, Any], labels: Tensor) -> dict[str, Any]:
