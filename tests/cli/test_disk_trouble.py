@@ -50,7 +50,7 @@ def test_a_full_disk_while_saving_keeps_last_ckpt_and_says_so_in_one_line(tmp_pa
     assert (
         "the previous last.ckpt is kept: free space, then resume with --ckpt_path last" in message
     )
-    assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 2
+    assert torch.load(last, weights_only=True)["state_dict"]["iteration"] == 2
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]  # no .tmp left
 
 

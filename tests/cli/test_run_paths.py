@@ -49,12 +49,13 @@ def test_a_runs_dir_under_home_keeps_the_whole_run_in_one_folder(home, tmp_path)
 def test_a_runs_dir_under_home_in_a_config_file_is_expanded(home, tmp_path):
     config = tmp_path / "runs.yaml"
     config.write_text(
-        "runs_dir: ~/runs\ntrainer:\n  default_root_dir: ~/elsewhere\ndata:\n  cache_dir: ~/c\n"
+        "runs_dir: ~/runs\ntrainer:\n  default_root_dir: ~/elsewhere\n"
+        "data:\n  settings:\n    cache_dir: ~/c\n"
     )
     cli = build_cli([*QUICKSTART, "-c", str(config), "--wandb_mode", "disabled"], run=False)
     assert cli.config["runs_dir"] == str(home / "runs")
     assert cli.config["trainer"]["default_root_dir"] == str(home / "elsewhere")
-    assert cli.config["data"]["cache_dir"] == str(home / "c")
+    assert cli.config["data"]["settings"]["cache_dir"] == str(home / "c")
 
 
 @pytest.mark.parametrize("name", ["../x", "", ".", "..", "a/b"])

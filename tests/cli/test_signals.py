@@ -73,10 +73,10 @@ def test_sigterm_during_fit_exits_143_and_last_ckpt_resumes(tmp_path, signal_cal
         f"advmim: advmim fit was stopped by SIGTERM at iteration 2, before its end; {last} " in err
     )
     assert "(iteration 2) holds the run's state: resume it with --ckpt_path last" in err
-    assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 2
+    assert torch.load(last, weights_only=True)["state_dict"]["iteration"] == 2
     assert not list(last.parent.glob("*.tmp")) and not (tmp_path / "r" / ".advmim.lock").read_text()
     main(fit_words(tmp_path, "--model.max_iterations", "3", "--ckpt_path", "last"))
-    assert torch.load(last, weights_only=True)["advmim"]["iteration"] == 3
+    assert torch.load(last, weights_only=True)["state_dict"]["iteration"] == 3
 
 
 def test_sigterm_from_outside_gives_the_shell_status_143(tmp_path):
@@ -97,7 +97,7 @@ def test_sigterm_from_outside_gives_the_shell_status_143(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
     assert "advmim fit was stopped by SIGTERM" in err and "--ckpt_path last" in err
-    assert torch.load(last, weights_only=True)["advmim"]["iteration"] >= 1
+    assert torch.load(last, weights_only=True)["state_dict"]["iteration"] >= 1
 
 
 def test_slurm_requeue_signal_then_sigterm_saves_hpc_ckpt_and_requeues(
@@ -130,7 +130,7 @@ def test_slurm_requeue_signal_then_sigterm_saves_hpc_ckpt_and_requeues(
     err = stopped(fit_words(runs, "--model.max_iterations", "50", *callback), capsys)
     hpc = runs / "r" / "hpc_ckpt_1.ckpt"
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
-    assert hpc.is_file() and torch.load(hpc, weights_only=True)["advmim"]["iteration"] == 2
+    assert hpc.is_file() and torch.load(hpc, weights_only=True)["state_dict"]["iteration"] == 2
     assert f"stopped by SIGTERM at iteration 2 after SLURM's requeue signal: {hpc}" in err
     assert "the requeued job resumes from it with --ckpt_path last" in err
     assert not (runs / "r" / "checkpoints" / "last.ckpt").exists()  # no --checkpoint_every

@@ -102,7 +102,8 @@ def test_compare_tables_plot_skip_resume_and_a_failing_combination(
         ]
     )
     assert (
-        torch.load(killed / "checkpoints/last.ckpt", weights_only=True)["advmim"]["iteration"] == 2
+        torch.load(killed / "checkpoints/last.ckpt", weights_only=True)["state_dict"]["iteration"]
+        == 2
     )
     assert not (killed / "test_metrics.csv").exists()
     # A combination that fails: its last.ckpt is not a checkpoint.

@@ -86,7 +86,7 @@ def _check_spacing(spacing: Sequence[float] | Tensor | None, ndim: int) -> tuple
     return values
 
 
-def _check_nsd_options(
+def check_nsd_options(
     nsd_tolerance: float | Sequence[float],
     nsd_zero_below_dice: float | None,
     num_classes: int,
@@ -261,7 +261,7 @@ def compute_case_metrics(
     """
     if num_classes < 2:
         raise ValueError(f"case_metrics.py: num_classes must be >= 2, got {num_classes}.")
-    tolerances, zero_below = _check_nsd_options(
+    tolerances, zero_below = check_nsd_options(
         nsd_tolerance, nsd_zero_below_dice, num_classes, "case_metrics.py compute_case_metrics"
     )
     if prediction.shape != label.shape or prediction.ndim not in (2, 3):

@@ -23,7 +23,7 @@ from torchmetrics.utilities import dim_zero_cat
 from advmim_lightning.evaluation.case_metrics import (
     METRIC_NAMES,
     _check_metric_names,
-    _check_nsd_options,
+    check_nsd_options,
     compute_case_metrics,
 )
 
@@ -100,7 +100,7 @@ class SegmentationMetrics(Metric):
                     "metrics.py SegmentationMetrics: class_names must be non-empty and unique, "
                     f"got {names}."
                 )
-        tolerances, zero_below = _check_nsd_options(
+        tolerances, zero_below = check_nsd_options(
             nsd_tolerance, nsd_zero_below_dice, num_classes, "metrics.py SegmentationMetrics"
         )
         self.num_classes = num_classes

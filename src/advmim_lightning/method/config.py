@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from advmim_lightning.evaluation.case_metrics import check_nsd_options
 from advmim_lightning.method.schedules import ctct_consistency_weight, poly_lr
 
 Method = Literal["advmim", "ctct", "supervised"]
@@ -210,7 +211,7 @@ class MethodSettings:
     eval_network: str = "transformer"
     eval_interpolation: str = "nearest"
     eval_slice_batch: int = 16
-    nsd_tolerance: float | list[float] = 1.0
+    nsd_tolerance: float | tuple[float, ...] = 1.0
     nsd_zero_below_dice: float | None = None
     rng_seed: int = 0
     nonfinite_check: str = "raise"
@@ -280,7 +281,7 @@ class MethodSettings:
                     f"AdvMIMModule.load_from_checkpoint(path, {name}=...) where the weights fit"
                 )
         given = self.hparams()
-        # Per-method values the user did not set stay "the method's default" (None).
+        # Per-method values keep the ones in use unless the edit names them.
         for name in PER_METHOD_SETTINGS:
             given[name] = changes.get(name, given.get(name))
         given.update({k: v for k, v in changes.items() if k not in PER_METHOD_SETTINGS})
@@ -319,6 +320,15 @@ def build_settings(**arguments: Any) -> MethodSettings:
         values[name] = resolved.get(name)
     names = values["class_names"] or None
     values["class_names"] = tuple(resolve_class_names(names, values["num_classes"]))
+    for name in ("eval_slice_batch", "rampup_length", "rampup_interval"):
+        if isinstance(values[name], bool) or not isinstance(values[name], int) or values[name] < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {values[name]!r}")
+    tolerance = values["nsd_tolerance"]
+    tolerances, _ = check_nsd_options(
+        tolerance, values["nsd_zero_below_dice"], values["num_classes"], "AdvMIMModule"
+    )
+    per_class = not isinstance(tolerance, (int, float))
+    values["nsd_tolerance"] = tolerances if per_class else float(tolerance)
     return MethodSettings(**values)
 
 
@@ -392,8 +402,23 @@ class SettingsRecord(dict):
     def __setattr__(self, key: str, value: Any) -> None:
         self.update({key: value})
 
+    def __ior__(self, other: Any) -> SettingsRecord:  # type: ignore[override]
+        self.update(other)
+        return self
+
+    def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if key not in self:
+            self.update({key: default})
+        return self[key]
+
     def __delitem__(self, key: str) -> None:
         raise ValueError(f"hparams.{key} is a setting of the run and cannot be removed")
+
+    def clear(self) -> None:
+        raise ValueError("hparams are the settings of the run and cannot be removed")
+
+    def popitem(self) -> tuple[str, Any]:
+        raise ValueError("hparams are the settings of the run and cannot be removed")
 
     def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
         raise ValueError(f"hparams.{key} is a setting of the run and cannot be removed")

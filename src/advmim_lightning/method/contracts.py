@@ -193,7 +193,7 @@ def check_takes_a_mask(name: str, net: nn.Module) -> None:
     )
 
 
-def check_fit_trainer(trainer: pl.Trainer, uses_masking: bool) -> None:
+def check_fit_trainer(trainer: pl.Trainer, uses_masking: bool, cuda_graph: bool = False) -> None:
     """Refuse a trainer the module cannot fit with.
 
     Raises:
@@ -201,6 +201,9 @@ def check_fit_trainer(trainer: pl.Trainer, uses_masking: bool) -> None:
             ``find_unused_parameters``.
     """
     from advmim_lightning.run import lightning_private  # Lightning only where a trainer is
+
+    if cuda_graph:
+        check_cuda_graph_trainer(trainer)
 
     precision = getattr(trainer, "precision_plugin", None)
     if getattr(precision, "scaler", None) is not None:

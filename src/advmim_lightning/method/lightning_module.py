@@ -150,6 +150,8 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         self.model = AdvMIMModel(config.build_settings(**arguments), cnn, transformer)
         self.automatic_optimization = False
         self._class_names_given = class_names is not None
+        self._graphed: GraphedIteration | None = None  # cuda_graph's runner (train start)
+        self.randomness = IterationRandomness(self.settings.rng_seed)
         self.save_hyperparameters(ignore=["cnn", "transformer"])
         self._record_settings()
 
@@ -160,11 +162,8 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         self.restored_from_checkpoint = False
         self.register_state_dict_post_hook(checkpoints.save_model_state)
         self.register_load_state_dict_pre_hook(checkpoints.load_model_state)
-        self.randomness = IterationRandomness(self.settings.rng_seed)
         self.contract_watch = contracts.ContractWatch(self.settings.num_classes)
         self.nonfinite = NonFiniteGuard()  # built for the run's settings at train start
-        self._graphed: GraphedIteration | None = None  # cuda_graph's runner (train start)
-        self._build_metrics()
 
     # ------------------------------------------------------------------ settings
     @property
@@ -173,20 +172,20 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         return self.model.settings
 
     def _record_settings(self) -> None:
-        """Make ``hparams`` (and what loggers record) the settings that train."""
-        self._hparams = config.SettingsRecord(self.model, self._before_edit, self._after_edit)
+        """Make ``hparams``, what loggers record, the seeds and the metrics follow the settings
+        (again after each accepted edit of ``hparams``)."""
+        self._hparams = config.SettingsRecord(self.model, self._before_edit, self._record_settings)
         lightning_private.set_hparams_initial(self, dict(self._hparams))
+        self.randomness.rng_seed = self.settings.rng_seed
+        self.evaluator = Evaluator.for_settings(self.settings, NETWORK_NAMES)
 
     def _before_edit(self) -> None:
         if self._graphed is not None and self._graphed.graph is not None:
             raise ValueError("the settings cannot change while a captured CUDA graph trains")
 
-    def _after_edit(self) -> None:
-        self.randomness.rng_seed = self.settings.rng_seed
-        lightning_private.set_hparams_initial(self, dict(self._hparams))
-
-    def _build_metrics(self) -> None:
-        self.evaluator = Evaluator.for_settings(self.settings, NETWORK_NAMES)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # a copy or unpickled module: hparams edit its own model
+        self._record_settings()
 
     # ------------------------------------------------------------------ the model's parts
     @property
@@ -250,11 +249,9 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
     def setup(self, stage: str) -> None:
         if not self._class_names_given:
             self._take_the_data_class_names()
-        if stage != "fit":
-            return
-        if self.settings.cuda_graph:
-            contracts.check_cuda_graph_trainer(self.trainer)
-        contracts.check_fit_trainer(self.trainer, self.settings.uses_masking)
+        if stage == "fit":
+            s = self.settings
+            contracts.check_fit_trainer(self.trainer, s.uses_masking, s.cuda_graph)
 
     def _take_the_data_class_names(self) -> None:
         """Name the metrics after the data module's classes when none were given."""
@@ -263,11 +260,10 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
             record = {**self.settings.hparams(), "class_names": [str(n) for n in names]}
             self.model.settings = config.build_settings(**record)
             self._record_settings()
-            self._build_metrics()
 
     def on_fit_start(self) -> None:
-        """Keep torch's generator states (given back at fit end); warn (rank 0) when a fresh
-        fit starts a Swin-T sized Swin-UNet from random weights."""
+        """Keep torch's generator states (given back when fit returns); warn (rank 0) when a
+        fresh fit starts a Swin-T sized Swin-UNet from random weights."""
         self.randomness.keep_global_state()
         if self.trainer.ckpt_path is not None or self.restored_from_checkpoint:
             return
@@ -280,9 +276,10 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         self.train()  # a network left in eval mode would train without dropout
         # a resumed optimiser brings its saved implementation flags: apply the current ones
         optim.update_groups(self.trainer.optimizers, **optim.SGD_IMPLEMENTATIONS[s.optimizer_impl])
-        parts = dict(zip(self.model.trained_part_names, self.model.trained_parts, strict=True))
         self.nonfinite = NonFiniteGuard(s.nonfinite_check, s.max_skipped_in_a_row)
-        self.nonfinite.start(parts, self.trainer.optimizers, self.iteration)
+        self.nonfinite.start(
+            self.model.named_trained_parts, self.trainer.optimizers, self.iteration
+        )
         self._set_learning_rates(self.settings.lr_at(self.iteration))
         self.contract_watch.watch(self.model.segmenters, "train")
         self._graphed = None

@@ -146,6 +146,11 @@ class AdvMIMModel(nn.Module):
         return [*NETWORK_NAMES, *(f"disc_{name}" for name in self.discriminators)]
 
     @property
+    def named_trained_parts(self) -> dict[str, nn.Module]:
+        """:attr:`trained_parts` by :attr:`trained_part_names`."""
+        return dict(zip(self.trained_part_names, self.trained_parts, strict=True))
+
+    @property
     def trained_parts(self) -> list[nn.Module]:
         """The networks with an optimiser each: segmenters, then discriminators (AdvMIM)."""
         return [*self.segmenters.values(), *self.discriminators.values()]

@@ -52,7 +52,8 @@ PATH_SETTINGS = (
     "trainer.default_root_dir",
     "prediction_writer.output_dir",
     "data.root",
-    "data.cache_dir",
+    "data.settings.cache_dir",
+    "data.settings.split_file",
 )
 
 
