@@ -108,17 +108,19 @@ def test_stated_settings_refuses_what_compare_sets_and_bad_files(tmp_path):
 def test_check_split_file(tmp_path):
     fixing = write(tmp_path / "fixing.json", '{"labeled": ["a"], "test": ["b"]}')
     with pytest.raises(ValueError) as err:
-        check_split_file({"data.split_file": fixing})
+        check_split_file({"data.settings.split_file": fixing})
     assert str(err.value).startswith(
-        f"data.split_file {fixing} lists the labeled cases ('labeled' key), which wins over "
-        "data.labeled_cases"
+        f"data.settings.split_file {fixing} lists the labeled cases ('labeled' key), which "
+        "wins over data.labeled_cases"
     )
     check_split_file({})
-    check_split_file({"data.split_file": None})
-    check_split_file({"data.split_file": write(tmp_path / "ok.json", '{"test": ["b"]}')})
-    check_split_file({"data.split_file": write(tmp_path / "null.json", '{"labeled": null}')})
-    check_split_file({"data.split_file": str(tmp_path / "missing.json")})  # fit reports it
-    check_split_file({"data.split_file": write(tmp_path / "bad.json", "{not json")})
+    check_split_file({"data.settings.split_file": None})
+    check_split_file({"data.settings.split_file": write(tmp_path / "ok.json", '{"test": ["b"]}')})
+    check_split_file(
+        {"data.settings.split_file": write(tmp_path / "null.json", '{"labeled": null}')}
+    )
+    check_split_file({"data.settings.split_file": str(tmp_path / "missing.json")})  # fit reports it
+    check_split_file({"data.settings.split_file": write(tmp_path / "bad.json", "{not json")})
 
 
 def test_per_method_settings_and_their_users():

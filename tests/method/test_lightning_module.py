@@ -531,7 +531,9 @@ def test_without_class_names_the_metrics_take_the_data_modules(tmp_path):
 
     module = make_module("advmim")
     assert module.class_names == ["background", "class1", "class2", "class3"]
-    data = AdvMIMDataModule(layout="phantom", image_size=(64, 64), cache_dir=str(tmp_path))
+    data = AdvMIMDataModule(
+        layout="phantom", image_size=(64, 64), settings={"cache_dir": str(tmp_path)}
+    )
     data.setup("validate")
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     trainer.datamodule = data
@@ -540,7 +542,7 @@ def test_without_class_names_the_metrics_take_the_data_modules(tmp_path):
     assert (
         module.class_names == list(data.class_names) != ["background", "class1", "class2", "class3"]
     )
-    assert module.val_metrics.class_names == tuple(data.class_names[1:])
+    assert module.evaluator.val_metrics.class_names == tuple(data.class_names[1:])
     assert module.hparams.class_names == list(data.class_names)
 
 
@@ -550,7 +552,7 @@ def test_advmim_trains_at_every_true_precision(precision):
     module = make_module("advmim", max_iterations=1)
     trainer = fit(module, 1, precision=precision)
     assert module.iteration == 1
-    assert module.discriminators["cnn"].conv1.weight.dtype == dtype[precision]
+    assert module.model.discriminators["cnn"].conv1.weight.dtype == dtype[precision]
     assert torch.isfinite(trainer.logged_metrics["train/disc_cnn"])
     assert torch.isfinite(trainer.logged_metrics["train/adv_transformer"])
 
@@ -629,3 +631,21 @@ def test_hparams_yaml_holds_plain_lists(tmp_path):
     fit(module, 1, logger=CSVLogger(tmp_path, name="run"))
     saved = yaml.safe_load(next(tmp_path.rglob("hparams.yaml")).read_text())
     assert saved["image_size"] == [TINY_SIZE, TINY_SIZE] and saved["lr"] == 0.05
+
+
+def test_a_copied_module_edits_its_own_settings_and_dict_methods_cannot_bypass_them():
+    module = make_module("advmim")
+    twin = copy.deepcopy(module)
+    twin.hparams.lr = 0.5
+    assert (twin.settings.lr, module.settings.lr) == (0.5, 0.05)
+    record = twin.hparams
+    record |= {"adversarial_weight": 0.2}
+    assert twin.settings.adversarial_weight == 0.2 == twin.hparams.adversarial_weight
+    twin.hparams.nsd_tolerance = [5.0, 3.0, 3.0]
+    assert twin.evaluator.test_metrics.nsd_tolerances == (5.0, 3.0, 3.0)
+    with pytest.raises(ValueError, match="nsd_tolerance must give one value per foreground"):
+        twin.hparams.nsd_tolerance = [1.0, 2.0]
+    for refused in (twin.hparams.clear, twin.hparams.popitem):
+        with pytest.raises(ValueError, match="cannot be removed"):
+            refused()
+    assert twin.hparams.lr == 0.5

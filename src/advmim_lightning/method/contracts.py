@@ -53,12 +53,12 @@ _TRAINING_BATCH = (
 )
 
 
-def check_training_batch(batch: Any, method: str = "advmim") -> None:
+def check_training_batch(batch: Any, method: str | None = None) -> None:
     """Refuse a training batch that is not the paired dict (cheap: no tensor is read), or
-    that lacks the unlabeled images ``method`` trains on."""
+    that lacks the unlabeled images ``method`` trains on (not checked without a method)."""
     labeled = batch.get("labeled") if isinstance(batch, Mapping) else None
     if isinstance(labeled, Mapping) and "image" in labeled and "label" in labeled:
-        if method != "supervised" and "unlabeled" not in batch:
+        if method not in (None, "supervised") and "unlabeled" not in batch:
             raise ValueError(
                 f"method={method!r} needs unlabeled images but the batch has only "
                 f"{sorted(batch)}; set data.require_unlabeled=true and give unlabeled cases"
