@@ -388,11 +388,10 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self.evaluator.validation_values(len(self.trainer.num_val_batches))
-        dice_mean = values.pop("val/dice_mean")
+        dice_mean = values.pop("val/dice_mean", None)  # the first loader's, where it scored
         self.log_dict(values, sync_dist=False, add_dataloader_idx=False)
-        self.log(
-            "val/dice_mean", dice_mean, prog_bar=True, sync_dist=False, add_dataloader_idx=False
-        )
+        if dice_mean is not None:
+            self.log("val/dice_mean", dice_mean, prog_bar=True, add_dataloader_idx=False)
 
     def test_step(self, item: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         checked = self.evaluator.check(item, "test", batch_idx)
