@@ -12,7 +12,6 @@ Each module has a ``main(argv)`` that :mod:`advmim_lightning.run.main` runs for 
 - :mod:`~advmim_lightning.commands.demo`: ``make demo`` (train, test and predict the
   quickstart config).
 
-``advmim prepare`` belongs to the data it writes: :mod:`advmim_lightning.data.prepare`. The
-old module paths ``advmim_lightning.commands.export``, ``advmim_lightning.commands.compare`` and
-``advmim_lightning.commands.demo`` still import (and run with ``python -m``).
+``advmim prepare`` belongs to the data it writes: :mod:`advmim_lightning.data.prepare`. Each
+is dispatched by :func:`advmim_lightning.run.main.main` (``advmim <command>``).
 """

@@ -4,7 +4,7 @@ The library needs a few things Lightning offers no public API for: a parser argu
 subcommands only, the counters a ``ModelCheckpoint`` keeps, the step count of an optimiser
 stepped inside a CUDA graph, the settings a DDP strategy was built with. Each such use lives
 here, written against **Lightning 2.6** (and torchmetrics 1.9, jsonargparse 4), so an upgrade
-has one file to check; ``tests/test_lightning_private.py`` fails, naming the API, when one of
+has one file to check; ``tests/run/test_lightning_private.py`` fails, naming the API, when one of
 them is gone or has changed its signature. Private hooks Lightning calls are overridden in
 small base classes that hand over to a method with a public name
 (:class:`SubcommandParserHook`, :class:`_CheckpointFileHooks`,
