@@ -259,3 +259,25 @@ class PoisonedAt(PairedBatches):
         if i in self.at:
             batch["unlabeled"]["image"][0] = 3e38  # conv sums overflow to inf, then NaN
         return batch
+
+
+def pretend_slurm(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    """Make this process look like a SLURM task (job 4242 on gpu07 unless ``variables`` say
+    otherwise), with ``MASTER_ADDR`` / ``MASTER_PORT`` removed again after the test (Lightning
+    sets them) and the rank-zero flags restored (DDP sets them)."""
+    import lightning_utilities.core.rank_zero as utils_rank_zero
+    from lightning.pytorch.utilities import rank_zero
+
+    slurm = {
+        "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
+        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+        "SLURM_JOB_NODELIST": "gpu07", "SLURM_NODELIST": "gpu07",
+        "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "advmim",
+    }  # fmt: skip
+    for name, value in {**slurm, **variables}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
+    for holder in (rank_zero.rank_zero_only, utils_rank_zero.rank_zero_only):
+        monkeypatch.setattr(holder, "rank", getattr(holder, "rank", 0))

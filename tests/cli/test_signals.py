@@ -14,13 +14,12 @@ import types
 from pathlib import Path
 
 import lightning.pytorch as pl
-import lightning_utilities.core.rank_zero as utils_rank_zero
 import pytest
 import torch
-from lightning.pytorch.utilities import rank_zero
 
 from advmim_lightning.run.main import main
 from advmim_lightning.run.resume import find_run_checkpoint
+from tiny import pretend_slurm
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(Path(__file__).with_name("tiny.yaml"))
@@ -103,19 +102,7 @@ def test_sigterm_from_outside_gives_the_shell_status_143(tmp_path):
 def test_slurm_requeue_signal_then_sigterm_saves_hpc_ckpt_and_requeues(
     tmp_path, signal_callback, capsys, monkeypatch
 ):
-    slurm = {
-        "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
-        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-        "SLURM_JOB_NODELIST": "gpu07", "SLURM_NODELIST": "gpu07",
-        "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "advmim",
-    }  # fmt: skip
-    for name, value in slurm.items():
-        monkeypatch.setenv(name, value)
-    for name in ("MASTER_ADDR", "MASTER_PORT"):  # set by Lightning below; removed afterwards
-        monkeypatch.setenv(name, "unset")
-        monkeypatch.delenv(name)
-    for holder in (rank_zero.rank_zero_only, utils_rank_zero.rank_zero_only):
-        monkeypatch.setattr(holder, "rank", getattr(holder, "rank", 0))
+    pretend_slurm(monkeypatch)
     bin_dir = tmp_path / "bin"  # a scontrol that records how it was called
     bin_dir.mkdir()
     scontrol = bin_dir / "scontrol"

@@ -8,13 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import lightning_utilities.core.rank_zero as utils_rank_zero
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero
 
 from advmim_lightning.run.cli import build_cli
 from advmim_lightning.run.resume import find_run_checkpoint
+from tiny import pretend_slurm
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(Path(__file__).with_name("tiny.yaml"))
@@ -31,19 +30,11 @@ def build_trainer(tmp_path: Path, *extra: str):
 
 def test_the_cli_trainer_takes_ranks_and_nodes_from_slurm(tmp_path, monkeypatch):
     # rank 3 of 4: the second task on the second of two nodes gpu07, gpu08
-    slurm = {
-        "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "2",
-        "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
-        "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NODELIST": "gpu[07-08]",
-        "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "advmim",
-    }  # fmt: skip
-    for name, value in slurm.items():
-        monkeypatch.setenv(name, value)
-    for name in ("MASTER_ADDR", "MASTER_PORT"):  # set by Lightning below; removed afterwards
-        monkeypatch.setenv(name, "unset")
-        monkeypatch.delenv(name)
-    for holder in (rank_zero.rank_zero_only, utils_rank_zero.rank_zero_only):  # DDP sets it
-        monkeypatch.setattr(holder, "rank", getattr(holder, "rank", 0))
+    pretend_slurm(
+        monkeypatch, SLURM_NTASKS="4", SLURM_NTASKS_PER_NODE="2", SLURM_NNODES="2",
+        SLURM_PROCID="3", SLURM_LOCALID="1", SLURM_NODEID="1",
+        SLURM_JOB_NODELIST="gpu[07-08]", SLURM_NODELIST="gpu[07-08]",
+    )  # fmt: skip
     trainer = build_trainer(
         tmp_path,
         "--trainer.num_nodes", "2", "--trainer.devices", "2",
