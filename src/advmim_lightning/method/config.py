@@ -231,6 +231,16 @@ class MethodSettings:
         """Whether the method runs the masked domain and the discriminators (AdvMIM)."""
         return self.method == "advmim"
 
+    def loss_weights(self) -> dict[str, float | None]:
+        """The weights of the segmenter loss terms (what ``objective.segmenter_losses`` reads),
+        without building the whole record every iteration."""
+        return {
+            "sup_weight": self.sup_weight,
+            "masked_sup_weight": self.masked_sup_weight,
+            "masked_pseudo_weight": self.masked_pseudo_weight,
+            "adversarial_weight": self.adversarial_weight,
+        }
+
     def lr_at(self, iteration: int) -> float:
         """The poly learning rate at ``iteration`` (0-based)."""
         return poly_lr(self.lr, iteration, self.max_iterations, self.poly_power)

@@ -226,7 +226,7 @@ class AdvMIMModel(nn.Module):
             y,
             x_l.shape[0],
             unlabeled=x_u is not None,
-            settings=s.hparams(),
+            settings=s.loss_weights(),
             ct_weight=ct_weight,
             loss_variant=s.loss_variant,
             discriminators=self.discriminators or None,
