@@ -212,7 +212,10 @@ OPTIONS["fast_compile_graph"] = {
 }
 
 
-def build_module(small: bool, size: int, classes: int, option: str = "baseline") -> AdvMIMModule:
+def build_module(
+    small: bool, size: int, classes: int, option: str = "baseline", **module_args
+) -> AdvMIMModule:
+    """The measured module: ``option``'s settings and networks, then ``module_args``."""
     chosen = OPTIONS[option]
     networks = chosen.get("networks", {})
     transformer_args = {**networks, **chosen.get("transformer", {})}
@@ -238,8 +241,7 @@ def build_module(small: bool, size: int, classes: int, option: str = "baseline")
         num_classes=classes,
         image_size=(size, size),
         max_iterations=10_000,
-        **extra,
-        **chosen.get("module", {}),
+        **{**extra, **chosen.get("module", {}), **module_args},
     )
 
 
