@@ -412,10 +412,14 @@ def _batch_norm_statistics(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("method, separate", [("advmim", True), ("ctct", False)])
 def test_batch_norm_sees_the_batches_as_the_published_code_feeds_them(method, separate):
-    """AdvMIM (public code): each network on x_l, then each on x_u; CTCT: one joint call."""
+    """AdvMIM (public code): each network on x_l, then each on x_u; CTCT: one joint call.
+
+    ``stream_batching="separate"`` makes the public code's calls, bit for bit, dropout draws
+    included (the batched default is compared with these calls, dropout off, in
+    tests/method/test_stream_batching.py)."""
     from advmim_lightning.method.randomness import iteration_seed
 
-    module = make_module(method)
+    module = make_module(method, stream_batching="separate")
     assert module.hparams.forward_batching == ("separate" if separate else "joint")
     reference = {name: copy.deepcopy(getattr(module, name)) for name in ("transformer", "cnn")}
     fit(module, 1)

@@ -30,7 +30,7 @@ def build(impl: str = "auto", clip_norm: float = 0.0, modules: list[nn.Module] |
 
 def test_sgd_implementations_flags():
     assert SGD_IMPLEMENTATIONS == {
-        "auto": {"foreach": None, "fused": None},
+        "auto": {"foreach": True, "fused": None},
         "for_loop": {"foreach": False, "fused": None},
         "foreach": {"foreach": True, "fused": None},
         "fused": {"foreach": None, "fused": True},
@@ -89,6 +89,26 @@ def test_implementations_give_the_same_update(clip_norm):
     for impl in ("auto", "foreach", "fused"):
         for got, expected in zip(steps(impl, clip_norm), reference, strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    for impl in ("auto", "foreach"):  # the default's foreach kernels: the loop's bits
+        got = steps(impl, clip_norm)
+        assert all(torch.equal(a, b) for a, b in zip(got, reference, strict=True))
+
+
+def test_clipping_is_torchs_clip_grad_norm_bit_for_bit():
+    modules = parts()
+    (optimizer, _), _ = build(clip_norm=0.3, modules=modules)
+    params = optimizer.param_groups[0]["params"]
+    generator = torch.Generator().manual_seed(2)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator) * 5
+    copies = [nn.Parameter(p.detach().clone()) for p in params]
+    for copy, p in zip(copies, params, strict=True):
+        copy.grad = p.grad.clone()
+    torch.nn.utils.clip_grad_norm_(copies, 0.3, foreach=False)
+    clip_gradients(optimizer)
+    assert all(torch.equal(p.grad, c.grad) for p, c in zip(params, copies, strict=True))
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    assert abs(float(total) - 0.3) < 1e-5
 
 
 def test_sgd_update_value():

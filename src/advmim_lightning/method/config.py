@@ -57,6 +57,7 @@ def check_arguments(
     method: str,
     loss_variant: str,
     forward_batching: str | None,
+    stream_batching: str,
     discriminator_real: str,
     eval_network: str,
     eval_interpolation: str,
@@ -84,6 +85,7 @@ def check_arguments(
     check_choice("loss_variant", loss_variant, ("public_code", "paper"))
     if forward_batching is not None:
         check_choice("forward_batching", forward_batching, ("separate", "joint"))
+    check_choice("stream_batching", stream_batching, ("batched", "separate"))
     check_choice("discriminator_real", discriminator_real, ("labeled", "unlabeled"))
     check_choice("eval_network", eval_network, ("transformer", "cnn", "ensemble"))
     check_choice("eval_interpolation", eval_interpolation, ("nearest", "bilinear"))
@@ -203,6 +205,7 @@ class MethodSettings:
     adversarial_weight: float | None = 0.001
     discriminator_weight: float | None = 0.1
     forward_batching: str | None = "separate"
+    stream_batching: str = "batched"
     loss_variant: str = "public_code"
     discriminator_real: str = "labeled"
     mask_ratio: float = 0.7
@@ -346,6 +349,7 @@ _CHECKED = (
     "method",
     "loss_variant",
     "forward_batching",
+    "stream_batching",
     "discriminator_real",
     "eval_network",
     "eval_interpolation",

@@ -75,6 +75,10 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         discriminator_weight: AdvMIM: weight of the discriminator loss (0.1).
         forward_batching: ``"separate"`` (AdvMIM: labeled and unlabeled batches in separate
             forward calls) or ``"joint"`` (CTCT: one call on both).
+        stream_batching: ``"batched"`` (default): each segmenter runs once per iteration on
+            all its calls' batches together, batch norm keeping each call's statistics (equal
+            to the separate calls up to rounding and dropout draws; docs/speed.md), or
+            ``"separate"``: one call per batch, in the public code's order.
         loss_variant: ``"public_code"`` or ``"paper"`` (masked ``CE + Dice`` for both networks).
         discriminator_real: ``"labeled"`` (public code) or ``"unlabeled"`` images are "real".
         mask_ratio: Fraction of mask blocks masked (0.7).
@@ -126,6 +130,7 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         adversarial_weight: float | None = None,
         discriminator_weight: float | None = None,
         forward_batching: Literal["separate", "joint"] | None = None,
+        stream_batching: Literal["batched", "separate"] = "batched",
         loss_variant: Literal["public_code", "paper"] = "public_code",
         discriminator_real: Literal["labeled", "unlabeled"] = "labeled",
         mask_ratio: float = 0.7,

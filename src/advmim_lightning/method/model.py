@@ -218,7 +218,11 @@ class AdvMIMModel(nn.Module):
         update): :func:`~advmim_lightning.method.objective.segmenter_losses`' outputs."""
         s = self.settings
         logits, masked_logits = objective.segmenter_forward(
-            self.segmenters, self.forward_batches(x_l, x_u), masks, s.uses_masking
+            self.segmenters,
+            self.forward_batches(x_l, x_u),
+            masks,
+            s.uses_masking,
+            batched=s.stream_batching == "batched",
         )
         return objective.segmenter_losses(
             logits,

@@ -63,19 +63,24 @@ class NonFiniteMonitor:
         first_iteration: The iteration the first window starts at (0, or where a run resumes).
         parts: The trained parts by name, whose parameters and float buffers (batch-norm
             statistics) are checked after every update. They are gathered here, once, so an
-            iteration only reduces them: one ``foreach`` max-norm per part, no host sync.
+            iteration only reduces them: one ``foreach`` max-norm for all parts and one
+            ``isfinite`` with the loss terms, no host sync.
     """
 
     def __init__(
         self, first_iteration: int = 0, parts: Mapping[str, nn.Module] | None = None
     ) -> None:
-        self._parts = {
+        tensors = {
             name: [
                 *part.parameters(),
                 *(b for b in part.buffers() if b.is_floating_point()),
             ]
             for name, part in (parts or {}).items()
         }
+        # one flat list, so that one foreach max-norm checks every part; a tensor's flag is
+        # read back as its part's
+        self._tensors = [t for part in tensors.values() for t in part]
+        self._tensor_names = [_PART_PREFIX + name for name, part in tensors.items() for _ in part]
         # (term names, OR of their device flags) per run of iterations with the same terms
         self._windows: list[tuple[list[str], Tensor]] = []
         self._case_ids: list[str] = []
@@ -91,11 +96,11 @@ class NonFiniteMonitor:
             case_ids: The cases the iteration's batches held.
             iteration: The iteration (0-based), after its update.
         """
-        names = [*terms, *(_PART_PREFIX + name for name in self._parts)]
-        flags = torch.stack(
-            [~torch.isfinite(v.detach()) for v in terms.values()]
-            + [~_all_finite(tensors) for tensors in self._parts.values()]
-        )
+        names = [*terms, *self._tensor_names]
+        values = [v.detach().float() for v in terms.values()]
+        if self._tensors:  # the max-norm cannot overflow for finite values and keeps NaN
+            values += [n.float() for n in torch._foreach_norm(self._tensors, ord=float("inf"))]
+        flags = ~torch.stack(values).isfinite()
         if self._windows and self._windows[-1][0] == names:
             self._windows[-1] = (names, self._windows[-1][1] | flags)
         else:

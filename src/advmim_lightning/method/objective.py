@@ -68,11 +68,15 @@ def segmenter_forward(
     batches: Sequence[Tensor],
     masks: Sequence[Tensor],
     masking: bool,
+    batched: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Each segmenter's logits on the joined batches (and masked-domain logits with masking).
 
     The calls follow the public AdvMIM code's order: every network on the first batch, then
-    every network on the next, each call with the next of ``masks`` when ``masking``.
+    every network on the next, each call with the next of ``masks`` when ``masking``. With
+    ``batched``, a network that offers ``forward_streams`` (the library's networks) makes all
+    its calls in one pass instead, with the same results up to rounding and dropout draws
+    (:mod:`advmim_lightning.networks.streams`).
 
     Args:
         segmenters: The networks by name (``transformer`` first).
@@ -80,24 +84,50 @@ def segmenter_forward(
         masks: ``B_i x H x W`` bool masks, one per call, in call order (unused without
             masking).
         masking: Call ``net(x, mask=m)`` (AdvMIM) instead of ``net(x)``.
+        batched: Join each network's calls where it can (``stream_batching="batched"``).
 
     Returns:
         ``(logits, masked_logits)`` by network name, each ``sum(B_i) x K x H x W``;
         ``masked_logits`` is empty without masking.
     """
+    if batched and (masking or len(batches) > 1):
+        joined = [name for name, net in segmenters.items() if hasattr(net, "forward_streams")]
+    else:
+        joined = []
+    logits: dict[str, Tensor] = {}
+    masked_logits: dict[str, Tensor] = {}
+    for j, name in enumerate(segmenters):
+        if name not in joined:
+            continue
+        own_masks = list(masks[j :: len(segmenters)]) if masking else None
+        out = segmenters[name].forward_streams(list(batches), own_masks)
+        if masking:
+            logits[name], masked_logits[name] = out
+        else:
+            logits[name] = out
+    if len(joined) == len(segmenters):
+        return logits, masked_logits
     next_mask = iter(masks)
     parts: dict[str, list[Tensor]] = {name: [] for name in NETWORK_NAMES}
     masked_parts: dict[str, list[Tensor]] = {name: [] for name in NETWORK_NAMES}
     for x in batches:
         for name, net in segmenters.items():
+            mask = next(next_mask) if masking else None
+            if name in joined:
+                continue
             if masking:
-                out, masked = net(x, mask=next(next_mask))
+                out, masked = net(x, mask=mask)
                 masked_parts[name].append(masked)
             else:
                 out = net(x)
             parts[name].append(out)
-    logits = {name: _joined(p) for name, p in parts.items()}
-    masked_logits = {name: _joined(p) for name, p in masked_parts.items() if p}
+    for name in segmenters:
+        if name not in joined:
+            logits[name] = _joined(parts[name])
+            if masked_parts[name]:
+                masked_logits[name] = _joined(masked_parts[name])
+    logits = {name: logits[name] for name in segmenters}  # the networks' order, as always
+    masked_logits = {name: masked_logits[name] for name in segmenters if name in masked_logits}
     return logits, masked_logits
 
 

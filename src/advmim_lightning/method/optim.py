@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-#: ``torch.optim.SGD`` implementation flags per ``optimizer_impl``.
+#: ``torch.optim.SGD`` implementation flags per ``optimizer_impl``. ``"auto"`` is ``foreach``
+#: on every device (torch's own default loops per parameter on a CPU); its updates are the
+#: per-parameter loop's bit for bit.
 SGD_IMPLEMENTATIONS: dict[str, dict[str, bool | None]] = {
-    "auto": {"foreach": None, "fused": None},
+    "auto": {"foreach": True, "fused": None},
     "for_loop": {"foreach": False, "fused": None},
     "foreach": {"foreach": True, "fused": None},
     "fused": {"foreach": None, "fused": True},
@@ -78,12 +80,21 @@ def clip_gradients(optimizer: torch.optim.Optimizer) -> None:
 
     Gradients are never loss-scaled (``16-mixed`` is refused), so the norm is clipped
     directly; Lightning's own ``clip_gradients`` refuses fused optimisers under mixed
-    precision.
+    precision. The arithmetic is ``torch.nn.utils.clip_grad_norm_``'s, bit for bit, in a
+    handful of ``foreach`` kernels on every device (torch's own loops per parameter on a CPU).
     """
     clip = optimizer.param_groups[0].get("clip_norm", 0.0)
-    if clip:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, clip)
+    if not clip:
+        return
+    grads = [
+        p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+    ]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads, 2.0)
+    total = torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in norms]), 2.0)
+    scale = torch.clamp(clip / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, scale)
 
 
 def update_groups(optimizers: Sequence[torch.optim.Optimizer], **values: Any) -> None:

@@ -86,9 +86,11 @@ class SwinUNet(nn.Module):
             ``"timm/swin_tiny_patch4_window7_224.ms_in1k"`` (what the ACDC and NIfTI configs
             give), read from the Hugging Face cache and downloaded into it once where the machine
             is online (never with ``HF_HUB_OFFLINE=1``). None (default): random initialisation.
-        batched_streams: with a mask, run both streams as one concatenated batch. The Swin-UNet has
-            no batch statistics, so results equal the sequential default up to floating-point
-            rounding and the order in which drop-path draws its random numbers.
+        batched_streams: with a mask, run both streams of ``net(x, mask=m)`` as one batch
+            (:meth:`forward_streams`). The Swin-UNet has no batch statistics, so results equal
+            the sequential default up to floating-point rounding and the order in which
+            drop-path draws its random numbers. (AdvMIM's training calls
+            :meth:`forward_streams` itself, see the method setting ``stream_batching``.)
         fused_attention: use ``scaled_dot_product_attention`` in the window attention (faster on
             GPUs, same result up to rounding); off by default, the explicit softmax of the public
             code.
@@ -314,6 +316,13 @@ class SwinUNet(nn.Module):
         Raises:
             ValueError: wrong channel count or size.
         """
+        self.check_input(x)
+        if self.repeat_to_rgb:
+            x = x.expand(-1, 3, -1, -1)
+        return self.patch_embed(x)
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ValueError unless ``x`` is ``B x in_channels x img_size``."""
         expected = (self.in_channels, *self.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
@@ -321,9 +330,6 @@ class SwinUNet(nn.Module):
                 f"{expected[1]} x {expected[2]} (in_channels x img_size), got {tuple(x.shape)}; "
                 f"resize the images to img_size or build the network with another img_size."
             )
-        if self.repeat_to_rgb:
-            x = x.expand(-1, 3, -1, -1)
-        return self.patch_embed(x)
 
     def apply_mask(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """Replace masked tokens by the mask token.
@@ -358,15 +364,46 @@ class SwinUNet(nn.Module):
             ValueError: wrong input or mask shape.
             TypeError: mask not bool.
         """
+        if mask is not None and self.batched_streams:
+            return self.forward_streams([x], [mask])
         tokens = self.embed(x)
         if mask is None:
             return self._segment(tokens)
         check_mask(mask, x, "networks/swin_unet.py SwinUNet")
-        masked_tokens = self.apply_mask(tokens, mask)
-        if self.batched_streams:
-            logits, masked_logits = self._segment(torch.cat([tokens, masked_tokens])).chunk(2)
-            return logits, masked_logits
+        masked_tokens = self.apply_mask(tokens, mask)  # first: the backward's summation order
         return self._segment(tokens), self._segment(masked_tokens)
+
+    def forward_streams(
+        self, images: Sequence[Tensor], masks: Sequence[Tensor] | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The calls ``self(x, mask=m)`` for each image batch and its mask, as one pass.
+
+        The Swin-UNet has no batch statistics, so one pass over all batches and both domains
+        equals the separate calls up to float rounding (and drop-path's draws).
+
+        Args:
+            images: ``B_i x C_in x H x W`` image batches.
+            masks: One ``B_i x H x W`` bool mask per batch, or None (no masked stream).
+
+        Returns:
+            The logits of all batches joined in order (``sum(B_i) x num_classes x H x W``);
+            with masks the pair ``(logits, masked_logits)``.
+        """
+        if masks is not None and len(masks) != len(images):
+            raise ValueError(
+                f"networks/swin_unet.py SwinUNet: forward_streams needs one mask per image "
+                f"batch, got {len(masks)} masks for {len(images)} batches."
+            )
+        for i, x in enumerate(images):
+            self.check_input(x)
+            if masks is not None:
+                check_mask(masks[i], x, "networks/swin_unet.py SwinUNet")
+        tokens = self.embed(_joined(images))
+        if masks is None:
+            return self._segment(tokens)
+        masked = self.apply_mask(tokens, _joined(masks))
+        logits, masked_logits = self._segment(torch.cat([tokens, masked])).chunk(2)
+        return logits, masked_logits
 
     def _segment(self, tokens: Tensor) -> Tensor:
         """Encoder, bottleneck and decoder: B x h x w x embed_dim tokens -> B x K x H x W logits."""
@@ -384,6 +421,10 @@ class SwinUNet(nn.Module):
             x = stage(fuse(torch.cat([x, skip], dim=-1)))
         x = self.final_expand(self.norm_up(x))
         return self.head(x.permute(0, 3, 1, 2))
+
+
+def _joined(batches: Sequence[Tensor]) -> Tensor:
+    return batches[0] if len(batches) == 1 else torch.cat(list(batches))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -27,6 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advmim_lightning.networks.masking import check_mask
+from advmim_lightning.networks.streams import (
+    StreamBatch,
+    deinterleave,
+    interleave,
+    supports_stream_statistics,
+)
 
 __all__ = ["UNet"]
 
@@ -52,10 +58,14 @@ class ConvBlock(nn.Module):
         self.norm2 = nn.BatchNorm2d(out_channels)
         self.act2 = nn.LeakyReLU()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """B x in x H x W -> B x out x H x W."""
-        x = self.drop(self.act1(self.norm1(self.conv1(x))))
-        return self.act2(self.norm2(self.conv2(x)))
+    def forward(self, x: Tensor, streams: StreamBatch | None = None) -> Tensor:
+        """B x in x H x W -> B x out x H x W (``streams``: per-stream batch norm)."""
+        x = self.drop(self.act1(_norm(self.norm1, self.conv1(x), streams)))
+        return self.act2(_norm(self.norm2, self.conv2(x), streams))
+
+
+def _norm(norm: nn.BatchNorm2d, x: Tensor, streams: StreamBatch | None) -> Tensor:
+    return norm(x) if streams is None else streams.batch_norm(norm, x)
 
 
 class DownBlock(nn.Module):
@@ -66,9 +76,9 @@ class DownBlock(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.conv = ConvBlock(in_channels, out_channels, dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, streams: StreamBatch | None = None) -> Tensor:
         """B x in x H x W -> B x out x H/2 x W/2."""
-        return self.conv(self.pool(x))
+        return self.conv(self.pool(x), streams)
 
 
 class UpBlock(nn.Module):
@@ -94,13 +104,13 @@ class UpBlock(nn.Module):
             self.up = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2, stride=2)
         self.conv = ConvBlock(2 * skip_channels, out_channels, dropout=0.0)
 
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+    def forward(self, x: Tensor, skip: Tensor, streams: StreamBatch | None = None) -> Tensor:
         """x: B x in x h x w, skip: B x skip x 2h x 2w -> B x out x 2h x 2w."""
         if self.bilinear:
             x = F.interpolate(self.proj(x), scale_factor=2, mode="bilinear", align_corners=True)
         else:
             x = self.up(x)
-        return self.conv(torch.cat([skip, x], dim=1))
+        return self.conv(torch.cat([skip, x], dim=1), streams)
 
 
 class UNet(nn.Module):
@@ -115,11 +125,12 @@ class UNet(nn.Module):
         upsampling: ``"bilinear"`` (default, the published decoder: 1x1 conv, then bilinear x2
             with ``align_corners=True``; its checkpoints load into ``UNet()``) or
             ``"transposed"`` (2x2 stride-2 transposed convolution).
-        batched_streams: with a mask, run the original and masked streams as one concatenated
-            batch after the first block (faster on GPUs). This CHANGES the numerics in training
-            mode: batch norm then normalises both streams with shared batch statistics and
-            updates its running statistics once with the mix. Off by default, which runs the two
-            streams one after the other as the public code does.
+        batched_streams: with a mask, run the original and masked streams of ``net(x, mask=m)``
+            as one batch (:meth:`forward_streams`): batch norm keeps each stream's own
+            statistics, so the result equals the default's up to rounding and dropout draws.
+            Off by default, which runs the two streams one after the other as the public code
+            does. (AdvMIM's training calls :meth:`forward_streams` itself, see the method
+            setting ``stream_batching``.)
 
     Raises:
         ValueError: invalid argument values (the message names the argument and what is allowed).
@@ -229,22 +240,70 @@ class UNet(nn.Module):
             ValueError: wrong channel count, spatial size or mask shape.
             TypeError: mask not bool.
         """
+        self._check_input(x)
+        if mask is not None and self.batched_streams and supports_stream_statistics(self):
+            return self.forward_streams([x], [mask])
+        first = self.in_block(x)
+        if mask is None:
+            return self._segment(first)
+        check_mask(mask, x, "networks/unet.py UNet")
+        masked_first = self.apply_mask(first, mask)  # first: the backward's summation order
+        return self._segment(first), self._segment(masked_first)
+
+    def forward_streams(
+        self, images: Sequence[Tensor], masks: Sequence[Tensor] | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The calls ``self(x, mask=m)`` for each image batch and its mask, as one pass.
+
+        The original and masked streams of every batch run as one interleaved batch whose
+        batch norms keep each stream's statistics and update their running statistics as the
+        separate calls would, in the calls' order (:class:`~advmim_lightning.networks.streams.
+        StreamBatch`). The results equal the separate calls up to float rounding (and dropout's
+        draws). Batches of different sizes run as separate calls.
+
+        Args:
+            images: ``B_i x C_in x H x W`` image batches.
+            masks: One ``B_i x H x W`` bool mask per batch, or None (no masked stream).
+
+        Returns:
+            The logits of all batches joined in order (``sum(B_i) x num_classes x H x W``);
+            with masks the pair ``(logits, masked_logits)``.
+        """
+        if masks is not None and len(masks) != len(images):
+            raise ValueError(
+                f"networks/unet.py UNet: forward_streams needs one mask per image batch, got "
+                f"{len(masks)} masks for {len(images)} batches."
+            )
+        for i, x in enumerate(images):
+            self._check_input(x)
+            if masks is not None:
+                check_mask(masks[i], x, "networks/unet.py UNet")
+        if len({x.shape[0] for x in images}) != 1 or not supports_stream_statistics(self):
+            return _joined_calls(self, images, masks)
+        count = len(images)
+        inputs = StreamBatch(count)
+        first = self.in_block(interleave(images), inputs)
+        if masks is None:
+            segments = StreamBatch(count)
+            out = self._segment(first, segments)
+        else:
+            masked = self.apply_mask(first, interleave(masks))
+            segments = StreamBatch(2 * count)  # stream 2 i + k: batch i, original / masked
+            out = self._segment(interleave([first, masked]), segments)
+        inputs.update_running_stats()
+        segments.update_running_stats()
+        if masks is None:
+            return torch.cat(deinterleave(out, count))
+        streams = deinterleave(out, 2 * count)
+        return torch.cat(streams[0::2]), torch.cat(streams[1::2])
+
+    def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"networks/unet.py UNet: expected input B x {self.in_channels} x H x W, "
                 f"got {tuple(x.shape)}."
             )
         self.check_input_size(x.shape[2], x.shape[3])
-        first = self.in_block(x)
-        if mask is None:
-            return self._segment(first)
-        check_mask(mask, x, "networks/unet.py UNet")
-        masked_first = self.apply_mask(first, mask)
-        if self.batched_streams:
-            both = torch.cat([first, masked_first], dim=0)
-            logits, masked_logits = self._segment(both).chunk(2, dim=0)
-            return logits, masked_logits
-        return self._segment(first), self._segment(masked_first)
 
     def apply_mask(self, features: Tensor, mask: Tensor) -> Tensor:
         """Replace masked positions of the first block's features by the mask token.
@@ -258,18 +317,28 @@ class UNet(nn.Module):
         """
         return torch.where(mask.unsqueeze(1), self.mask_token.to(features.dtype), features)
 
-    def _segment(self, first: Tensor) -> Tensor:
+    def _segment(self, first: Tensor, streams: StreamBatch | None = None) -> Tensor:
         """Run the rest of the encoder from the first block's features (B x C0 x H x W, also the
         last skip), then the decoder; returns B x num_classes x H x W logits."""
         features = [first]
         x = first
         for down in self.down_blocks:
-            x = down(x)
+            x = down(x, streams)
             features.append(x)
         features.pop()  # the bottleneck is the decoder input, not a skip
         for up in self.up_blocks:
-            x = up(x, features.pop())
+            x = up(x, features.pop(), streams)
         return self.head(x)
+
+
+def _joined_calls(
+    net: nn.Module, images: Sequence[Tensor], masks: Sequence[Tensor] | None
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``forward_streams``' result from separate calls (batches of different sizes)."""
+    if masks is None:
+        return torch.cat([net(x) for x in images])
+    pairs = [net(x, mask=m) for x, m in zip(images, masks, strict=True)]
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
 def _check_positive_int(value: Any, name: str) -> None:
