@@ -15,8 +15,15 @@ from pathlib import Path
 
 #: The published code on one H100, 8 + 8 images (docs/method.md), per precision.
 PUBLISHED_MS = {"32-true": 285.0, "bf16-mixed": 329.0}
-#: Issue targets: ms per 8 + 8 iteration, peak GiB (bf16, 8 + 8), 32 + 32 over 8 + 8 time.
-TARGET_MS = {"bf16-mixed": 25.0, "32-true": 60.0}
+#: Targets: ms per 8 + 8 iteration by (option, precision), None = the fastest option; peak
+#: GiB (bf16, 8 + 8); 32 + 32 over 8 + 8 time. The default path (``baseline``: the CUDA graph
+#: on one GPU) aims at 25 ms, then 15.
+TARGET_MS = {
+    ("baseline", "bf16-mixed"): 25.0,
+    ("eager", "bf16-mixed"): 120.0,
+    (None, "32-true"): 45.0,
+}
+STRETCH_MS = {("baseline", "bf16-mixed"): 15.0}
 TARGET_PEAK_GIB = 5.0
 TARGET_SCALING = 4.5
 #: The DataLoader must deliver this many times the images per second the GPU consumes.
@@ -71,17 +78,21 @@ def report(rows: list[dict], profiles: list[dict], skipped: list[dict], log: str
             f"{r['median_gpu_ms']:.1f} | {r['images_s']:.0f} | {r['peak_gib']:.2f} | {speedup} |"
         )
     out += ["", "## Targets (8 + 8 unless stated)", ""]
-    for precision, target in TARGET_MS.items():
-        row = best(rows, precision, "8+8")
+    for (option, precision), target in TARGET_MS.items():
+        candidates = [r for r in rows if option is None or r["option"] == option]
+        row = best(candidates, precision, "8+8")
+        what = f"{option or 'fastest'}, {precision}"
         if row is None:
-            out.append(f"- {precision}: not measured")
+            out.append(f"- {what}: not measured")
             continue
         verdict = "met" if row["ms"] <= target else "missed"
+        stretch = STRETCH_MS.get((option, precision))
+        if stretch is not None:
+            verdict += f"; <= {stretch:g} ms: {'met' if row['ms'] <= stretch else 'missed'}"
         out.append(
-            f"- {precision}: best {row['ms']:.1f} ms ({row['option']}), target <= {target:g} "
-            f"ms: {verdict}"
+            f"- {what}: {row['ms']:.1f} ms ({row['option']}), target <= {target:g} ms: {verdict}"
         )
-        if precision == "bf16-mixed":
+        if option == "baseline" and precision == "bf16-mixed":
             peak = row["peak_gib"]
             out.append(
                 f"- peak memory, bf16, {row['option']}: {peak:.2f} GiB, target <= "

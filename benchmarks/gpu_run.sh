@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One whole GPU measurement run, sized to finish in about 8 minutes on one H100 / H200.
+# One whole GPU measurement run, sized to finish within 8 minutes on one H100 / H200.
 #
 #   benchmarks/gpu_run.sh [OUT_DIR]             # default: $OUT, else runs/gpu_run
-#   COMPILED=1 benchmarks/gpu_run.sh [OUT_DIR]  # only the torch.compile options, each with
-#                                               # COMPILE_LIMIT seconds (default 240)
+#   COMPILED=1 benchmarks/gpu_run.sh [OUT_DIR]  # only the torch.compile options (a run of its
+#                                               # own), each with COMPILE_LIMIT s (default 240)
 #   REHEARSAL=1 benchmarks/gpu_run.sh /tmp/x    # on a CPU: small networks, 2 iterations, to
 #                                               # check the script before spending GPU time
 #
@@ -11,14 +11,16 @@
 # run) and only while the whole run's budget (BUDGET seconds, default 500) lasts:
 #   1. installs the wheels in .whl/ (git-ignored; what the GPU image lacks, e.g. nibabel) into
 #      /tmp/site, and records the GPU, driver and versions;
-#   2. the GPU tests (tests/gpu): the CUDA-graphed iteration against the eager one;
-#   3. benchmarks/train_step.py for the baseline and the CUDA-graph options, fp32 and bf16,
-#      8 + 8 and 32 + 32, one process per group of options;
-#   4. a torch.profiler summary (kernels per iteration, GPU-busy fraction) of the baseline and
-#      the graphed iterations, bf16 at 8 + 8;
+#   2. the GPU tests (tests/gpu): the CUDA-graphed iteration against the eager one, and the
+#      batched streams against separate calls (float32 and bf16);
+#   3. benchmarks/train_step.py for the default path (CUDA graph, auto), the eager path and the
+#      published call order, fp32 and bf16, 8 + 8 and 32 + 32; then the CUDA-graph variants;
+#   4. a torch.profiler summary (kernels per iteration, GPU-busy fraction) of those paths,
+#      bf16 at 8 + 8;
 #   5. the training DataLoader's rate with the default workers (benchmarks/data_pipeline.py);
-#   6. the other eager options, then the compiled ones (torch.compile) as the budget allows;
-#   7. benchmarks/gpu_report.py: $OUT/gpu_report.md (tables) from $OUT/rows.jsonl.
+#   6. the other eager options as the budget allows;
+#   7. benchmarks/gpu_report.py: $OUT/gpu_report.md (tables, targets) from $OUT/rows.jsonl.
+# With COMPILED=1 only the compiled options run (torch.compile inside the graph and eager).
 # Everything lands in OUT_DIR: gpu_report.md, rows.jsonl, run.log (all output).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ LOG="$OUT_DIR/run.log"
 ROWS="$OUT_DIR/rows.jsonl"
 : >"$ROWS"
 : >"$LOG"
-BUDGET=${BUDGET:-500}
+BUDGET=${BUDGET:-450}
 COMPILE_LIMIT=${COMPILE_LIMIT:-240}
 STARTED=$SECONDS
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
@@ -99,20 +101,20 @@ if [[ "${COMPILED:-0}" != 1 ]]; then
     else
         step "GPU tests" 150 "$PY" -m pytest tests/gpu -q -s -p no:cacheprovider
     fi
-    bench "baseline and the CUDA graph" 120 baseline cuda_graph fast_graph
-    step "profile" 60 "$PY" benchmarks/train_step.py "${BENCH[@]}" --json "$ROWS" \
-        --precision bf16-mixed --batch "$PROFILE_BATCH" --option baseline --option cuda_graph \
-        --option fast_graph --iterations 3 --profile "$PROFILE"
-    step "data pipeline" 45 "$PY" benchmarks/data_pipeline.py --loader --quick
-    bench "eager options" 200 channels_last foreach_sgd fused_sgd cudnn_benchmark \
-        fused_attention batched_streams
+    bench "default, eager and the published order" 120 baseline eager published_order
+    bench "CUDA graph variants" 90 fast_graph fast_graph_channels_last graph_published_order
+    step "profile" 50 "$PY" benchmarks/train_step.py "${BENCH[@]}" --json "$ROWS" \
+        --precision bf16-mixed --batch "$PROFILE_BATCH" --option baseline --option eager \
+        --option published_order --iterations 3 --profile "$PROFILE"
+    step "data pipeline" 30 "$PY" benchmarks/data_pipeline.py --loader --quick
+    bench "eager options" 100 channels_last fused_sgd cudnn_benchmark fused_attention
+else
+    # torch.compile of the four default networks took longer than 160 s on an H100 machine's
+    # 16 cores (2026-11-27): the compiled options run alone, each with its own limit.
+    bench "compile inside the CUDA graph" "$COMPILE_LIMIT" fast_compile_graph
+    bench "compile (eager)" "$COMPILE_LIMIT" compile
+    bench "fast (compiled, eager)" "$COMPILE_LIMIT" fast
 fi
-# torch.compile of the four default networks took longer than 160 s on an H100 machine's 16
-# cores (2026-11-27): the compiled options come last, or alone with COMPILED=1.
-bench "fast (compiled)" "$COMPILE_LIMIT" fast
-bench "fast + CUDA graph (compiled)" "$COMPILE_LIMIT" fast_compile_graph
-bench "compile reduce-overhead" "$COMPILE_LIMIT" compile_cudagraphs
-bench "compile" "$COMPILE_LIMIT" compile
 "$PY" benchmarks/gpu_report.py "$ROWS" "$LOG" >"$OUT_DIR/gpu_report.md" 2>>"$LOG"
 cat "$OUT_DIR/gpu_report.md"
 echo "== done in $((SECONDS - STARTED)) s"

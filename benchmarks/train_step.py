@@ -175,38 +175,54 @@ class ProfileWindow(pl.Callback):
 #: The published code's median 8 + 8 iteration on one H100 (docs/method.md), per precision.
 PUBLISHED_MS = {"32-true": 285.0, "bf16-mixed": 329.0}
 
-#: Speed options measured one at a time against ``baseline`` (``--option NAME``). Each maps to
-#: module arguments, network arguments (both segmenters, or the transformer only) and
-#: Trainer arguments. ``batched_streams`` changes batch-norm statistics (see the networks'
-#: docs); the others keep the arithmetic up to rounding, though ``channels_last`` and
-#: ``compile`` draw other dropout / drop-path masks (same distribution). ``fast`` combines all
-#: but ``batched_streams``.
+#: The paths and speed options measured (``--option NAME``). Each maps to module arguments,
+#: network arguments (both segmenters, or the transformer only) and Trainer arguments.
+#: ``baseline`` is the library's defaults: every segmenter call of an iteration batched
+#: (``stream_batching="batched"``), foreach SGD, and on one GPU the whole iteration as a CUDA
+#: graph (``cuda_graph=None``, auto). ``eager`` is the same without the graph (what DDP and
+#: CPUs run). ``published_order`` is the eager iteration as the published code calls it (one
+#: call per stream, per-parameter SGD): the library's default before stream batching, and the
+#: "before" row of a CPU run. All keep the arithmetic up to rounding and dropout draws.
 OPTIONS: dict[str, dict[str, dict]] = {
     "baseline": {},
+    "eager": {"module": {"cuda_graph": False}},
+    "published_order": {
+        "module": {"cuda_graph": False, "stream_batching": "separate", "optimizer_impl": "for_loop"}
+    },
     "channels_last": {"module": {"channels_last": True}},
-    "foreach_sgd": {"module": {"optimizer_impl": "foreach"}},
     "fused_sgd": {"module": {"optimizer_impl": "fused"}},
     "cudnn_benchmark": {"trainer": {"benchmark": True}},
     "fused_attention": {"transformer": {"fused_attention": True}},
-    "batched_streams": {"networks": {"batched_streams": True}},
-    "compile": {"module": {"compile_networks": "default"}},
-    "compile_cudagraphs": {"module": {"compile_networks": "reduce-overhead"}},
+    "compile": {"module": {"cuda_graph": False, "compile_networks": "default"}},
+    "compile_cudagraphs": {"module": {"cuda_graph": False, "compile_networks": "reduce-overhead"}},
 }
 OPTIONS["fast"] = {
-    "module": {"channels_last": True, "optimizer_impl": "fused", "compile_networks": "default"},
+    "module": {
+        "cuda_graph": False,
+        "channels_last": True,
+        "optimizer_impl": "fused",
+        "compile_networks": "default",
+    },
     "trainer": {"benchmark": True},
     "transformer": {"fused_attention": True},
 }
-#: The whole iteration as one CUDA graph: alone, with the eager options of ``fast`` (no
-#: compilation) and with all of ``fast``.
+#: The whole iteration as one CUDA graph: required, with the published call order (the graph
+#: of 2026-11-27), with cuDNN benchmark and fused attention (with and without channels-last),
+#: and with compiled networks inside the graph.
 OPTIONS["cuda_graph"] = {"module": {"cuda_graph": True}}
+OPTIONS["graph_published_order"] = {"module": {"cuda_graph": True, "stream_batching": "separate"}}
 OPTIONS["fast_graph"] = {
-    "module": {"channels_last": True, "cuda_graph": True},
+    "module": {"cuda_graph": True},
+    "trainer": {"benchmark": True},
+    "transformer": {"fused_attention": True},
+}
+OPTIONS["fast_graph_channels_last"] = {
+    "module": {"cuda_graph": True, "channels_last": True},
     "trainer": {"benchmark": True},
     "transformer": {"fused_attention": True},
 }
 OPTIONS["fast_compile_graph"] = {
-    "module": {**OPTIONS["fast"]["module"], "cuda_graph": True},
+    "module": {"cuda_graph": True, "compile_networks": "default"},
     "trainer": {"benchmark": True},
     "transformer": {"fused_attention": True},
 }
@@ -349,8 +365,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--option",
         action="append",
         choices=sorted(OPTIONS),
-        help="speed option(s) to measure (repeatable); default: baseline, plus every option "
-        "on a GPU",
+        help="path(s) and speed option(s) to measure (repeatable); default: published_order "
+        "and baseline on a CPU, every option on a GPU",
     )
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=6, help="untimed iterations first")
@@ -369,7 +385,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         device = "gpu" if torch.cuda.is_available() else "cpu"
     precisions = args.precision or ["32-true", "bf16-mixed"]
     batches = args.batch or ([8, 32] if device == "gpu" else [8])
-    options = args.option or (list(OPTIONS) if device == "gpu" else ["baseline"])
+    cpu_rows = ["published_order", "baseline"]  # before and after stream batching
+    options = args.option or (list(OPTIONS) if device == "gpu" else cpu_rows)
     machine = describe_machine(device)
     if device == "cpu" and any(OPTIONS[o].get("module", {}).get("cuda_graph") for o in options):
         print("note: cuda_graph rows on a CPU run the step function uncaptured (rehearsal)")

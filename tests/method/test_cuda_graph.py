@@ -161,6 +161,31 @@ def test_a_batch_of_another_shape_is_refused_naming_both_shapes(graph_on_cpu):
     assert "model.cuda_graph=false" in message
 
 
+def test_auto_takes_the_graph_on_one_gpu_and_trains_another_shape_eagerly(monkeypatch):
+    """``cuda_graph=None`` (the default): the graph where it fits; a smaller last batch then
+    trains eagerly instead of being refused, as the eager step would train it."""
+    monkeypatch.setattr(contracts, "cuda_graph_fits", lambda trainer, compile_networks: True)
+    torch.manual_seed(0)
+    eager = make_module(cuda_graph=False)
+    torch.manual_seed(0)
+    auto = make_module()
+    assert auto.hparams.cuda_graph is None
+    fit(eager, dataset=ShrinkingBatches())
+    fit(auto, dataset=ShrinkingBatches())
+    assert isinstance(auto._graphed, GraphedIteration) and eager._graphed is None
+    assert auto._graphed.eager_iterations == 2  # the third batch did not go to the graph
+    assert auto.iteration == eager.iteration == 3
+    expected, got = full_state(eager), full_state(auto)
+    for key, value in expected.items():  # the graph's own SGD update: equal up to rounding
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_auto_stays_eager_on_a_cpu():
+    module = make_module()
+    fit(module, 1)
+    assert module._graphed is None and not module._graph_fit
+
+
 def run_cli_fit(tmp_path: Path, name: str, *extra: str) -> Path:
     main(
         [

@@ -53,14 +53,14 @@ def model_pair(dtype=torch.float32, **settings) -> tuple[AdvMIMModel, AdvMIMMode
     return batched, separate
 
 
-def one_iteration(model: AdvMIMModel, masks, ct_weight=0.1):
+def one_iteration(model: AdvMIMModel, masks, ct_weight=0.1, device="cpu"):
     batch = tiny_batch(n_labeled=2, n_unlabeled=2, size=SIZE, seed=1)
     dtype = next(model.parameters()).dtype
     x_l, y, x_u = batch["labeled"]["image"], batch["labeled"]["label"], batch["unlabeled"]["image"]
-    x_l, x_u = x_l.to(dtype), x_u.to(dtype)
+    x_l, y, x_u = x_l.to(device, dtype), y.to(device), x_u.to(device, dtype)
     model.train()
     if masks is None:
-        masks = model.draw_masks(x_l, x_u, torch.Generator().manual_seed(5))
+        masks = model.draw_masks(x_l, x_u, torch.Generator(device).manual_seed(5))
     losses = model.iteration_losses(x_l, y, x_u, masks, ct_weight)
     total = losses.segmenter_total
     if losses.discriminator_total is not None:

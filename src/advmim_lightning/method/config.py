@@ -64,7 +64,7 @@ def check_arguments(
     nonfinite_check: str,
     optimizer_impl: str,
     compile_networks: str | None,
-    cuda_graph: bool,
+    cuda_graph: bool | None,
     max_skipped_in_a_row: int,
     num_classes: int,
     image_size: int | tuple[int, int] | list[int],
@@ -95,7 +95,7 @@ def check_arguments(
         check_choice(
             "compile_networks", compile_networks, ("default", "reduce-overhead", "max-autotune")
         )
-    if cuda_graph and compile_networks in ("reduce-overhead", "max-autotune"):
+    if cuda_graph is True and compile_networks in ("reduce-overhead", "max-autotune"):
         raise ValueError(
             f"cuda_graph=True captures the whole iteration in one CUDA graph; "
             f"compile_networks={compile_networks!r} captures CUDA graphs of its own, and "
@@ -222,7 +222,7 @@ class MethodSettings:
     optimizer_impl: str = "auto"
     channels_last: bool = False
     compile_networks: str | None = None
-    cuda_graph: bool = False
+    cuda_graph: bool | None = None
 
     @property
     def uses_unlabeled(self) -> bool:

@@ -230,6 +230,18 @@ def check_fit_trainer(trainer: pl.Trainer, uses_masking: bool, cuda_graph: bool 
         )
 
 
+def cuda_graph_fits(trainer: pl.Trainer, compile_networks: str | None) -> bool:
+    """Whether ``cuda_graph=None`` (auto) captures the iteration: one CUDA device, one
+    process, no loss scaler and no compile mode with graphs of its own."""
+    precision = getattr(trainer, "precision_plugin", None)
+    return (
+        trainer.strategy.root_device.type == "cuda"
+        and trainer.world_size == 1
+        and getattr(precision, "scaler", None) is None
+        and compile_networks not in ("reduce-overhead", "max-autotune")
+    )
+
+
 def check_cuda_graph_trainer(trainer: pl.Trainer) -> None:
     """Refuse ``cuda_graph=True`` where one captured iteration cannot serve the run."""
     device = trainer.strategy.root_device
@@ -237,7 +249,7 @@ def check_cuda_graph_trainer(trainer: pl.Trainer) -> None:
         raise ValueError(
             f"model.cuda_graph=true captures the training iteration as a CUDA graph and "
             f"needs a CUDA GPU, but this run trains on {device.type!r}. Set "
-            "model.cuda_graph=false (the default) or train on a GPU "
+            "model.cuda_graph=false (or null, the default: on where it fits) or train on a GPU "
             "(trainer.accelerator=gpu)."
         )
     if trainer.world_size > 1:

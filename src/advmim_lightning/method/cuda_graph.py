@@ -181,6 +181,20 @@ class GraphedIteration:
         self.graph.replay()
         return self._outputs
 
+    def fits(self, x_l: Tensor, y: Tensor, x_u: Tensor | None, masks: Sequence[Tensor]) -> bool:
+        """Whether :meth:`run` can take this batch: nothing captured or filled yet, or the
+        same shapes, dtypes and strides as the first batch."""
+        if self._static is None:
+            return True
+        inputs = {"x_l": x_l, "y": y, **({"x_u": x_u} if x_u is not None else {})}
+        if inputs.keys() != self._static.keys() - {"lr", "ct_weight"}:
+            return False
+        if len(masks) != len(self._static_masks):
+            return False
+        pairs = [(v, self._static[k]) for k, v in inputs.items()]
+        pairs += list(zip(masks, self._static_masks, strict=True))
+        return all(_same_layout(value, static) for value, static in pairs)
+
     # ------------------------------------------------------------------ buffers
     def _fill(self, inputs: dict[str, Tensor], masks: list[Tensor], lr: float, ct: float) -> None:
         if self._static is None:
@@ -239,14 +253,18 @@ class GraphedIteration:
         return out.terms, out.segmenter_total
 
 
+def _same_layout(value: Tensor, static: Tensor) -> bool:
+    return (
+        value.shape == static.shape
+        and value.dtype == static.dtype
+        and value.stride() == static.stride()
+    )
+
+
 def _check_same(name: str, value: Tensor, static: Tensor | None) -> None:
     if static is None:
         raise ValueError(f"cuda_graph: the batch gained {name!r}, which the first batch lacked")
-    if (
-        value.shape != static.shape
-        or value.dtype != static.dtype
-        or value.stride() != static.stride()
-    ):
+    if not _same_layout(value, static):
         raise ValueError(
             f"cuda_graph replays the first batch's shapes, but {name} is "
             f"{tuple(value.shape)} {value.dtype} (strides {value.stride()}) where the first "

@@ -98,7 +98,11 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         optimizer_impl: SGD kernels: ``"auto"``, ``"for_loop"``, ``"foreach"`` or ``"fused"``.
         channels_last: Channels-last weights and images (faster cuDNN convolutions).
         compile_networks: ``torch.compile`` mode of the networks when fitting, or None.
-        cuda_graph: Capture the whole iteration as one CUDA graph (one GPU; docs/speed.md).
+        cuda_graph: Capture the whole iteration as one CUDA graph (docs/speed.md). None
+            (default): wherever the fit trains on one CUDA GPU in one process (not with
+            compile modes that capture graphs themselves); a batch whose shapes differ from
+            the captured one then trains eagerly. True: required (refused elsewhere); False:
+            the eager step always.
 
     Raises:
         ValueError: On an unknown method, an argument the method does not use, or sizes and
@@ -147,7 +151,7 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         optimizer_impl: Literal["auto", "for_loop", "foreach", "fused"] = "auto",
         channels_last: bool = False,
         compile_networks: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
-        cuda_graph: bool = False,
+        cuda_graph: bool | None = None,
     ) -> None:
         super().__init__()
         arguments = {k: v for k, v in locals().items() if k not in ("self", "cnn", "transformer")}
@@ -156,6 +160,7 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         self.automatic_optimization = False
         self._class_names_given = class_names is not None
         self._graphed: GraphedIteration | None = None  # cuda_graph's runner (train start)
+        self._graph_fit = False  # whether this fit captures (cuda_graph, resolved at setup)
         self.randomness = IterationRandomness(self.settings.rng_seed)
         self.save_hyperparameters(ignore=["cnn", "transformer"])
         self._record_settings()
@@ -256,7 +261,11 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
             self._take_the_data_class_names()
         if stage == "fit":
             s = self.settings
-            contracts.check_fit_trainer(self.trainer, s.uses_masking, s.cuda_graph)
+            contracts.check_fit_trainer(self.trainer, s.uses_masking, s.cuda_graph is True)
+            auto = s.cuda_graph is None and contracts.cuda_graph_fits(
+                self.trainer, s.compile_networks
+            )
+            self._graph_fit = s.cuda_graph is True or auto
 
     def _take_the_data_class_names(self) -> None:
         """Name the metrics after the data module's classes when none were given."""
@@ -288,7 +297,7 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         self._set_learning_rates(self.settings.lr_at(self.iteration))
         self.contract_watch.watch(self.model.segmenters, "train")
         self._graphed = None
-        if s.cuda_graph:
+        if self._graph_fit:
             loss, device = self.model.iteration_losses, self.device
             optimizers = self.trainer.optimizers
             self._graphed = GraphedIteration(loss, optimizers, device, device.type == "cuda")
@@ -333,14 +342,19 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         self._set_learning_rates(lr)
         self.nonfinite.before_forward()
         masks = self.model.draw_masks(x_l, x_u, self.mask_generator())
-        if self._graphed is not None:
-            terms, total = self._graphed.run(x_l, y, x_u, masks, lr, ct_weight)
+        graphed = self._graphed
+        if graphed is not None and s.cuda_graph is None and not graphed.fits(x_l, y, x_u, masks):
+            graphed = None  # auto: a batch of other shapes (a last, smaller one) trains eagerly
+        if graphed is not None:
+            terms, total = graphed.run(x_l, y, x_u, masks, lr, ct_weight)
             finite = self.nonfinite.gradients_finite()
             for opt in optimizers:  # the graph stepped them: count the steps as Lightning does
                 lightning_private.count_optimizer_step(opt)
         else:
+            # after a capture, the graph's gradient tensors must stay the parameters' own
+            captured = self._graphed is not None and self._graphed.graph is not None
             for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=not captured)
             losses = self.model.iteration_losses(x_l, y, x_u, masks, ct_weight)
             self.manual_backward(losses.segmenter_total)
             if losses.discriminator_total is not None:

@@ -172,6 +172,10 @@ class AdvMIMModel(nn.Module):
         if compile_now and s.compile_networks is not None:
             for part in self.trained_parts:
                 part.compile(mode=s.compile_networks)
+                if hasattr(part, "forward_streams"):  # the batched training call, too
+                    part.forward_streams = torch.compile(
+                        part.forward_streams, mode=s.compile_networks
+                    )
 
     # ------------------------------------------------------------------ training
     def forward_batches(self, x_l: Tensor, x_u: Tensor | None) -> list[Tensor]:
@@ -262,7 +266,10 @@ class AdvMIMModel(nn.Module):
         discriminator_total = None
         if self.settings.uses_masking:
             disc_terms = objective.discriminator_losses(
-                out, self.discriminators, self.settings.discriminator_real
+                out,
+                self.discriminators,
+                self.settings.discriminator_real,
+                batched=self.settings.stream_batching == "batched",
             )
             discriminator_total = self.settings.discriminator_weight * sum(disc_terms.values())
             terms.update(disc_terms)

@@ -214,7 +214,10 @@ def segmenter_losses(
 
 
 def discriminator_losses(
-    out: SegmenterOutputs, discriminators: Mapping[str, nn.Module], real: str
+    out: SegmenterOutputs,
+    discriminators: Mapping[str, nn.Module],
+    real: str,
+    batched: bool = False,
 ) -> dict[str, Tensor]:
     """LSGAN discriminator terms on detached maps, by ``disc_<network>``.
 
@@ -224,15 +227,22 @@ def discriminator_losses(
         real: What is "real" (``discriminator_real``): ``"labeled"`` (the original-domain
             prediction on the labeled images) or ``"unlabeled"`` (on the unlabeled ones);
             "fake" is always the masked-domain prediction on the unlabeled images.
+        batched: Judge real and fake maps in one call (``stream_batching="batched"``; the
+            discriminator has no batch statistics, so this equals two calls up to rounding).
     """
     n_l, probs, masked_unlabeled_probs = out.n_labeled, out.probs, out.masked_unlabeled_probs
     terms = {}
     for name in NETWORK_NAMES:
         disc = discriminators[name]
-        real_probs = probs[name][:n_l] if real == "labeled" else (probs[name][n_l:])
-        real_term = lsgan_loss(judge(disc, real_probs.detach()), target_is_real=True)
-        fake = lsgan_loss(judge(disc, masked_unlabeled_probs[name].detach()), target_is_real=False)
-        terms[f"disc_{name}"] = real_term + fake
+        real_probs = (probs[name][:n_l] if real == "labeled" else probs[name][n_l:]).detach()
+        fake_probs = masked_unlabeled_probs[name].detach()
+        if batched:
+            judged = judge(disc, torch.cat([real_probs, fake_probs]))
+            real_judged, fake_judged = judged[: real_probs.shape[0]], judged[real_probs.shape[0] :]
+        else:
+            real_judged, fake_judged = judge(disc, real_probs), judge(disc, fake_probs)
+        real_term = lsgan_loss(real_judged, target_is_real=True)
+        terms[f"disc_{name}"] = real_term + lsgan_loss(fake_judged, target_is_real=False)
     return terms
 
 

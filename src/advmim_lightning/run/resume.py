@@ -36,6 +36,7 @@ RUNTIME_MODEL_SETTINGS = (
     "channels_last",
     "compile_networks",
     "cuda_graph",
+    "stream_batching",
 )
 
 #: Subcommands that evaluate trained weights (they need a checkpoint).
