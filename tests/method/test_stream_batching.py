@@ -160,6 +160,9 @@ def test_a_cumulative_batch_norm_is_not_batched():
     assert supports_stream_statistics(net)
     net.in_block.norm1.momentum = None
     assert not supports_stream_statistics(net)
+    assert supports_stream_statistics(nn.Sequential(nn.InstanceNorm2d(3), nn.LayerNorm(3)))
+    assert not supports_stream_statistics(nn.InstanceNorm2d(3, track_running_stats=True))
+    assert not supports_stream_statistics(nn.SyncBatchNorm(3))
 
 
 class PlainSegmenter(nn.Module):

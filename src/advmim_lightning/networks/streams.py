@@ -46,11 +46,15 @@ def supports_stream_statistics(module: nn.Module) -> bool:
     """Whether every batch norm of ``module`` can keep per-stream statistics in one call.
 
     Batch norms with ``momentum=None`` (a cumulative average whose factor depends on the
-    call count) and other normalisations with batch statistics (``BatchNorm1d``/``3d``,
-    ``SyncBatchNorm``) are not handled: such networks run their streams as separate calls.
+    call count) and other normalisations with batch or running statistics (``BatchNorm1d`` /
+    ``3d``, ``SyncBatchNorm``, instance norm tracking running statistics) are not handled:
+    such networks run their streams as separate calls.
     """
     for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._NormBase):
+        if isinstance(layer, nn.modules.instancenorm._InstanceNorm):
+            if layer.track_running_stats:
+                return False
+        elif isinstance(layer, nn.modules.batchnorm._NormBase):
             if type(layer) is not nn.BatchNorm2d or layer.momentum is None:
                 return False
     return True
