@@ -460,7 +460,7 @@ class AdvMIMDataModule(TrainingStream):
         volumes = source.load_eval(which, split)
         log.info(
             "%s: %d %s volume(s) loaded in %.2f s",
-            self.layout,
+            self.layout if source is self.source else f"unlabeled source {source.root}",
             len(volumes),
             which,
             time.perf_counter() - start,
@@ -510,12 +510,12 @@ class AdvMIMDataModule(TrainingStream):
                 seed=self.seed,
             )
         log.info(
-            "%s: %d labeled slices (%d cases), %d unlabeled slices (%d cases) in %.2f s",
+            "%s: %d labeled slices (%d cases), %d unlabeled slices (%d volumes) in %.2f s",
             self.layout,
             len(pools.labeled_slices),
             len(split.labeled),
             len(pools.unlabeled_slices),
-            len(split.unlabeled),
+            len(pools.unlabeled_volumes),
             time.perf_counter() - start,
         )
 
