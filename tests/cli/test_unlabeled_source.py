@@ -60,6 +60,24 @@ def test_fit_test_and_predict_on_the_unlabeled_target_folder(tmp_path, target):
     main(["predict", *common, "--ckpt_path", "last"])
     written = sorted(p.name for p in (run / "predictions").iterdir())
     assert written == ["img_003.nii.gz", "img_005.nii.gz"]
+    # never among the second source's data
+    inside = target / "predictions"
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "predict",
+                *common,
+                "--ckpt_path",
+                "last",
+                "--prediction_writer.output_dir",
+                str(inside),
+            ]
+        )
+    assert (
+        f"prediction_writer.output_dir {inside} lies in the unlabeled source's folder "
+        f"(data.unlabeled_*) {target}" in str(stop.value.code)
+    )
+    assert not inside.exists()
 
 
 def test_a_run_with_the_unlabeled_source_killed_with_sigkill_resumes_bitwise(tmp_path, target):

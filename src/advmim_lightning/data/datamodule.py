@@ -408,6 +408,15 @@ class AdvMIMDataModule(TrainingStream):
             self.unlabeled_split = self.unlabeled_source.case_split()
         return self.unlabeled_split
 
+    @property
+    def eval_layout(self) -> str:
+        """The layout of the source that validation, test and predict read (``eval_source``):
+        the prediction writer's ``"auto"`` format follows it."""
+        if self.eval_source == "second" and self.unlabeled_source is not None:
+            second = self.unlabeled_source
+            return str(getattr(second, "layout", type(second).__name__))
+        return self.layout
+
     def _eval_source_and_split(self) -> tuple[DataSource, CaseSplit]:
         """The source and split that validation, test and predict use (``eval_source``)."""
         if self.eval_source == "second":
