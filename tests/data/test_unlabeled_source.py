@@ -186,3 +186,28 @@ def test_a_missing_test_split_of_the_second_source_is_refused_when_asked_for(tar
 def test_second_source_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         make_dm(**kwargs)
+
+
+def test_two_ranks_share_the_second_sources_pool_without_duplicates():
+    from types import SimpleNamespace
+
+    from advmim_lightning.data import AugmentationSettings
+
+    pairs: list[tuple[int, int]] = []
+    for rank in range(2):
+        dm = make_dm(
+            unlabeled_layout="phantom",
+            unlabeled_batch_size=2,
+            augmentation=AugmentationSettings(enabled=False),
+        )
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=0)
+        loader = dm.train_dataloader()
+        size = len(dm.unlabeled_dataset)
+        assert len(loader) == -(-size // 4)  # one pass over the second source's pool
+        for _, streams in loader.sampler:
+            pairs += list(streams[1])
+        dm.trainer = None
+    positions = sorted(g for _, g in pairs)
+    assert positions == list(range(len(positions)))  # each position once, over both ranks
+    first_pass = [i for i, g in pairs if g < size]
+    assert sorted(first_pass) == list(range(size))  # every unlabeled slice once per pass
