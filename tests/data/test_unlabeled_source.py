@@ -211,3 +211,31 @@ def test_two_ranks_share_the_second_sources_pool_without_duplicates():
     assert positions == list(range(len(positions)))  # each position once, over both ranks
     first_pass = [i for i, g in pairs if g < size]
     assert sorted(first_pass) == list(range(size))  # every unlabeled slice once per pass
+
+
+def test_the_images_layout_reads_the_root_folder_itself(target_folder):
+    dm = make_dm(
+        unlabeled_layout="images",
+        unlabeled_root=str(target_folder / "images"),
+        unlabeled_settings={"normalization": "zscore"},
+    )
+    assert isinstance(dm.unlabeled_source, ImageFolderSource)
+    assert dm.unlabeled_source.settings.normalization == "zscore"
+    assert dm.hparams["unlabeled_settings"]["normalization"] == "zscore"
+    dm.setup("fit")
+    assert [v.case_id for v in dm.unlabeled_dataset.volumes] == [f"img_00{i}" for i in range(4)]
+
+
+def test_image_folder_arguments_and_missing_files_are_named(target_folder, tmp_path):
+    with pytest.raises(ValueError, match="eval_images and eval_labels go together"):
+        ImageFolderSource(str(target_folder), eval_images="imagesVal")
+    with pytest.raises(DataValidationError, match=re.escape(f"{target_folder / 'MRI_image'}: not")):
+        make_dm(unlabeled_source=ImageFolderSource(str(target_folder), images="MRI_image"))
+    # an evaluation image without its label: named when the split is read
+    root = write_tiny_image_folder(tmp_path / "partial", num_images=1, num_eval=2)
+    (root / "labelsVal" / "img_001.nii.gz").unlink()
+    dm = make_dm(unlabeled_source=folder_source(root), eval_source="second")
+    with pytest.raises(DataValidationError) as err:
+        dm.setup("test")
+    missing = root / "labelsVal" / "img_001.nii.gz"
+    assert str(err.value).startswith(f"Missing label file {missing} for test case 'img_001'")
