@@ -109,3 +109,25 @@ def test_a_run_with_the_unlabeled_source_killed_with_sigkill_resumes_bitwise(tmp
     reference = torch.load(straight, weights_only=True)
     assert resumed["state_dict"]["iteration"] == reference["state_dict"]["iteration"] == 12
     assert_same_training_state(resumed, reference)
+
+
+def test_a_two_process_ddp_fit_and_test_with_the_unlabeled_source(tmp_path, target):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    advmim = str(Path(sys.executable).with_name("advmim"))
+    ddp = ["--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2"]
+    common = words(tmp_path, "ddp", target, "--model.max_iterations", "3", *ddp)
+    for stage in (["fit", "--trainer.val_check_interval", "3"], ["test", "--ckpt_path", "last"]):
+        done = subprocess.run(
+            [advmim, stage[0], *common, *stage[1:]],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "ddp"
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert last["state_dict"]["iteration"] == 3
+    with (run / "test_metrics.csv").open(newline="") as handle:
+        cases = [row["case_id"] for row in csv.DictReader(handle)]
+    assert cases == ["img_003", "img_005", "mean"]  # the two ranks' target cases, gathered
