@@ -5,8 +5,9 @@
 # Settings (each an environment variable; extra words go to `advmim compare` as they are):
 #   CONFIG      configs/quickstart.yaml: the phantom (24 cases of 6 slices at 80 x 80, heart
 #               1.6x: 17 for training, 2 validation, 5 test), the quickstart's small UNet and
-#               Swin-UNet, 4 + 4 images per batch, rotation-only augmentation; the reported
-#               network is the CNN (see that config).
+#               Swin-UNet, 4 + 4 images per batch, rotation-only augmentation. Both
+#               networks are scored (advmim compare --networks, default cnn transformer);
+#               the 2026-11-27 table in RESULTS.md scored the CNN only.
 #   ITERATIONS  600 iterations per run (model.max_iterations). The supervised baseline has
 #               stopped improving there: its validation Dice gained less than 0.03 over the
 #               second half, and 1200 iterations moved its test Dice by +1.2 / +0.1 points at

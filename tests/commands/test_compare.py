@@ -105,7 +105,7 @@ def test_compare_tables_plot_skip_resume_and_a_failing_combination(
         torch.load(killed / "checkpoints/last.ckpt", weights_only=True)["state_dict"]["iteration"]
         == 2
     )
-    assert not (killed / "test_metrics.csv").exists()
+    assert not (killed / "test_metrics_cnn.csv").exists()
     # A combination that fails: its last.ckpt is not a checkpoint.
     broken = output / "advmim-l1-s1" / "checkpoints" / "last.ckpt"
     broken.parent.mkdir(parents=True)
@@ -130,7 +130,9 @@ def test_compare_tables_plot_skip_resume_and_a_failing_combination(
     failed_line = next(line for line in out.splitlines() if "advmim-l1-s1: FAILED" in line)
     assert "not a readable checkpoint" in failed_line and str(broken) in failed_line
     assert "1 of 4 combination(s) failed" in out
-    assert "| Method | Labeled cases | Seeds | Dice (%)" in out  # the summary table printed
+    # the summary table printed, one column set per network
+    assert "| Method | Labeled cases | Seeds | CNN Dice (%)" in out
+    assert "| Transformer Dice (%) | Transformer HD95 |" in out
 
     # The killed run went on from iteration 2: each iteration was trained (logged) once.
     with (killed / "metrics.csv").open(newline="") as handle:
@@ -149,8 +151,17 @@ def test_compare_tables_plot_skip_resume_and_a_failing_combination(
     assert "adversarial_weight" not in hparams(killed)
 
     rows = read_rows(output / "compare.csv")
-    assert list(rows[0]) == ["method", "labeled_cases", "seed", "class", "metric", "value"]
-    assert len(rows) == 3 * 4 * 4  # 3 finished runs x 4 metrics x (3 classes + mean)
+    assert list(rows[0]) == [
+        "method",
+        "network",
+        "labeled_cases",
+        "seed",
+        "class",
+        "metric",
+        "value",
+    ]
+    assert len(rows) == 3 * 2 * 4 * 4  # 3 finished runs x 2 networks x 4 metrics x 4 classes
+    assert {r["network"] for r in rows} == {"cnn", "transformer"}
     assert {(r["method"], r["seed"]) for r in rows} == {
         ("supervised", "0"),
         ("supervised", "1"),
@@ -159,11 +170,15 @@ def test_compare_tables_plot_skip_resume_and_a_failing_combination(
     assert {r["class"] for r in rows} == {"RV", "Myo", "LV", "mean"}
     assert {r["metric"] for r in rows} == {"dice", "hd95", "asd", "nsd"}
     assert all(math.isfinite(float(r["value"])) for r in rows)
-    test_mean = read_rows(killed / "test_metrics.csv")[-1]
-    dice = next(
-        r for r in rows if r["method"] == "supervised" and r["seed"] == "0" and r["class"] == "mean"
-    )
-    assert float(dice["value"]) == pytest.approx(float(test_mean["dice_mean"]))
+    for network in ("cnn", "transformer"):
+        test_mean = read_rows(killed / f"test_metrics_{network}.csv")[-1]
+        dice = next(
+            r
+            for r in rows
+            if (r["method"], r["network"], r["seed"], r["class"], r["metric"])
+            == ("supervised", network, "0", "mean", "dice")
+        )
+        assert float(dice["value"]) == pytest.approx(float(test_mean["dice_mean"]))
 
     summary = (output / "summary.md").read_text()
     assert "| supervised | 1 | 2 |" in summary and "| advmim | 1 | 1 |" in summary
@@ -182,7 +197,7 @@ def test_compare_tables_plot_skip_resume_and_a_failing_combination(
     stamps = {
         p: p.stat().st_mtime_ns
         for run in finished
-        for p in (run / "test_metrics.csv", run / "checkpoints/last.ckpt")
+        for p in (run / "test_metrics_transformer.csv", run / "checkpoints/last.ckpt")
     }
 
     status = compare(output, "-c", str(per_method), "--model.adversarial_weight", "0.002")
@@ -193,7 +208,7 @@ def test_compare_tables_plot_skip_resume_and_a_failing_combination(
     assert "[4/4] advmim-l1-s1: done in" in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained or retested
     rows = read_rows(output / "compare.csv")
-    assert len(rows) == 4 * 4 * 4
+    assert len(rows) == 4 * 2 * 4 * 4
     summary = (output / "summary.md").read_text()
     assert "| advmim | 1 | 2 |" in summary and "Failed" not in summary
 
@@ -226,6 +241,15 @@ def test_compare_refuses_what_it_sets_itself_and_a_split_file_fixing_the_labeled
         (["--run_name", "x"], "--run_name is set by compare"),
         (["--methods", "advmim", "advmim"], "methods lists a value twice"),
         (["--labeled_cases", "0"], "labeled_cases must be >= 1, got [0]"),
+        (
+            ["--model.eval_network", "cnn"],
+            "--model.eval_network is set by compare for every combination; use --networks",
+        ),
+        (
+            ["--networks", "cnn", "cnn"],
+            "networks must be distinct values among ['cnn', 'transformer', 'ensemble'], got "
+            "['cnn', 'cnn']",
+        ),
     ):
         with pytest.raises(SystemExit) as stop:
             main(["compare", "-c", TINY, "--output", output, *words])
@@ -242,6 +266,54 @@ def test_compare_refuses_what_it_sets_itself_and_a_split_file_fixing_the_labeled
         main(["compare", "-c", str(tmp_path / "missing.yaml"), "--output", output])
     assert f"config file {tmp_path / 'missing.yaml'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_compare_runs_the_domain_gap_study_and_reports_every_network(
+    tmp_path, capsys, subprocess_env
+):
+    """Labeled source phantom, unlabeled target phantom, tested on the target: one command,
+    with a column set per network (the ensemble too)."""
+    output = tmp_path / "domain"
+    status = compare(
+        output,
+        "--data.unlabeled_layout",
+        "phantom",
+        "--data.eval_source",
+        "second",
+        "--networks",
+        "cnn",
+        "transformer",
+        "ensemble",
+        "--seeds",
+        "0",
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "test Dice cnn " in out and ", transformer " in out and ", ensemble " in out
+    run = output / "advmim-l1-s0"
+    log = (run / "compare.log").read_text()
+    assert "--data.unlabeled_layout phantom --data.eval_source second" in log
+    hparams = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    data = hparams["datamodule_hyper_parameters"]
+    assert data["unlabeled_layout"] == "phantom" and data["eval_source"] == "second"
+    # tested on the target phantom (seed 1, target domain): its own test cases
+    from advmim_lightning.data import AdvMIMDataModule, PhantomSettings
+
+    target = AdvMIMDataModule(
+        phantom=PhantomSettings(cases=6, slices=3, size=64, seed=1, domain="target"),
+        labeled_cases=1,
+    ).resolve_split()
+    for network in ("cnn", "transformer", "ensemble"):
+        cases = [r["case_id"] for r in read_rows(run / f"test_metrics_{network}.csv")]
+        assert cases == [*target.test, "mean"]
+    rows = read_rows(output / "compare.csv")
+    assert {r["network"] for r in rows} == {"cnn", "transformer", "ensemble"}
+    header = (output / "summary.md").read_text().split("\n| --- |")[0].splitlines()[-1]
+    for name in ("CNN", "Transformer", "Ensemble"):
+        for column in ("Dice (%)", "HD95", "ASD", "NSD (%)", "Dice gain over supervised"):
+            assert f"| {name} {column} |" in header, header
+    cnn = {r["method"]: r["value"] for r in rows if r["network"] == "cnn" and r["class"] == "mean"}
+    assert cnn.keys() == {"supervised", "advmim"}
 
 
 # ---------------------------------------------------------------- reruns, report files, stopping
@@ -274,13 +346,15 @@ def compare_one(output: Path, *words: str) -> int:
 
 
 def fake_finished(run: Path, dice: float = 0.5) -> Path:
-    """A complete ``test_metrics.csv`` in ``run``: the combination counts as finished."""
+    """Complete test tables of both networks in ``run``: the combination counts as finished
+    (the transformer's Dice is ``dice / 2``)."""
     run.mkdir(parents=True, exist_ok=True)
     metrics = ("dice", "hd95", "asd", "nsd")
     header = ["case_id"] + [f"{m}_{c}" for m in metrics for c in ("LV", "mean")]
-    values = ",".join(str(v) for v in (dice, dice, 1.5, 1.5, 0.5, 0.5, dice, dice))
-    path = run / "test_metrics.csv"
-    path.write_text(",".join(header) + f"\ncase000,{values}\nmean,{values}\n")
+    for network, value in (("cnn", dice), ("transformer", dice / 2)):
+        values = ",".join(str(v) for v in (value, value, 1.5, 1.5, 0.5, 0.5, value, value))
+        path = run / f"test_metrics_{network}.csv"
+        path.write_text(",".join(header) + f"\ncase000,{values}\nmean,{values}\n")
     return path
 
 

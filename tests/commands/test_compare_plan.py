@@ -183,6 +183,7 @@ def test_combination_job_words(tmp_path):
         "fit": ["fit", *words],
         "test": ["test", *words, "--wandb_mode", "disabled"],
         "checkpoint": "last",
+        "networks": ["cnn", "transformer"],  # each tested in turn
         "resume": False,
     }
     # AdvMIM takes the adversarial weight as given; a last.ckpt makes the fit resume.
@@ -193,6 +194,10 @@ def test_combination_job_words(tmp_path):
         Combination("advmim", 3, 1), [], overrides, stated, from_files, tmp_path, "best"
     )
     assert job["resume"] is True
+    ensemble = combination_job(
+        Combination("advmim", 3, 1), [], [], {}, set(), tmp_path, "best", ["ensemble"]
+    )
+    assert ensemble["networks"] == ["ensemble"]
     assert job["fit"][-2:] == ["--ckpt_path", str(last)]
     assert "--ckpt_path" not in job["test"]
     assert job["fit"][-6:-2] == ["--run_name", "advmim-l3-s1", "--model.lr", "null"]

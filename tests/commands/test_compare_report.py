@@ -43,10 +43,10 @@ def means(dice: float, lv: float = 0.8) -> dict[str, dict[str, float]]:
     }
 
 
-def rows(*runs: tuple[str, int, int, float]) -> list[dict]:
+def rows(*runs: tuple[str, int, int, float], network: str = "cnn") -> list[dict]:
     found = []
     for method, cases, seed, dice in runs:
-        found += rows_of_run(method, cases, seed, means(dice))
+        found += rows_of_run(method, cases, seed, means(dice), network)
     return found
 
 
@@ -76,11 +76,12 @@ def test_read_test_means(tmp_path):
 
 
 def test_rows_of_run_are_one_value_each_classes_first():
-    got = rows_of_run("ctct", 3, 1, {m: {"mean": 0.5, "LV": 0.1, "RV": 0.2} for m in METRICS})
+    per_class = {m: {"mean": 0.5, "LV": 0.1, "RV": 0.2} for m in METRICS}
+    got = rows_of_run("ctct", 3, 1, per_class, "transformer")
     assert len(got) == 4 * 3
     assert got[:3] == [
-        {"method": "ctct", "labeled_cases": 3, "seed": 1, "class": name, "metric": "dice",
-         "value": value}
+        {"method": "ctct", "network": "transformer", "labeled_cases": 3, "seed": 1,
+         "class": name, "metric": "dice", "value": value}
         for name, value in (("LV", 0.1), ("RV", 0.2), ("mean", 0.5))
     ]  # fmt: skip
     assert [r["metric"] for r in got[::3]] == list(METRICS)
@@ -90,11 +91,10 @@ def test_write_csv(tmp_path):
     path = write_csv(rows(("advmim", 1, 0, 0.5)), tmp_path / "compare.csv")
     with path.open(newline="") as handle:
         table = list(csv.reader(handle))
-    assert (
-        table[0] == list(COLUMNS) == ["method", "labeled_cases", "seed", "class", "metric", "value"]
-    )
-    assert table[1] == ["advmim", "1", "0", "LV", "dice", "0.8"]
-    assert table[2] == ["advmim", "1", "0", "mean", "dice", "0.5"]
+    assert table[0] == list(COLUMNS)
+    assert COLUMNS == ("method", "network", "labeled_cases", "seed", "class", "metric", "value")
+    assert table[1] == ["advmim", "cnn", "1", "0", "LV", "dice", "0.8"]
+    assert table[2] == ["advmim", "cnn", "1", "0", "mean", "dice", "0.5"]
     assert len(table) == 1 + 8
     assert write_csv([], tmp_path / "empty.csv").read_text().splitlines() == [",".join(COLUMNS)]
 
@@ -112,8 +112,8 @@ def test_summary_table_values():
         [1, 3],
     )
     assert table.splitlines() == [
-        "| Method | Labeled cases | Seeds | Dice (%) | HD95 | ASD | NSD (%) | "
-        "Dice gain over supervised |",
+        "| Method | Labeled cases | Seeds | CNN Dice (%) | CNN HD95 | CNN ASD | CNN NSD (%) | "
+        "CNN Dice gain over supervised |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         "| supervised | 1 | 2 | 60.0 ± 14.1 | 3.00 ± 0.00 | 0.75 ± 0.00 | 60.0 ± 0.0 | — |",
         "| advmim | 1 | 2 | 85.0 ± 7.1 | 3.00 ± 0.00 | 0.75 ± 0.00 | 60.0 ± 0.0 | +25.0 |",
@@ -123,12 +123,30 @@ def test_summary_table_values():
     plain = summary_table(rows(("ctct", 1, 0, 0.5)), ["ctct"], [1])
     assert (
         plain.splitlines()[0]
-        == "| Method | Labeled cases | Seeds | Dice (%) | HD95 | ASD | NSD (%) |"
+        == "| Method | Labeled cases | Seeds | CNN Dice (%) | CNN HD95 | CNN ASD | CNN NSD (%) |"
     )
     assert plain.splitlines()[2] == "| ctct | 1 | 1 | 50.0 | 3.00 | 0.75 | 60.0 |"
     assert summary_table([], ["advmim"], [1]) == (
         "No combination has finished: there is nothing to summarise."
     )
+
+
+def test_summary_table_has_one_column_set_per_network():
+    found = rows(("supervised", 1, 0, 0.5), ("advmim", 1, 0, 0.8)) + rows(
+        ("supervised", 1, 0, 0.2), ("advmim", 1, 0, 0.6), network="transformer"
+    )
+    table = summary_table(found, ["supervised", "advmim"], [1], ["cnn", "transformer"])
+    header = table.splitlines()[0]
+    assert header.startswith("| Method | Labeled cases | Seeds | CNN Dice (%) |")
+    assert "| CNN Dice gain over supervised | Transformer Dice (%) | Transformer HD95 |" in header
+    assert header.endswith("| Transformer Dice gain over supervised |")
+    assert table.splitlines()[3] == (
+        "| advmim | 1 | 1 | 80.0 | 3.00 | 0.75 | 60.0 | +30.0 | 60.0 | 3.00 | 0.75 | 60.0 | +40.0 |"
+    )
+    # the networks default to those of the rows, in order
+    assert summary_table(found, ["supervised", "advmim"], [1]) == table
+    text = summary_markdown(found, ["supervised", "advmim"], [1], [0], {})
+    assert "| advmim | transformer | 1 | 80.0 |" in text and "(cnn, transformer)" in text
 
 
 def test_summary_markdown_sections():
@@ -145,9 +163,10 @@ def test_summary_markdown_sections():
     assert "(of seeds 0, 1)" in text
     assert "| advmim | 1 | 1 | 75.0 | 3.00 | 0.75 | 60.0 | +25.0 |" in text
     assert (
-        "## Dice per class (%)\n\n| Method | Labeled cases | LV |\n| --- | ---: | ---: |\n" in text
+        "## Dice per class (%)\n\n| Method | Network | Labeled cases | LV |\n"
+        "| --- | --- | ---: | ---: |\n" in text
     )
-    assert "| supervised | 1 | 80.0 |\n| advmim | 1 | 80.0 |" in text
+    assert "| supervised | cnn | 1 | 80.0 |\n| advmim | cnn | 1 | 80.0 |" in text
     assert (
         "## How it was run\n\n- command: `advmim compare ...`\n- tested checkpoint: `last.ckpt`"
         in text
@@ -163,10 +182,12 @@ def test_write_plot_is_a_png(tmp_path):
     from PIL import Image
 
     path = write_plot(
-        rows(("supervised", 1, 0, 0.5), ("advmim", 1, 0, 0.8), ("advmim", 3, 1, 0.9)),
+        rows(("supervised", 1, 0, 0.5), ("advmim", 1, 0, 0.8), ("advmim", 3, 1, 0.9))
+        + rows(("advmim", 1, 0, 0.6), network="transformer"),
         ["supervised", "advmim", "ctct"],  # ctct without values: no line, no error
         [1, 3],
         tmp_path / "compare.png",
+        ["cnn", "transformer"],  # a line style each
     )
     assert path == tmp_path / "compare.png"
     with Image.open(path) as image:

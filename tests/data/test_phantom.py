@@ -85,3 +85,35 @@ def test_heart_scale_enlarges_the_heart_only_and_one_is_the_default_phantom(
             ValueError, match=rf"phantom.heart_scale must be in \[0.5, 1.6\], got {bad}"
         ):
             generate_phantom_case(0, 2, 32, heart_scale=bad)
+
+
+def test_the_target_domain_is_the_same_anatomy_under_another_contrast(tmp_path: Path) -> None:
+    from advmim_lightning.data.phantom import target_contrast
+
+    for index in range(4):
+        source = generate_phantom_case(index, 6, 64, seed=0)
+        default = generate_phantom_case(index, 6, 64, seed=0, domain="source")
+        np.testing.assert_array_equal(source.image, default.image)  # the default, bit for bit
+        target = generate_phantom_case(index, 6, 64, seed=0, domain="target")
+        np.testing.assert_array_equal(source.label, target.label)  # the same anatomy
+        assert source.spacing == target.spacing and source.case_id == target.case_id
+        assert np.isfinite(target.image).all() and target.image.min() >= 0
+        # Blood pools bright in the source are darker than the myocardium in the target.
+        src = source.image / np.median(source.image[source.label > 0])
+        tgt = target.image / np.median(target.image[target.label > 0])
+        lv, myo = source.label == 3, source.label == 2
+        assert src[lv].mean() > src[myo].mean() and tgt[lv].mean() < tgt[myo].mean()
+        # The target's coil: its bias field changes the image beyond the contrast.
+        assert not np.allclose(tgt, target_contrast(src), atol=0.1)
+    # The mapping is non-monotonic: up, then down, then up.
+    steps = np.diff(target_contrast(np.linspace(0, 1, 101, dtype=np.float32)))
+    assert (steps > 0).any() and (steps < 0).any() and steps[-1] > 0
+    # The cache tells the domains apart; the default keeps its file name.
+    generate_phantom(2, 2, 32, cache_dir=tmp_path)
+    generate_phantom(2, 2, 32, cache_dir=tmp_path, domain="target")
+    names = sorted(p.name for p in tmp_path.glob("phantom_*.npz"))
+    assert len(names) == 2 and sum("-target" in n for n in names) == 1
+    with pytest.raises(
+        ValueError, match=r"phantom.domain must be one of \('source', 'target'\), got 'T2'"
+    ):
+        generate_phantom_case(0, 2, 32, domain="T2")

@@ -3,14 +3,23 @@
 ::
 
     advmim compare -c configs/quickstart.yaml --methods supervised ctct advmim \\
-        --labeled_cases 1 3 7 --seeds 0 1 2 --output runs/compare [--section.key value ...]
+        --labeled_cases 1 3 7 --seeds 0 1 2 --networks cnn transformer \\
+        --output runs/compare [--section.key value ...]
 
-For every combination it runs ``advmim fit`` and then ``advmim test`` in its own run folder
+For every combination it runs ``advmim fit`` and then ``advmim test`` once per network of
+``--networks`` (``model.eval_network``: ``cnn``, ``transformer``, ``ensemble``; each kept as
+``test_metrics_<network>.csv``) in its own run folder
 ``<output>/<method>-l<cases>-s<seed>``; the runs differ only in ``model.method``,
 ``data.labeled_cases`` and the seed (``seed_everything``, ``data.seed``, ``model.rng_seed``;
 ``data.split_seed`` and the data stay fixed, so every run sees the same validation and test
-cases). Then it writes ``compare.csv``, ``summary.md`` and ``compare.png`` into ``<output>``
-(see :mod:`advmim_lightning.commands.compare_report`).
+cases). Then it writes ``compare.csv``, ``summary.md`` (one column set per network) and
+``compare.png`` (a line style per network) into ``<output>`` (see
+:mod:`advmim_lightning.commands.compare_report`).
+
+**A second, unlabeled source** is an override like any other data setting, so one command
+runs a domain-gap study: ``--data.unlabeled_layout phantom --data.eval_source second``
+trains on the labeled source phantom with the unlabeled target phantom and tests on the
+target (``docs/domain-adaptation.md``).
 
 **Per-method settings.** The settings whose default depends on the method
 (:data:`~advmim_lightning.method.config.METHOD_DEFAULTS`: ``lr``, ``grad_clip_norm``, the loss
@@ -54,7 +63,6 @@ from advmim_lightning.commands.compare_jobs import (
     ERROR_FILE,
     LOG_FILE,
     SETTINGS_FILE,
-    TEST_CSV,
     CompareTerminated,
     read_settings,
     run_job_in_subprocess,
@@ -71,8 +79,9 @@ from advmim_lightning.commands.compare_plan import (
     stated_settings,
 )
 from advmim_lightning.commands.compare_report import (
+    NETWORKS,
     check_report_files,
-    read_test_means,
+    read_network_means,
     record_report_files,
     rows_of_run,
     summary_markdown,
@@ -86,6 +95,7 @@ from advmim_lightning.run.folders import ensure_writable_folder
 __all__ = ["ComparisonRows", "main", "run_comparison"]
 
 DEFAULT_METHODS = ("supervised", "ctct", "advmim")
+DEFAULT_NETWORKS = ("cnn", "transformer")
 
 
 class ComparisonRows(list):
@@ -111,6 +121,7 @@ def run_comparison(
     overrides: Sequence[str] = (),
     checkpoint: Literal["best", "last"] = "best",
     retrain: bool = False,
+    networks: Sequence[str] = DEFAULT_NETWORKS,
 ) -> ComparisonRows:
     """Train and test every (method, labeled cases, seed) and tabulate the test scores.
 
@@ -135,11 +146,14 @@ def run_comparison(
             ``val/dice_mean``, as SSL4MIS, CTCT and AdvMIM evaluate) or ``"last"``.
         retrain: Delete and train again the combinations whose recorded settings
             (``compare_settings.json``) differ from this call's (off: refuse).
+        networks: The networks each combination's test scores (``cnn``, ``transformer``,
+            ``ensemble``), one ``advmim test`` each.
 
     Returns:
-        The rows of ``compare.csv`` (``method``, ``labeled_cases``, ``seed``, ``class``,
-        ``metric``, ``value``) of every finished combination, including those finished by an
-        earlier call; ``rows.failed`` lists the combinations that failed in this call.
+        The rows of ``compare.csv`` (``method``, ``network``, ``labeled_cases``, ``seed``,
+        ``class``, ``metric``, ``value``) of every finished combination, including those
+        finished by an earlier call; ``rows.failed`` lists the combinations that failed in
+        this call.
 
     Raises:
         ValueError: On an unknown method, repeated values, a count below 1, an override of a
@@ -153,6 +167,10 @@ def run_comparison(
     methods, labeled_cases, seeds = check_lists(methods, labeled_cases, seeds)
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    networks = list(networks)
+    unknown = [n for n in networks if n not in NETWORKS]
+    if not networks or unknown or len(set(networks)) != len(networks):
+        raise ValueError(f"networks must be distinct values among {list(NETWORKS)}, got {networks}")
     overrides = [str(w) for w in overrides]
     stated, from_files = stated_settings(configs, overrides)
     check_split_file(stated)
@@ -175,6 +193,8 @@ def run_comparison(
             str(output),
             "--checkpoint",
             checkpoint,
+            "--networks",
+            *networks,
             *overrides,
         ]
     )
@@ -184,7 +204,7 @@ def run_comparison(
     ]  # a seed at a time: after the first pass every cell of the table has a value
     settings = {c: combination_settings(c, stated, from_files, checkpoint) for c in combinations}
     _refuse_or_retrain_other_settings(combinations, settings, output, retrain)
-    pending = {c for c in combinations if read_test_means(output / c.name / TEST_CSV) is None}
+    pending = {c for c in combinations if read_network_means(output / c.name, networks) is None}
     for combo in combinations:
         if combo not in pending:  # finished: an error file left from before is stale
             (output / combo.name / ERROR_FILE).unlink(missing_ok=True)
@@ -208,7 +228,9 @@ def run_comparison(
         if combo not in pending:
             status = "finished earlier, skipped"
         else:
-            job = combination_job(combo, configs, overrides, stated, from_files, output, checkpoint)
+            job = combination_job(
+                combo, configs, overrides, stated, from_files, output, checkpoint, networks
+            )
             write_settings(output / combo.name, settings[combo], command)
             resuming = " (resuming from checkpoints/last.ckpt)" if job["resume"] else ""
             print(f"{prefix} fit + test{resuming} ...", flush=True)
@@ -218,9 +240,11 @@ def run_comparison(
             pending.discard(combo)
             if error is None:
                 done.append(durations[-1])
-                means = read_test_means(output / combo.name / TEST_CSV)
-                dice = means["dice"]["mean"] if means else float("nan")
-                status = f"done in {_duration(durations[-1])}, test Dice {100 * dice:.1f}%"
+                scored = read_network_means(output / combo.name, networks) or {}
+                dice = ", ".join(
+                    f"{n} {100 * scored[n]['dice']['mean']:.1f}%" for n in networks if n in scored
+                )
+                status = f"done in {_duration(durations[-1])}, test Dice {dice}"
             else:
                 failed[combo.name] = error
                 status = f"FAILED after {_duration(durations[-1])}: {error}"
@@ -236,27 +260,28 @@ def run_comparison(
 
     rows = []
     for combo in combinations:
-        means = read_test_means(output / combo.name / TEST_CSV)
-        if means is not None:
-            rows += rows_of_run(combo.method, combo.labeled_cases, combo.seed, means)
+        scored = read_network_means(output / combo.name, networks)
+        for network, means in (scored or {}).items():
+            rows += rows_of_run(combo.method, combo.labeled_cases, combo.seed, means, network)
     details = [
         f"command: `{command}`",
         "tested checkpoint: "
         + ("best validation Dice (`best-*.ckpt`)" if checkpoint == "best" else "`last.ckpt`"),
         *notes,
     ]
-    finished = {c.name for c in combinations if read_test_means(output / c.name / TEST_CSV)}
+    finished = {c.name for c in combinations if read_network_means(output / c.name, networks)}
     failed = {name: error for name, error in failed.items() if name not in finished}
     write_csv(rows, output / "compare.csv")
     (output / "summary.md").write_text(
-        summary_markdown(rows, methods, labeled_cases, seeds, failed, details)
+        summary_markdown(rows, methods, labeled_cases, seeds, failed, details, networks)
     )
     written = [output / "compare.csv", output / "summary.md"]
     if rows:
-        written.append(write_plot(rows, methods, labeled_cases, output / "compare.png"))
+        plot = output / "compare.png"
+        written.append(write_plot(rows, methods, labeled_cases, plot, networks))
     record_report_files(output, written)
     print()
-    print(summary_table(rows, methods, labeled_cases))
+    print(summary_table(rows, methods, labeled_cases, networks))
     print()
     print("wrote " + ", ".join(str(p) for p in written))
     if not rows:
@@ -345,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--labeled_cases", nargs="+", type=int, default=[1, 3, 7])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--networks",
+        nargs="+",
+        default=list(DEFAULT_NETWORKS),
+        choices=list(NETWORKS),
+        help="networks each combination's test scores (one column set each in summary.md)",
+    )
     parser.add_argument("--output", default="runs/compare", help="folder of the runs and tables")
     parser.add_argument(
         "--checkpoint",
@@ -372,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides=overrides,
             checkpoint=args.checkpoint,
             retrain=args.retrain,
+            networks=args.networks,
         )
     except (ValueError, OSError) as err:
         parser.exit(2, f"advmim compare: error: {err}\n")

@@ -1,7 +1,8 @@
 """One combination of ``advmim compare``, run in an interpreter of its own.
 
 :func:`run_job_in_subprocess` writes the combination's ``compare_job.json`` and starts a fresh
-Python on it; there :func:`run_job` runs ``advmim fit`` then ``advmim test`` and records a
+Python on it; there :func:`run_job` runs ``advmim fit`` then ``advmim test`` once per scored network
+(``test_metrics_<network>.csv``) and records a
 failure's first line in ``<run>/compare_error.txt`` (removed again when the combination
 starts or finishes). The child dies with the comparison: on Linux the kernel sends it SIGTERM
 when its parent ends in any way (``PR_SET_PDEATHSIG``), and the parent stops it on Ctrl-C and
@@ -23,7 +24,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from advmim_lightning.commands.compare_report import read_test_means
+from advmim_lightning.commands.compare_report import (
+    network_csv,
+    read_network_means,
+    read_test_means,
+)
 
 TEST_CSV = "test_metrics.csv"
 LOG_FILE = "compare.log"
@@ -115,9 +120,10 @@ def _stop(process: subprocess.Popen, sig: int) -> None:
 def run_job_in_subprocess(job: dict[str, Any], run_dir: Path) -> str | None:
     """Run one combination in a fresh interpreter; its error line, or None on success.
 
-    The combination succeeded when its test result is complete (a stale error file is then
-    removed). Ctrl-C or SIGTERM to this process stops the child first (SIGINT / SIGTERM, then
-    SIGKILL after 30 s) and is raised again (SIGTERM as :class:`CompareTerminated`).
+    The combination succeeded when the test result of every network in ``job["networks"]`` is
+    complete (a stale error file is then removed). Ctrl-C or SIGTERM to this process stops
+    the child first (SIGINT / SIGTERM, then SIGKILL after 30 s) and is raised again
+    (SIGTERM as :class:`CompareTerminated`).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     job_path = run_dir / JOB_FILE
@@ -139,13 +145,14 @@ def run_job_in_subprocess(job: dict[str, Any], run_dir: Path) -> str | None:
             preexec_fn=_die_with_parent(os.getpid()),
         )
         code = _wait(process)
-    if read_test_means(run_dir / TEST_CSV) is not None:
+    if read_network_means(run_dir, job["networks"]) is not None:
         error_path.unlink(missing_ok=True)
         return None
     if error_path.is_file():
         return error_path.read_text().strip() or f"exit status {code}"
     if code == 0:
-        return f"exit status 0 without a complete {TEST_CSV} (log: {log_path})"
+        tables = ", ".join(network_csv(n) for n in job["networks"])
+        return f"exit status 0 without complete {tables} (log: {log_path})"
     if code < 0:
         return f"killed by signal {-code} (log: {log_path})"
     return f"exit status {code} (log: {log_path})"
@@ -177,10 +184,12 @@ def _wait(process: subprocess.Popen) -> int:
 
 
 def run_job(job_path: str | Path) -> int:
-    """Run one combination's ``advmim fit`` then ``advmim test`` in this process.
+    """Run one combination's ``advmim fit`` then, per network, ``advmim test`` in this process.
 
-    The worker that :func:`run_comparison` starts in a subprocess. On failure the error's
-    first line goes to ``<run>/compare_error.txt`` (the traceback to the log).
+    The worker that :func:`run_comparison` starts in a subprocess. Each network's test
+    (``--model.eval_network``) writes ``test_metrics.csv``, kept as
+    ``test_metrics_<network>.csv``. On failure the error's first line goes to
+    ``<run>/compare_error.txt`` (the traceback to the log).
 
     Args:
         job_path: The ``compare_job.json`` written by the comparison.
@@ -190,21 +199,25 @@ def run_job(job_path: str | Path) -> int:
     """
     job = json.loads(Path(job_path).read_text())
     run_dir = Path(job["run_dir"])
+    networks = job["networks"]
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     from advmim_lightning.run.main import main
 
     try:
         print("$ advmim " + shlex.join(job["fit"]), flush=True)
         main(job["fit"])
-        test = [*job["test"], "--ckpt_path", str(_checkpoint_to_test(run_dir, job["checkpoint"]))]
-        print("$ advmim " + shlex.join(test), flush=True)
-        (run_dir / TEST_CSV).unlink(missing_ok=True)
-        main(test)
-        if read_test_means(run_dir / TEST_CSV) is None:
-            raise RuntimeError(f"advmim test ended without writing {run_dir / TEST_CSV}")
+        checkpoint = str(_checkpoint_to_test(run_dir, job["checkpoint"]))
+        for network in networks:
+            test = [*job["test"], "--model.eval_network", network, "--ckpt_path", checkpoint]
+            print("$ advmim " + shlex.join(test), flush=True)
+            (run_dir / TEST_CSV).unlink(missing_ok=True)
+            main(test)
+            if read_test_means(run_dir / TEST_CSV) is None:
+                raise RuntimeError(f"advmim test ended without writing {run_dir / TEST_CSV}")
+            (run_dir / TEST_CSV).replace(run_dir / network_csv(network))
     except SystemExit as stop:
         if stop.code in (0, None):
-            return 0 if read_test_means(run_dir / TEST_CSV) is not None else 1
+            return 0 if read_network_means(run_dir, networks) is not None else 1
         message = stop.code if isinstance(stop.code, str) else f"exit status {stop.code}"
         _record_error(run_dir, message)
         return 1

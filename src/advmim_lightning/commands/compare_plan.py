@@ -47,6 +47,7 @@ _CONTROLLED = {
     "run_name": "--output (run folders are named <method>-l<cases>-s<seed>)",
     "runs_dir": "--output",
     "ckpt_path": "--checkpoint (and resumes from last.ckpt by itself)",
+    "model.eval_network": "--networks (every listed network is tested)",
 }
 _SEED_KEYS = ("seed_everything", "data.seed", "model.rng_seed")
 
@@ -198,8 +199,10 @@ def combination_job(
     from_files: set[str],
     output: Path,
     checkpoint: str,
+    networks: Sequence[str] = ("cnn", "transformer"),
 ) -> dict[str, Any]:
-    """The ``advmim fit`` and ``advmim test`` words of one combination."""
+    """The ``advmim fit`` and ``advmim test`` words of one combination, and the networks
+    its test scores (one ``advmim test`` each)."""
     words = [w for c in configs for w in ("-c", c)] + list(overrides)
     words += ["--model.method", combo.method, "--data.labeled_cases", str(combo.labeled_cases)]
     for key in _SEED_KEYS:
@@ -217,6 +220,7 @@ def combination_job(
         "fit": ["fit", *words, *(["--ckpt_path", str(last)] if resume else [])],
         "test": ["test", *words, "--wandb_mode", "disabled"],
         "checkpoint": checkpoint,
+        "networks": list(networks),
         "resume": resume,
     }
 

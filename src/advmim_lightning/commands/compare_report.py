@@ -3,11 +3,14 @@
 Kept apart from :mod:`advmim_lightning.commands.compare` (which plans and runs the combinations)
 so the report can be rebuilt from finished run folders alone. A *row* is one value::
 
-    {"method": "advmim", "labeled_cases": 3, "seed": 0, "class": "LV", "metric": "dice",
-     "value": 0.91}
+    {"method": "advmim", "network": "cnn", "labeled_cases": 3, "seed": 0, "class": "LV",
+     "metric": "dice", "value": 0.91}
 
-where ``class`` is a foreground class name or ``"mean"`` (the mean over classes) and the value
-is the mean over the test cases, read from the ``mean`` row of the run's ``test_metrics.csv``.
+where ``network`` is the scored segmenter (``cnn``, ``transformer`` or ``ensemble``),
+``class`` is a foreground class name or ``"mean"`` (the mean over classes) and the value is
+the mean over the test cases, read from the ``mean`` row of the run's
+``test_metrics_<network>.csv``. ``summary.md`` has one column set per network, the plot one
+line style per network.
 
 The files ``compare`` writes are listed with their SHA-256 in ``compare_manifest.json``
 (:func:`record_report_files`); :func:`check_report_files` refuses to replace a ``compare.csv``,
@@ -29,8 +32,11 @@ from advmim_lightning.evaluation.case_metrics import METRIC_NAMES
 __all__ = [
     "COLUMNS",
     "MANIFEST",
+    "NETWORKS",
     "REPORT_FILES",
     "check_report_files",
+    "network_csv",
+    "read_network_means",
     "read_test_means",
     "record_report_files",
     "summary_markdown",
@@ -40,7 +46,11 @@ __all__ = [
 ]
 
 #: Columns of ``compare.csv``, in order.
-COLUMNS = ("method", "labeled_cases", "seed", "class", "metric", "value")
+COLUMNS = ("method", "network", "labeled_cases", "seed", "class", "metric", "value")
+#: The networks a comparison can score (``model.eval_network``), and their line styles.
+NETWORKS = ("cnn", "transformer", "ensemble")
+_LINE_STYLES = {"cnn": "-", "transformer": "--", "ensemble": ":"}
+_NETWORK_NAMES = {"cnn": "CNN", "transformer": "Transformer", "ensemble": "Ensemble"}
 #: Metrics reported in percent in the summary (the others are distances).
 _PERCENT = {"dice", "nsd"}
 _HEADERS = {"dice": "Dice (%)", "hd95": "HD95", "asd": "ASD", "nsd": "NSD (%)"}
@@ -151,10 +161,34 @@ def read_test_means(path: Path) -> dict[str, dict[str, float]] | None:
     return values
 
 
+def network_csv(network: str) -> str:
+    """The test table of one network in a combination's run folder."""
+    return f"test_metrics_{network}.csv"
+
+
+def read_network_means(
+    run_dir: Path, networks: Sequence[str]
+) -> dict[str, dict[str, dict[str, float]]] | None:
+    """``{network: read_test_means(...)}`` of a run, or None unless every network's table is
+    complete (the combination is then unfinished)."""
+    found = {}
+    for network in networks:
+        means = read_test_means(run_dir / network_csv(network))
+        if means is None:
+            return None
+        found[network] = means
+    return found
+
+
 def rows_of_run(
-    method: str, labeled_cases: int, seed: int, means: Mapping[str, Mapping[str, float]]
+    method: str,
+    labeled_cases: int,
+    seed: int,
+    means: Mapping[str, Mapping[str, float]],
+    network: str = "transformer",
 ) -> list[dict[str, Any]]:
-    """The rows of one finished combination (classes in file order, ``mean`` last)."""
+    """The rows of one network of a finished combination (classes in file order, ``mean``
+    last)."""
     rows = []
     for metric in METRIC_NAMES:
         per_class = means[metric]
@@ -162,6 +196,7 @@ def rows_of_run(
             rows.append(
                 {
                     "method": method,
+                    "network": network,
                     "labeled_cases": labeled_cases,
                     "seed": seed,
                     "class": name,
@@ -183,12 +218,19 @@ def write_csv(rows: Iterable[Mapping[str, Any]], path: Path) -> Path:
 
 
 def _values(rows: Iterable[Mapping[str, Any]]) -> dict[tuple, dict[int, float]]:
-    """``{(method, labeled_cases, class, metric): {seed: value}}``."""
+    """``{(method, network, labeled_cases, class, metric): {seed: value}}``."""
     table: dict[tuple, dict[int, float]] = {}
     for row in rows:
-        key = (row["method"], row["labeled_cases"], row["class"], row["metric"])
+        key = (row["method"], row["network"], row["labeled_cases"], row["class"], row["metric"])
         table.setdefault(key, {})[int(row["seed"])] = float(row["value"])
     return table
+
+
+def _networks(rows: Iterable[Mapping[str, Any]], networks: Sequence[str] | None) -> list[str]:
+    """The networks to report: those given, else those the rows hold (in first-seen order)."""
+    if networks is not None:
+        return list(networks)
+    return list(dict.fromkeys(str(row["network"]) for row in rows))
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -207,46 +249,58 @@ def _cell(values: Sequence[float], metric: str) -> str:
 
 
 def summary_table(
-    rows: Sequence[Mapping[str, Any]], methods: Sequence[str], labeled_cases: Sequence[int]
+    rows: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    labeled_cases: Sequence[int],
+    networks: Sequence[str] | None = None,
 ) -> str:
     """The paper-style table: mean ± std over seeds per method and labeled-cases count.
 
-    Columns: the seeds that finished, Dice, HD95, ASD and NSD of the mean over classes, and
-    the Dice gain over ``supervised`` at the same labeled count (difference of the means, in
-    Dice points) when ``supervised`` is among the methods.
+    One column set per network: Dice, HD95, ASD and NSD of the mean over classes, and the
+    Dice gain over ``supervised`` at the same labeled count and network (difference of the
+    means, in Dice points) when ``supervised`` is among the methods; before them, the seeds
+    that finished (for every network).
 
     Args:
         rows: Rows as returned by :func:`advmim_lightning.commands.compare.run_comparison`.
         methods: Methods in the order of the table.
         labeled_cases: Labeled-cases counts in the order of the table.
+        networks: Networks in the order of the column sets; None: those of the rows.
 
     Returns:
         A markdown table (no trailing newline); a line saying so when there are no rows.
     """
     table = _values(rows)
+    networks = _networks(rows, networks)
     with_gain = BASELINE in methods
-    header = ["Method", "Labeled cases", "Seeds", *(_HEADERS[m] for m in METRIC_NAMES)]
-    if with_gain:
-        header.append("Dice gain over supervised")
+    header = ["Method", "Labeled cases", "Seeds"]
+    for network in networks:
+        name = _NETWORK_NAMES.get(network, network)
+        header += [f"{name} {_HEADERS[m]}" for m in METRIC_NAMES]
+        if with_gain:
+            header.append(f"{name} Dice gain over supervised")
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("| --- | ---: | ---: |" + " ---: |" * (len(header) - 3))
     for count in labeled_cases:
-        baseline = table.get((BASELINE, count, "mean", "dice"))
         for method in methods:
-            dice = table.get((method, count, "mean", "dice"))
-            if not dice:
+            seeds = [table.get((method, n, count, "mean", "dice")) for n in networks]
+            if not seeds or not all(seeds):
                 continue
-            cells = [method, str(count), str(len(dice))]
-            for metric in METRIC_NAMES:
-                cells.append(_cell(list(table[(method, count, "mean", metric)].values()), metric))
-            if with_gain:
-                if method == BASELINE or not baseline:
-                    cells.append("—")
-                else:
-                    gain = 100.0 * (
-                        statistics.fmean(dice.values()) - statistics.fmean(baseline.values())
-                    )
-                    cells.append(f"{gain:+.1f}")
+            cells = [method, str(count), str(min(len(d) for d in seeds if d))]
+            for network in networks:
+                dice = table[(method, network, count, "mean", "dice")]
+                for metric in METRIC_NAMES:
+                    values = table[(method, network, count, "mean", metric)].values()
+                    cells.append(_cell(list(values), metric))
+                if with_gain:
+                    baseline = table.get((BASELINE, network, count, "mean", "dice"))
+                    if method == BASELINE or not baseline:
+                        cells.append("—")
+                    else:
+                        gain = 100.0 * (
+                            statistics.fmean(dice.values()) - statistics.fmean(baseline.values())
+                        )
+                        cells.append(f"{gain:+.1f}")
             lines.append("| " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return "No combination has finished: there is nothing to summarise."
@@ -254,22 +308,29 @@ def summary_table(
 
 
 def _class_table(
-    rows: Sequence[Mapping[str, Any]], methods: Sequence[str], labeled_cases: Sequence[int]
+    rows: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    labeled_cases: Sequence[int],
+    networks: Sequence[str],
 ) -> str:
-    """Dice (%) per class, mean ± std over seeds."""
+    """Dice (%) per class, mean ± std over seeds, one row per method, count and network."""
     table = _values(rows)
     names: list[str] = []
     for row in rows:
         if row["metric"] == "dice" and row["class"] != "mean" and row["class"] not in names:
             names.append(row["class"])
-    lines = ["| Method | Labeled cases | " + " | ".join(names) + " |"]
-    lines.append("| --- | ---: |" + " ---: |" * len(names))
+    lines = ["| Method | Network | Labeled cases | " + " | ".join(names) + " |"]
+    lines.append("| --- | --- | ---: |" + " ---: |" * len(names))
     for count in labeled_cases:
         for method in methods:
-            if (method, count, "mean", "dice") not in table:
-                continue
-            cells = [_cell(list(table[(method, count, n, "dice")].values()), "dice") for n in names]
-            lines.append(f"| {method} | {count} | " + " | ".join(cells) + " |")
+            for network in networks:
+                if (method, network, count, "mean", "dice") not in table:
+                    continue
+                cells = [
+                    _cell(list(table[(method, network, count, n, "dice")].values()), "dice")
+                    for n in names
+                ]
+                lines.append(f"| {method} | {network} | {count} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -280,6 +341,7 @@ def summary_markdown(
     seeds: Sequence[int],
     failed: Mapping[str, str],
     details: Sequence[str] = (),
+    networks: Sequence[str] | None = None,
 ) -> str:
     """The whole ``summary.md``: the table, Dice per class, the settings and any failures.
 
@@ -290,7 +352,9 @@ def summary_markdown(
         seeds: The seeds asked for.
         failed: Failed combinations: run name -> error line.
         details: Lines about how the runs were made (command, checkpoint tested, notes).
+        networks: The scored networks, in column order; None: those of the rows.
     """
+    networks = _networks(rows, networks)
     parts = [
         "# advmim compare",
         "",
@@ -298,12 +362,14 @@ def summary_markdown(
         f"{', '.join(map(str, seeds))}); each seed's value is the mean over the test cases "
         "and the foreground classes. Dice and NSD in %, HD95 and ASD in the data's units "
         "(mm where the spacing is known, voxels otherwise). The Dice gain is the difference "
-        "to `supervised` at the same labeled count, in Dice points.",
+        "to `supervised` at the same labeled count and network, in Dice points. One column "
+        f"set per scored network ({', '.join(networks)}).",
         "",
-        summary_table(rows, methods, labeled_cases),
+        summary_table(rows, methods, labeled_cases, networks),
     ]
     if rows:
-        parts += ["", "## Dice per class (%)", "", _class_table(rows, methods, labeled_cases)]
+        classes = _class_table(rows, methods, labeled_cases, networks)
+        parts += ["", "## Dice per class (%)", "", classes]
     if details:
         parts += ["", "## How it was run", "", *(f"- {line}" for line in details)]
     if failed:
@@ -317,8 +383,11 @@ def write_plot(
     methods: Sequence[str],
     labeled_cases: Sequence[int],
     path: Path,
+    networks: Sequence[str] | None = None,
 ) -> Path:
-    """Dice (mean over classes, %) against labeled cases: one line per method.
+    """Dice (mean over classes, %) against labeled cases: one line per method and network,
+    a colour per method and a line style per network (CNN solid, transformer dashed,
+    ensemble dotted).
 
     Each point is the mean over seeds with a ± one standard deviation error bar; every seed's
     value is drawn as a small dot, so the spread stays visible with two seeds too.
@@ -328,6 +397,7 @@ def write_plot(
         methods: Methods, in legend order.
         labeled_cases: The labeled-cases counts (x axis ticks).
         path: The PNG to write.
+        networks: The scored networks; None: those of the rows.
 
     Returns:
         ``path``.
@@ -337,15 +407,17 @@ def write_plot(
     from matplotlib.figure import Figure
 
     table = _values(rows)
+    networks = _networks(rows, networks)
     figure = Figure(figsize=(6.0, 4.2), dpi=120)
     axes = figure.subplots()
     span = (max(labeled_cases) - min(labeled_cases)) or 1
-    for index, method in enumerate(methods):
-        colour = f"C{index}"
-        dodge = 0.015 * span * (index - (len(methods) - 1) / 2)  # keep equal points apart
+    lines = [(m, n) for m in methods for n in networks]
+    for index, (method, network) in enumerate(lines):
+        colour = f"C{methods.index(method)}"
+        dodge = 0.015 * span * (index - (len(lines) - 1) / 2)  # keep equal points apart
         xs, means, stds = [], [], []
         for count in labeled_cases:
-            dice = table.get((method, count, "mean", "dice"))
+            dice = table.get((method, network, count, "mean", "dice"))
             if not dice:
                 continue
             values = [100.0 * v for v in dice.values()]
@@ -355,7 +427,16 @@ def write_plot(
             stds.append(0.0 if std is None else std)
             axes.scatter([count + dodge] * len(values), values, s=10, color=colour, alpha=0.4)
         if xs:
-            axes.errorbar(xs, means, yerr=stds, color=colour, marker="o", capsize=4, label=method)
+            axes.errorbar(
+                xs,
+                means,
+                yerr=stds,
+                color=colour,
+                linestyle=_LINE_STYLES.get(network, "-."),
+                marker="o",
+                capsize=4,
+                label=f"{method} ({_NETWORK_NAMES.get(network, network)})",
+            )
     axes.set_xticks(list(labeled_cases))
     axes.set_xlabel("labeled cases")
     axes.set_ylabel("test Dice, mean over classes (%)")

@@ -6,7 +6,10 @@
 - :mod:`~advmim_lightning.data.settings`: the settings the sources and the data module share
   (:class:`SourceSettings`, :class:`PhantomSettings`, ...), declared and checked once.
 - :mod:`~advmim_lightning.data.acdc`, :mod:`~advmim_lightning.data.nifti`,
-  :mod:`~advmim_lightning.data.phantom_source`: the three built-in sources (layouts).
+  :mod:`~advmim_lightning.data.phantom_source`: the three built-in sources (layouts);
+  :mod:`~advmim_lightning.data.image_folder`: NIfTI images without labels (a second source).
+- :mod:`~advmim_lightning.data.unlabeled_source`: the second, unlabeled source (domain
+  adaptation): building it, checking it agrees with the main one, the pools it gives.
 - :mod:`~advmim_lightning.data.layouts`: ``layout=`` (with ``root``, ``settings``, ``phantom``)
   to a source.
 - :mod:`~advmim_lightning.data.arguments`: checks of constructor arguments.
@@ -24,6 +27,7 @@ from advmim_lightning.data.acdc import ACDCSource
 from advmim_lightning.data.cases import CaseSplit
 from advmim_lightning.data.datamodule import AdvMIMDataModule
 from advmim_lightning.data.datasets import unwrap_single_item
+from advmim_lightning.data.image_folder import ImageFolderSource
 from advmim_lightning.data.nifti import NiftiSource
 from advmim_lightning.data.phantom_source import PhantomSource
 from advmim_lightning.data.settings import (
@@ -50,6 +54,7 @@ __all__ = [
     "DataSource",
     "DataValidationError",
     "EvalItem",
+    "ImageFolderSource",
     "LabeledBatch",
     "LoaderSettings",
     "NiftiSource",

@@ -34,6 +34,14 @@ from advmim_lightning.data.settings import (
 from advmim_lightning.data.source import DataSource, EvalSplit, check_training_pools
 from advmim_lightning.data.training import TrainingStream, check_resume_world_size
 from advmim_lightning.data.transforms import SliceAugmenter
+from advmim_lightning.data.unlabeled_source import (
+    EVAL_SOURCES,
+    UNLABELED_POOLS,
+    bind_unlabeled_source,
+    merge_pools,
+    refuse_labeled_cases_of,
+    unlabeled_source_for,
+)
 from advmim_lightning.data.validation import DataValidationError
 from advmim_lightning.run import lightning_private
 
@@ -83,6 +91,15 @@ class AdvMIMDataModule(TrainingStream):
          "unlabeled": {"image": B_u x C x H x W float32, "case_id": list[str]}}
 
     ``"unlabeled"`` is absent only with ``require_unlabeled=False`` and an empty unlabeled pool.
+
+    **A second, unlabeled source** (``docs/domain-adaptation.md``): unlabeled images from
+    another folder, site or modality, named by ``unlabeled_layout`` (with ``unlabeled_root``,
+    ``unlabeled_settings``, ``unlabeled_phantom``) or given as ``unlabeled_source``. The
+    labeled pool stays the main source's; the unlabeled pool is the second source's images
+    (``unlabeled_pool="second"``) or both sources' (``"both"``). Validation, test and predict
+    use the main source's split (``eval_source="main"``) or the second source's labeled split
+    (``"second"``). Each source normalises with its own settings; channel and class counts
+    must agree (see :mod:`~advmim_lightning.data.unlabeled_source`).
 
     **An epoch** is ``iterations_per_epoch`` iterations (one batch each). By default it is
     enough iterations for the ranks together to see the unlabeled pool once,
@@ -145,6 +162,24 @@ class AdvMIMDataModule(TrainingStream):
         source: A data source of your own (a
             :class:`~advmim_lightning.data.source.DataSource`), instead of ``layout``,
             ``root``, ``settings`` and ``phantom``; None: the source of ``layout``.
+        unlabeled_layout: The second, unlabeled source's layout: ``"acdc"``, ``"nifti"``,
+            ``"images"`` (a folder of NIfTI images without labels,
+            :class:`~advmim_lightning.data.image_folder.ImageFolderSource`) or ``"phantom"``;
+            None: no second source (unless ``unlabeled_source``).
+        unlabeled_root: The second source's root (acdc, nifti, images); ``~`` is expanded.
+        unlabeled_settings: The second source's own
+            :class:`~advmim_lightning.data.settings.SourceSettings` (its normalisation,
+            split and cache), independent of ``settings``.
+        unlabeled_phantom: The second source's phantom (``unlabeled_layout="phantom"``);
+            None: ``phantom`` in the target domain with the next phantom seed.
+        unlabeled_source: A second source object of your own (in YAML: ``class_path`` and
+            ``init_args``), instead of the ``unlabeled_*`` layout arguments.
+        unlabeled_pool: With a second source, where the unlabeled pool comes from:
+            ``"second"`` (its images only) or ``"both"`` (the main source's unlabeled cases
+            too).
+        eval_source: Whose split validation, test and predict use: ``"main"`` or
+            ``"second"`` (the second source's labeled split, e.g. FLARE's
+            ``MRI_imagesVal`` / ``MRI_labelsVal``).
 
     Raises:
         ValueError: On arguments out of range (message says what was given and what is
@@ -173,6 +208,13 @@ class AdvMIMDataModule(TrainingStream):
         augmentation: AugmentationSettings = _DEFAULT_AUGMENTATION,
         loaders: LoaderSettings = _DEFAULT_LOADERS,
         source: DataSource | None = None,
+        unlabeled_layout: Literal["acdc", "nifti", "images", "phantom"] | None = None,
+        unlabeled_root: str | None = None,
+        unlabeled_settings: SourceSettings = _DEFAULT_SETTINGS,
+        unlabeled_phantom: PhantomSettings | None = None,
+        unlabeled_source: DataSource | None = None,
+        unlabeled_pool: Literal["second", "both"] = "second",
+        eval_source: Literal["main", "second"] = "main",
     ) -> None:
         flat = dict(locals())
         super().__init__()
@@ -192,10 +234,21 @@ class AdvMIMDataModule(TrainingStream):
             )
         settings = as_settings("settings", settings, SourceSettings)
         phantom = as_settings("phantom", phantom, PhantomSettings)
+        check_choice("unlabeled_pool", unlabeled_pool, UNLABELED_POOLS)
+        check_choice("eval_source", eval_source, EVAL_SOURCES)
+        unlabeled_settings = as_settings("unlabeled_settings", unlabeled_settings, SourceSettings)
+        if unlabeled_phantom is not None:
+            unlabeled_phantom = as_settings("unlabeled_phantom", unlabeled_phantom, PhantomSettings)
         augmentation = as_settings("augmentation", augmentation, AugmentationSettings)
         loaders = as_settings("loaders", loaders, LoaderSettings)
-        flat.update(settings=settings, phantom=phantom)
+        flat.update(
+            settings=settings,
+            phantom=phantom,
+            unlabeled_settings=unlabeled_settings,
+            unlabeled_phantom=unlabeled_phantom,
+        )
         root = expand_path(root)
+        unlabeled_root = expand_path(unlabeled_root)
         self.augmenter = SliceAugmenter(
             image_size,
             image_interpolation=augmentation.image_interpolation,
@@ -205,9 +258,18 @@ class AdvMIMDataModule(TrainingStream):
         )
         self.source = self._make_source(source, flat, root)
         self.source.bind(num_classes, labeled_cases)
+        self.unlabeled_source = self._make_unlabeled_source(flat, unlabeled_root)
+        if self.unlabeled_source is not None:
+            bind_unlabeled_source(self.unlabeled_source, self.source, num_classes)
+        elif (unlabeled_pool, eval_source) != ("second", "main"):
+            raise ValueError(
+                f"unlabeled_pool={unlabeled_pool!r} and eval_source={eval_source!r} choose "
+                "between two sources, but no second source was given; expected "
+                "unlabeled_layout (with unlabeled_root) or unlabeled_source."
+            )
         if source is None:  # the hyper-parameter keeps the settings in use (ACDC's pattern)
             settings = self.source.settings
-        self.save_hyperparameters(ignore="source")
+        self.save_hyperparameters(ignore=["source", "unlabeled_source"])
         for key, value in list(self.hparams.items()):  # plain values: weights_only loading
             self.hparams[key] = _plain(value)
         # Plain lists in hparams.yaml (a tuple is written with a Python tag that
@@ -232,8 +294,11 @@ class AdvMIMDataModule(TrainingStream):
         self.eval_num_workers = loaders.eval_num_workers
         self.class_names: list[str] = list(self.source.class_names)
         self.in_channels: int = int(self.source.in_channels)
+        self.unlabeled_pool = unlabeled_pool
+        self.eval_source = eval_source
 
         self.case_split: CaseSplit | None = None
+        self.unlabeled_split: CaseSplit | None = None
         self.labeled_dataset: SliceDataset | None = None
         self.unlabeled_dataset: SliceDataset | None = None
         self.val_dataset: VolumeDataset | None = None
@@ -267,17 +332,99 @@ class AdvMIMDataModule(TrainingStream):
         refuse_source_arguments(source, given)
         return source
 
+    @staticmethod
+    def _make_unlabeled_source(flat: dict, root: str | None) -> DataSource | None:
+        """The second source: ``unlabeled_source``, the ``unlabeled_layout``'s, or None.
+
+        Raises:
+            TypeError: If ``unlabeled_source`` is not a :class:`DataSource`.
+            ValueError: On ``unlabeled_source`` next to the ``unlabeled_*`` layout arguments,
+                or those arguments without ``unlabeled_layout``.
+        """
+        source, layout = flat["unlabeled_source"], flat["unlabeled_layout"]
+        given = [
+            name
+            for name, value, default in (
+                ("unlabeled_layout", layout, None),
+                ("unlabeled_root", root, None),
+                ("unlabeled_settings", flat["unlabeled_settings"], _DEFAULT_SETTINGS),
+                ("unlabeled_phantom", flat["unlabeled_phantom"], None),
+            )
+            if value != default
+        ]
+        if source is not None:
+            if not isinstance(source, DataSource):
+                raise TypeError(
+                    f"unlabeled_source must be a DataSource (advmim_lightning.data.source."
+                    f"DataSource), got {type(source).__name__}"
+                )
+            if given:
+                raise ValueError(
+                    f"unlabeled_source={type(source).__name__}(...) was given together with "
+                    f"{', '.join(given)}; a source takes its own settings (its init_args): "
+                    "drop them, or drop unlabeled_source."
+                )
+            return source
+        if layout is None:
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} given without unlabeled_layout; expected "
+                    "unlabeled_layout (acdc, nifti, images or phantom) to name the second "
+                    "source."
+                )
+            return None
+        return unlabeled_source_for(
+            layout, root, flat["unlabeled_settings"], flat["unlabeled_phantom"], flat["phantom"]
+        )
+
     def prepare_data(self) -> None:
-        """Work the source does once per machine on rank 0 (the phantom's cache)."""
+        """Work the sources do once per machine on rank 0 (the phantom's cache)."""
         self.source.prepare()
+        if self.unlabeled_source is not None:
+            self.unlabeled_source.prepare()
 
     def resolve_split(self) -> CaseSplit:
-        """Resolves (once) and checks the case-level split; cheap, reads no image data."""
+        """Resolves (once) and checks the case-level split; cheap, reads no image data.
+
+        Raises:
+            DataValidationError: From the source, or when ``labeled_cases`` names cases of
+                the second (unlabeled) source.
+        """
         if self.case_split is None:
-            split = self.source.case_split()
+            second = self.resolve_unlabeled_split()
+            try:
+                split = self.source.case_split()
+            except DataValidationError:
+                if second is not None and self.unlabeled_source is not None:
+                    refuse_labeled_cases_of(self.unlabeled_source, second, self.labeled_cases)
+                raise
             check_case_split(split)
             self.case_split = split
         return self.case_split
+
+    def resolve_unlabeled_split(self) -> CaseSplit | None:
+        """The second source's case split (all its training cases unlabeled), or None."""
+        if self.unlabeled_source is not None and self.unlabeled_split is None:
+            self.unlabeled_split = self.unlabeled_source.case_split()
+        return self.unlabeled_split
+
+    @property
+    def eval_layout(self) -> str:
+        """The layout of the source that validation, test and predict read (``eval_source``):
+        the prediction writer's ``"auto"`` format follows it."""
+        if self.eval_source == "second" and self.unlabeled_source is not None:
+            second = self.unlabeled_source
+            return str(getattr(second, "layout", type(second).__name__))
+        return self.layout
+
+    def _eval_source_and_split(self) -> tuple[DataSource, CaseSplit]:
+        """The source and split that validation, test and predict use (``eval_source``)."""
+        if self.eval_source == "second":
+            assert self.unlabeled_source is not None
+            split = self.resolve_unlabeled_split()
+            assert split is not None
+            return self.unlabeled_source, split
+        return self.source, self.resolve_split()
 
     # --------------------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
@@ -295,9 +442,10 @@ class AdvMIMDataModule(TrainingStream):
         if stage in (None, "fit", "validate") and self.val_dataset is None:
             self.val_dataset = self._eval_dataset("val")
             if len(self.val_dataset) == 0:
+                source = self._eval_source_and_split()[0]
                 rank_zero_warn(
-                    f"{self.source.root}: no validation cases "
-                    f"({self.source.missing_cases_hint('val')}); validation is skipped."
+                    f"{source.root}: no validation cases "
+                    f"({source.missing_cases_hint('val')}); validation is skipped."
                 )
         if stage in (None, "test") and self.test_dataset is None:
             self.test_dataset = self._eval_dataset("test")
@@ -308,17 +456,20 @@ class AdvMIMDataModule(TrainingStream):
 
     def _require_cases(self, dataset: VolumeDataset, which: EvalSplit) -> None:
         if len(dataset) == 0:
+            source = self._eval_source_and_split()[0]
+            asked = " (eval_source='second')" if self.eval_source == "second" else ""
             raise DataValidationError(
-                f"{self.source.root}: the {which} set is empty; expected "
-                f"{self.source.missing_cases_hint(which)}."
+                f"{source.root}: the {which} set is empty{asked}; expected "
+                f"{source.missing_cases_hint(which)}."
             )
 
     def _eval_dataset(self, which: EvalSplit) -> VolumeDataset:
         start = time.perf_counter()
-        volumes = self.source.load_eval(which, self.resolve_split())
+        source, split = self._eval_source_and_split()
+        volumes = source.load_eval(which, split)
         log.info(
             "%s: %d %s volume(s) loaded in %.2f s",
-            self.layout,
+            self.layout if source is self.source else f"unlabeled source {source.root}",
             len(volumes),
             which,
             time.perf_counter() - start,
@@ -330,7 +481,18 @@ class AdvMIMDataModule(TrainingStream):
             return
         start = time.perf_counter()
         split = self.resolve_split()
-        pools = self.source.load_training(split)
+        second = self.resolve_unlabeled_split()
+        if second is None or self.unlabeled_source is None:
+            pools = self.source.load_training(split)
+        else:  # the main source's unlabeled cases are read only when they join the pool
+            both = self.unlabeled_pool == "both"
+            own = split if both else dataclasses.replace(split, unlabeled=[])
+            pools = merge_pools(
+                self.source.load_training(own),
+                self.unlabeled_source.load_training(second),
+                self.unlabeled_pool,
+                self.unlabeled_source,
+            )
         check_training_pools(
             pools,
             split,
@@ -357,12 +519,12 @@ class AdvMIMDataModule(TrainingStream):
                 seed=self.seed,
             )
         log.info(
-            "%s: %d labeled slices (%d cases), %d unlabeled slices (%d cases) in %.2f s",
+            "%s: %d labeled slices (%d cases), %d unlabeled slices (%d volumes) in %.2f s",
             self.layout,
             len(pools.labeled_slices),
             len(split.labeled),
             len(pools.unlabeled_slices),
-            len(split.unlabeled),
+            len(pools.unlabeled_volumes),
             time.perf_counter() - start,
         )
 

@@ -111,7 +111,11 @@ class NiftiSource(DataSource):
         return "imagesTs/ images (with labelsTs/ for testing) or a 'test' list in the split file"
 
     # ----------------------------------------------------------------------------- listing
-    def _scan_folder(self, images: str, labels: str) -> dict[str, tuple[list[Path], Path | None]]:
+    def _scan_folder(
+        self, images: str, labels: str | None
+    ) -> dict[str, tuple[list[Path], Path | None]]:
+        """``{case: (channel files, label file or None)}`` of an image folder (``labels``:
+        its label folder, or None for images without labels)."""
         folder = self.path / images
         if not folder.is_dir():
             return {}
@@ -161,10 +165,11 @@ class NiftiSource(DataSource):
             )
         result: dict[str, tuple[list[Path], Path | None]] = {}
         for case, files in found.items():
-            label = self.path / labels / f"{case}{ending}"
-            result[case] = ([files[c] for c in range(channels)], label if label.is_file() else None)
-        label_folder = self.path / labels
-        if label_folder.is_dir():
+            label = self.path / labels / f"{case}{ending}" if labels is not None else None
+            labeled = label is not None and label.is_file()
+            result[case] = ([files[c] for c in range(channels)], label if labeled else None)
+        label_folder = self.path / labels if labels is not None else None
+        if label_folder is not None and label_folder.is_dir():
             for f in sorted(label_folder.iterdir()):
                 if f.name.endswith(ending) and not f.name.startswith("."):
                     case = f.name[: -len(ending)]

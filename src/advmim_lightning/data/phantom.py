@@ -15,7 +15,15 @@ Each case draws its own geometry, intensities and contrast (gamma), then gets a 
 (partial volume), a smooth multiplicative bias field, Rician noise and a random global scale
 (raw intensities like an MRI scanner's, so normalisation matters). Spacing is anisotropic:
 in-plane 1.3 to 1.8 mm, slices 5 to 10 mm. Cases are a pure function of
-``(seed, case index)``.
+``(seed, case index, domain)``.
+
+**Domains.** ``domain="source"`` (the default) is the phantom above, bit for bit. The
+``"target"`` domain is the same anatomy (the same labels, case by case) under another
+acquisition, a hard domain gap as between T1- and T2-weighted MRI: the tissue intensities go
+through a non-monotonic contrast mapping (:func:`target_contrast`: dark blood pools, bright
+myocardium, fat and blood no longer alike), and the acquisition adds a stronger bias field
+and more noise, drawn from a random stream of their own (so the anatomy's draws are
+untouched).
 
 The original array of a case is ``H x W x D`` (like a NIfTI short-axis stack); its affine is
 ``diag(s_in, s_in, s_slice, 1)`` and the slice axis is 2.
@@ -38,16 +46,30 @@ from advmim_lightning.method.randomness import sample_seed
 
 __all__ = [
     "PHANTOM_CLASS_NAMES",
+    "PHANTOM_DOMAINS",
     "PhantomCase",
+    "check_domain",
     "generate_phantom",
     "generate_phantom_case",
     "phantom_case_ids",
+    "target_contrast",
 ]
 
 PHANTOM_CLASS_NAMES = ["background", "RV", "Myo", "LV"]
 PHANTOM_SLICE_AXIS = 2
 _VERSION = 2
 _TAG = 0x50484E54  # "PHNT"
+_TARGET_TAG = 0x54524754  # "TRGT": the target domain's own acquisition draws
+#: The phantom's acquisition domains (``"source"`` is the default phantom).
+PHANTOM_DOMAINS = ("source", "target")
+#: The target domain's contrast: tissue intensity (about [0, 1]) -> new intensity, piecewise
+#: linear. Air and lungs stay dark; myocardium (0.15-0.38) and soft tissue turn bright; blood
+#: (0.7-0.95) turns dark; fat (0.6-0.9) lands between. Non-monotonic, so no rescaling of a
+#: source image gives a target image.
+_TARGET_CONTRAST = (
+    (0.0, 0.1, 0.3, 0.55, 0.8, 1.0),
+    (0.0, 0.1, 0.85, 0.6, 0.15, 0.3),
+)
 
 
 @dataclass
@@ -98,8 +120,25 @@ def _smooth_field(
     return field / max(float(np.abs(field).max()), 1e-6)
 
 
+def target_contrast(image: np.ndarray) -> np.ndarray:
+    """The target domain's intensity mapping of tissue intensities (float32, same shape)."""
+    xs, ys = _TARGET_CONTRAST
+    return np.interp(image, xs, ys).astype(np.float32)
+
+
+def check_domain(domain: str) -> None:
+    """Refuses a phantom domain other than :data:`PHANTOM_DOMAINS`."""
+    if domain not in PHANTOM_DOMAINS:
+        raise ValueError(f"phantom.domain must be one of {PHANTOM_DOMAINS}, got {domain!r}")
+
+
 def generate_phantom_case(
-    index: int, num_slices: int = 8, size: int = 128, seed: int = 0, heart_scale: float = 1.0
+    index: int,
+    num_slices: int = 8,
+    size: int = 128,
+    seed: int = 0,
+    heart_scale: float = 1.0,
+    domain: str = "source",
 ) -> PhantomCase:
     """Generates case ``index`` of the phantom.
 
@@ -113,12 +152,21 @@ def generate_phantom_case(
             factor and the in-plane spacing shrinks by it (a zoomed-in acquisition, the same
             heart in millimetres); the rest of the body keeps its size in pixels. The random
             draws are the same for every scale, so scale 1.0 is the default phantom.
+        domain: ``"source"`` (the default phantom) or ``"target"``: the same case (same
+            labels and spacing) under the target acquisition (see the module docstring).
 
     Returns:
         A :class:`PhantomCase`.
+
+    Raises:
+        ValueError: On a ``heart_scale`` or ``domain`` out of range.
     """
     check_heart_scale(heart_scale)
+    check_domain(domain)
     rng = np.random.default_rng(sample_seed(_TAG, _VERSION, seed, index))
+    target = None
+    if domain == "target":
+        target = np.random.default_rng(sample_seed(_TARGET_TAG, _VERSION, seed, index))
     n, d_count = size, num_slices
     grid_y, grid_x = np.mgrid[0:n, 0:n].astype(np.float32)
     yy, xx = grid_y[None], grid_x[None]  # 1 x H x W, broadcast against per-slice parameters
@@ -243,13 +291,20 @@ def generate_phantom_case(
         )
         img = np.where(pap & lv & (t < 0.85), np.float32(myo_int * 1.2), img)
 
+    if target is not None:  # another tissue contrast, before the acquisition
+        img = target_contrast(img)
+
     # Acquisition: partial-volume blur, contrast, bias field, Rician noise, scanner scale.
     img = ndimage.gaussian_filter(img, sigma=(0, 0.7, 0.7), truncate=3.0)
     img = np.clip(img, 0, None) ** np.float32(rng.uniform(0.8, 1.25))
     img = img * np.exp(rng.uniform(0.2, 0.5) * _smooth_field(rng, yy, xx, 2))
+    if target is not None:  # a stronger bias field of the target's coil
+        img = img * np.exp(target.uniform(0.4, 0.7) * _smooth_field(target, yy, xx, 3))
     noise = rng.standard_normal((2, *img.shape), dtype=np.float32) * np.float32(
         rng.uniform(0.02, 0.09)
     )
+    if target is not None:  # and more noise
+        noise = noise * np.float32(target.uniform(1.5, 2.5))
     img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2) * np.float32(rng.uniform(200.0, 1500.0))
 
     s_in = float(rng.uniform(1.3, 1.8)) / heart_scale
@@ -272,11 +327,19 @@ def check_heart_scale(heart_scale: float) -> None:
 
 
 def _cache_path(
-    cache_dir: Path, num_cases: int, num_slices: int, size: int, seed: int, heart_scale: float
+    cache_dir: Path,
+    num_cases: int,
+    num_slices: int,
+    size: int,
+    seed: int,
+    heart_scale: float,
+    domain: str,
 ) -> Path:
     key = f"v{_VERSION}-{num_cases}-{num_slices}-{size}-{seed}"
     if heart_scale != 1.0:  # the default phantom keeps the cache names it always had
         key += f"-h{heart_scale:g}"
+    if domain != "source":
+        key += f"-{domain}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return cache_dir / f"phantom_{key}_{digest}.npz"
 
@@ -288,6 +351,7 @@ def generate_phantom(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     heart_scale: float = 1.0,
+    domain: str = "source",
 ) -> list[PhantomCase]:
     """Generates (or reads from a cache) the whole phantom.
 
@@ -298,6 +362,7 @@ def generate_phantom(
         seed: Phantom seed.
         cache_dir: Folder for an ``.npz`` cache keyed by the arguments; None generates in memory.
         heart_scale: See :func:`generate_phantom_case`.
+        domain: See :func:`generate_phantom_case`.
 
     Returns:
         The cases in id order.
@@ -311,15 +376,17 @@ def generate_phantom(
             f"num_cases={num_cases}, num_slices={num_slices}, size={size}"
         )
     check_heart_scale(heart_scale)
+    check_domain(domain)
     path = None
     if cache_dir is not None:
-        path = _cache_path(Path(cache_dir), num_cases, num_slices, size, seed, heart_scale)
+        path = _cache_path(Path(cache_dir), num_cases, num_slices, size, seed, heart_scale, domain)
         if path.is_file() or _manifest_path(path).is_file():
             cached = _read_checked_cache(path, num_cases)
             if cached is not None:
                 return cached
     cases = [
-        generate_phantom_case(i, num_slices, size, seed, heart_scale) for i in range(num_cases)
+        generate_phantom_case(i, num_slices, size, seed, heart_scale, domain)
+        for i in range(num_cases)
     ]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

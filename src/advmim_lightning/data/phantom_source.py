@@ -30,7 +30,7 @@ class PhantomSource(DataSource):
 
     Args:
         phantom: The phantom (:class:`~advmim_lightning.data.settings.PhantomSettings`: cases,
-            slices, size, seed, heart scale); None: the default phantom.
+            slices, size, seed, heart scale, domain); None: the default phantom.
         settings: The shared :class:`~advmim_lightning.data.settings.SourceSettings`; the
             phantom uses every field but ``slice_axis``: ``split_file`` (its ``labeled`` key
             wins over ``labeled_cases``), ``split_seed``, ``val_fraction``,
@@ -53,6 +53,7 @@ class PhantomSource(DataSource):
         self.in_channels = 1
         p = self.phantom
         scale = f", heart_scale={p.heart_scale:g}" if p.heart_scale != 1.0 else ""
+        scale += f", domain={p.domain}" if p.domain != "source" else ""
         self.root = (
             f"phantom(cases={p.cases}, slices={p.slices}, size={p.size}, seed={p.seed}{scale})"
         )
@@ -89,6 +90,7 @@ class PhantomSource(DataSource):
             p.seed,
             cache_dir=self.settings.cache_dir,
             heart_scale=p.heart_scale,
+            domain=p.domain,
         )
 
     def case_split(self) -> CaseSplit:

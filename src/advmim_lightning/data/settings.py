@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 
 from advmim_lightning.data.arguments import check_choice, check_fraction, check_int
 from advmim_lightning.data.cases import CaseGrouper
-from advmim_lightning.data.phantom import check_heart_scale
+from advmim_lightning.data.phantom import check_domain, check_heart_scale
 from advmim_lightning.data.transforms import IMAGE_INTERPOLATIONS, NORMALIZATIONS
 
 __all__ = [
@@ -151,6 +151,9 @@ class PhantomSettings:
             seed).
         heart_scale: The heart's size in pixels relative to the default (ACDC-like)
             proportions, in ``[0.5, 1.6]``; 1.0 is the default phantom.
+        domain: The acquisition: ``"source"`` (the default phantom, bit for bit) or
+            ``"target"`` (the same anatomy under another contrast, bias field and noise: a
+            hard domain gap; :mod:`~advmim_lightning.data.phantom`).
 
     Raises:
         ValueError: On a value out of range (naming ``phantom.<field>``).
@@ -161,12 +164,14 @@ class PhantomSettings:
     size: int = 128
     seed: int = 0
     heart_scale: float = 1.0
+    domain: Literal["source", "target"] = "source"
 
     def __post_init__(self) -> None:
         check_int("phantom.cases", self.cases, 1)
         check_int("phantom.slices", self.slices, 1)
         check_int("phantom.size", self.size, 16)
         check_heart_scale(self.heart_scale)
+        check_domain(self.domain)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@
 - :func:`write_tiny_nifti`: an nnU-Net v2 folder (``dataset.json``, ``imagesTr``,
   ``labelsTr``, ``imagesTs``, ``labelsTs``), optionally with several channels and unlabeled
   training images.
+- :func:`write_tiny_image_folder`: a folder of NIfTI images without labels (by default the
+  phantom's target domain) and a labeled evaluation folder, as FLARE's MRI folder
+  (:class:`~advmim_lightning.data.image_folder.ImageFolderSource`).
 - :func:`write_tiny_raw_acdc`: the raw ACDC release layout
   (``training/patientNNN/patientNNN_frameXX[_gt].nii.gz`` + ``Info.cfg``), the input of
   :mod:`advmim_lightning.data.prepare`.
@@ -24,7 +27,7 @@ import numpy as np
 
 from advmim_lightning.data.phantom import PHANTOM_CLASS_NAMES, generate_phantom_case
 
-__all__ = ["write_tiny_acdc", "write_tiny_nifti", "write_tiny_raw_acdc"]
+__all__ = ["write_tiny_acdc", "write_tiny_image_folder", "write_tiny_nifti", "write_tiny_raw_acdc"]
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -158,6 +161,45 @@ def write_tiny_nifti(
         "name": "TinyPhantom",
     }
     (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return root
+
+
+def write_tiny_image_folder(
+    root: str | Path,
+    num_images: int = 4,
+    num_eval: int = 3,
+    slices: int = 3,
+    size: int = 32,
+    channels: int = 1,
+    seed: int = 1,
+    domain: str = "target",
+    images: str = "images",
+    eval_images: str = "imagesVal",
+    eval_labels: str = "labelsVal",
+) -> Path:
+    """Writes unlabeled phantom images and a labeled evaluation set, without ``dataset.json``.
+
+    Cases ``img_000 ..``: the first ``num_images`` go to ``root/<images>`` (no labels), the
+    next ``num_eval`` to ``root/<eval_images>`` with labels in ``root/<eval_labels>``. Arrays
+    are ``H x W x D`` with the phantom's affine; channel ``c`` is the phantom image of
+    ``domain`` scaled by ``1 + 0.5 c`` plus ``10 c``.
+
+    Returns:
+        The root folder.
+    """
+    root = Path(root)
+    for i in range(num_images + num_eval):
+        case = generate_phantom_case(i, slices, size, seed, domain=domain)
+        folder = root / (images if i < num_images else eval_images)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"img_{i:03d}"
+        for c in range(channels):
+            image = case.image * (1.0 + 0.5 * c) + 10.0 * c
+            nib.save(nib.Nifti1Image(image, case.affine), folder / f"{name}_{c:04d}.nii.gz")
+        if i >= num_images:
+            (root / eval_labels).mkdir(parents=True, exist_ok=True)
+            label = nib.Nifti1Image(case.label, case.affine)
+            nib.save(label, root / eval_labels / f"{name}.nii.gz")
     return root
 
 

@@ -65,8 +65,9 @@ class PredictionWriter(BasePredictionWriter):
 
     Before anything is written (at ``setup``), the writer refuses:
 
-    - an output folder equal to or inside the dataset's root (``data.root``), its cache folder
-      or a folder that holds an input file: predictions never land among the data;
+    - an output folder equal to or inside the dataset's root (``data.root``), its cache folder,
+      the second (unlabeled) source's root or cache folder, or a folder that holds an input
+      file: predictions never land among the data;
     - case ids whose files would coincide (on a case-insensitive disk);
     - prediction files that already exist, unless ``overwrite=True``.
 
@@ -74,8 +75,8 @@ class PredictionWriter(BasePredictionWriter):
         output_dir: Folder to write into (created when missing). ``None``: ``predictions/`` in
             the trainer's ``default_root_dir``, which the command line sets to the run folder
             (``<runs_dir>/<run_name>/predictions``).
-        file_format: ``"auto"`` (NIfTI for the ``nifti`` and ``phantom`` layouts, h5 for
-            ``acdc``), ``"nifti"`` or ``"h5"``.
+        file_format: ``"auto"`` (NIfTI for the ``nifti``, ``images`` and ``phantom`` layouts,
+            h5 for ``acdc``: the layout of the evaluated source), ``"nifti"`` or ``"h5"``.
         overwrite: Replace prediction files that already exist (off: refuse to start).
 
     Raises:
@@ -103,7 +104,9 @@ class PredictionWriter(BasePredictionWriter):
     def _format(self, trainer: pl.Trainer) -> str:
         if self.file_format != "auto":
             return self.file_format
-        layout = getattr(trainer.datamodule, "layout", "nifti") if trainer.datamodule else "nifti"
+        datamodule = trainer.datamodule
+        layout = getattr(datamodule, "eval_layout", getattr(datamodule, "layout", "nifti"))
+        layout = layout if datamodule is not None else "nifti"
         return "h5" if layout == "acdc" else "nifti"
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -136,6 +139,13 @@ class PredictionWriter(BasePredictionWriter):
             folder = getattr(datamodule, attribute, None) if datamodule is not None else None
             if folder:
                 protected.append((Path(folder).resolve(), f"the dataset folder ({what})"))
+        second = getattr(datamodule, "unlabeled_source", None) if datamodule is not None else None
+        for folder, what in (
+            (getattr(second, "path", None), "the unlabeled source's folder"),
+            (getattr(getattr(second, "settings", None), "cache_dir", None), "its cache folder"),
+        ):
+            if folder:
+                protected.append((Path(folder).resolve(), f"{what} (data.unlabeled_*)"))
         dataset = getattr(datamodule, "predict_dataset", None)
         for volume in getattr(dataset, "volumes", []):
             source = Path(str(getattr(volume, "source", "")))
