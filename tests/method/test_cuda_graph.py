@@ -11,6 +11,7 @@ resume, logging, non-finite checks. The capture and replay are checked on a GPU 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -164,7 +165,7 @@ def test_a_batch_of_another_shape_is_refused_naming_both_shapes(graph_on_cpu):
 def test_auto_takes_the_graph_on_one_gpu_and_trains_another_shape_eagerly(monkeypatch):
     """``cuda_graph=None`` (the default): the graph where it fits; a smaller last batch then
     trains eagerly instead of being refused, as the eager step would train it."""
-    monkeypatch.setattr(contracts, "cuda_graph_fits", lambda trainer, compile_networks: True)
+    monkeypatch.setattr(contracts, "cuda_graph_fits", lambda trainer, compile_, networks: True)
     torch.manual_seed(0)
     eager = make_module(cuda_graph=False)
     torch.manual_seed(0)
@@ -184,6 +185,22 @@ def test_auto_stays_eager_on_a_cpu():
     module = make_module()
     fit(module, 1)
     assert module._graphed is None and not module._graph_fit
+
+
+def test_auto_leaves_a_users_network_eager(monkeypatch):
+    """A network of the user's may read values back to the host: auto never captures it."""
+    module = make_module()
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("cuda")),
+        world_size=1,
+        precision_plugin=None,
+    )
+    assert contracts.cuda_graph_fits(trainer, None, module.model.segmenters)
+    users = {**module.model.segmenters, "cnn": torch.nn.Conv2d(1, 4, 3)}
+    assert not contracts.cuda_graph_fits(trainer, None, users)
+    assert not contracts.cuda_graph_fits(trainer, "reduce-overhead", module.model.segmenters)
+    trainer.world_size = 2
+    assert not contracts.cuda_graph_fits(trainer, None, module.model.segmenters)
 
 
 def run_cli_fit(tmp_path: Path, name: str, *extra: str) -> Path:

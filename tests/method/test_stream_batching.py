@@ -179,6 +179,29 @@ class PlainSegmenter(nn.Module):
         return out if mask is None else (out, self.conv(x * (~mask).unsqueeze(1)))
 
 
+def test_a_subclass_overriding_forward_alone_gets_separate_calls():
+    class Rescaled(UNet):
+        def forward(self, x, mask=None):
+            return super().forward(2 * x, mask=mask)
+
+    assert objective.batches_its_calls(no_dropout_unet())
+    assert not objective.batches_its_calls(Rescaled(channels=(4, 8), dropout=(0.0, 0.0)))
+    assert not objective.batches_its_calls(PlainSegmenter())
+
+
+def test_a_batch_norm_not_tracking_keeps_its_buffers_unchanged():
+    norm = nn.BatchNorm2d(3).train()
+    norm.track_running_stats = False  # buffers kept, as PyTorch then leaves them alone
+    before = norm.running_mean.clone(), int(norm.num_batches_tracked)
+    streams = [torch.randn(4, 3, 5, 5) + i for i in range(2)]
+    run = StreamBatch(2)
+    out = run.batch_norm(norm, interleave(streams))
+    run.update_running_stats()
+    expected = interleave([nn.BatchNorm2d(3, track_running_stats=False)(x) for x in streams])
+    torch.testing.assert_close(out, expected, **TOLERANCE)
+    assert torch.equal(norm.running_mean, before[0]) and int(norm.num_batches_tracked) == before[1]
+
+
 def test_a_network_without_forward_streams_gets_separate_calls():
     net = PlainSegmenter()
     x = [torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)]

@@ -230,15 +230,23 @@ def check_fit_trainer(trainer: pl.Trainer, uses_masking: bool, cuda_graph: bool 
         )
 
 
-def cuda_graph_fits(trainer: pl.Trainer, compile_networks: str | None) -> bool:
+def cuda_graph_fits(
+    trainer: pl.Trainer, compile_networks: str | None, networks: Mapping[str, nn.Module]
+) -> bool:
     """Whether ``cuda_graph=None`` (auto) captures the iteration: one CUDA device, one
-    process, no loss scaler and no compile mode with graphs of its own."""
+    process and no DDP wrapper (its gradient hooks would be captured), no loss scaler, no
+    compile mode with graphs of its own, and only the library's own networks (a network of
+    the user's may read values back to the host, which a capture cannot hold)."""
+    from advmim_lightning.run import lightning_private  # Lightning only where a trainer is
+
     precision = getattr(trainer, "precision_plugin", None)
     return (
         trainer.strategy.root_device.type == "cuda"
         and trainer.world_size == 1
+        and lightning_private.ddp_kwargs(trainer.strategy) is None
         and getattr(precision, "scaler", None) is None
         and compile_networks not in ("reduce-overhead", "max-autotune")
+        and all(type(net).__module__.startswith("advmim_lightning.") for net in networks.values())
     )
 
 

@@ -99,10 +99,10 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
         channels_last: Channels-last weights and images (faster cuDNN convolutions).
         compile_networks: ``torch.compile`` mode of the networks when fitting, or None.
         cuda_graph: Capture the whole iteration as one CUDA graph (docs/speed.md). None
-            (default): wherever the fit trains on one CUDA GPU in one process (not with
-            compile modes that capture graphs themselves); a batch whose shapes differ from
-            the captured one then trains eagerly. True: required (refused elsewhere); False:
-            the eager step always.
+            (default): wherever the fit trains the library's own networks on one CUDA GPU in
+            one process without DDP (not with compile modes that capture graphs themselves);
+            a batch whose shapes differ from the captured one then trains eagerly. True:
+            required (refused elsewhere); False: the eager step always.
 
     Raises:
         ValueError: On an unknown method, an argument the method does not use, or sizes and
@@ -263,7 +263,7 @@ class AdvMIMModule(checkpoints.SafeLoading, pl.LightningModule):
             s = self.settings
             contracts.check_fit_trainer(self.trainer, s.uses_masking, s.cuda_graph is True)
             auto = s.cuda_graph is None and contracts.cuda_graph_fits(
-                self.trainer, s.compile_networks
+                self.trainer, s.compile_networks, self.model.segmenters
             )
             self._graph_fit = s.cuda_graph is True or auto
 

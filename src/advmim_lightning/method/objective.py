@@ -91,7 +91,7 @@ def segmenter_forward(
         ``masked_logits`` is empty without masking.
     """
     if batched and (masking or len(batches) > 1):
-        joined = [name for name, net in segmenters.items() if hasattr(net, "forward_streams")]
+        joined = [name for name, net in segmenters.items() if batches_its_calls(net)]
     else:
         joined = []
     logits: dict[str, Tensor] = {}
@@ -129,6 +129,18 @@ def segmenter_forward(
     logits = {name: logits[name] for name in segmenters}  # the networks' order, as always
     masked_logits = {name: masked_logits[name] for name in segmenters if name in masked_logits}
     return logits, masked_logits
+
+
+def batches_its_calls(net: nn.Module) -> bool:
+    """Whether ``net`` offers ``forward_streams`` for its own ``forward``: the class that
+    defines ``forward`` defines ``forward_streams`` too (a subclass that overrides ``forward``
+    alone gets separate calls, so its ``forward`` is what runs)."""
+
+    def owner(name: str) -> type | None:
+        return next((c for c in type(net).__mro__ if name in vars(c)), None)
+
+    streams = owner("forward_streams")
+    return streams is not None and streams is owner("forward")
 
 
 def segmenter_losses(

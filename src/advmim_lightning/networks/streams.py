@@ -13,8 +13,9 @@ is given, and separate calls give each stream its own.
 ``(B * S) x C x H x W`` activation views as ``B x (S * C) x H x W`` without a copy. One
 batch-norm kernel over that view normalises every (stream, channel) pair with its own
 statistics, exactly as ``S`` separate calls would. The batch statistics it returns then update
-the layer's running statistics as the ``S`` calls would have, in their order (one
-``foreach`` update per stream for the whole network, after the pass).
+the layer's running statistics as the ``S`` calls would have, in their order, up to rounding
+(``foreach`` lerps after the pass, one per stream for all layers of the pass with the same
+momentum).
 
 Dropout and drop-path draw their random numbers once for the joined batch: the same
 distribution, other draws than separate calls.
@@ -90,11 +91,12 @@ class StreamBatch:
         uses_batch_stats = norm.training or norm.running_mean is None
         if self.count == 1 or not uses_batch_stats:
             return norm(x)
+        tracks = norm.running_mean is not None and norm.track_running_stats
         s, (rows, channels) = self.count, x.shape[:2]
         per_stream = x.reshape(rows // s, s * channels, *x.shape[2:])
         weight = norm.weight.repeat(s) if norm.weight is not None else None
         bias = norm.bias.repeat(s) if norm.bias is not None else None
-        if norm.running_mean is None:  # track_running_stats=False: batch statistics only
+        if not tracks:  # track_running_stats=False: batch statistics only, nothing updated
             out = F.batch_norm(per_stream, None, None, weight, bias, True, 0.0, norm.eps)
             return out.reshape(x.shape)
         # momentum 1 makes the kernel write the batch statistics themselves into the buffers
