@@ -138,7 +138,11 @@ def report(rows: list[dict], profiles: list[dict], skipped: list[dict], log: str
                 f"| {r['option']} | {p['kernels_per_iteration']:.0f} | "
                 f"{p['gpu_busy_fraction']:.0%} | {p['profiled_ms_per_iteration']:.1f} | {top} |"
             )
-    tests = [line for line in log.splitlines() if line.startswith(("[cuda_graph", "[resume"))]
+    tests = [
+        line
+        for line in log.splitlines()
+        if line.startswith(("[cuda_graph", "[resume", "[stream_batching"))
+    ]
     summary = re.findall(r"^\d+ (?:passed|failed).*$", log, flags=re.M)
     if tests or summary:
         out += ["", "## GPU tests", ""]

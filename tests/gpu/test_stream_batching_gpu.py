@@ -59,13 +59,13 @@ def differences(batched: AdvMIMModel, separate: AdvMIMModel, autocast: bool) -> 
 def test_batched_streams_equal_separate_calls_on_the_device_in_float32():
     batched, separate = model_pair()
     found = differences(batched, separate, autocast=False)
-    print(f"[stream_batching float32 {DEVICE}] largest differences: {found}")
+    print(f"\n[stream_batching float32 {DEVICE}] largest differences: {found}")
     assert max(found.values()) <= 1e-5
 
 
 def test_batched_streams_equal_separate_calls_on_the_device_in_bf16_autocast():
     batched, separate = model_pair()
     found = differences(batched, separate, autocast=True)
-    print(f"[stream_batching bf16-mixed {DEVICE}] largest differences: {found}")
+    print(f"\n[stream_batching bf16-mixed {DEVICE}] largest differences: {found}")
     # bf16 keeps 8 bits of mantissa: a different summation order moves results by ~1e-2
     assert found["batch_norm_statistics"] <= 1e-2 and found["terms"] <= 5e-2
