@@ -34,7 +34,9 @@ NAMES = ("quickstart.ipynb", "own_data.ipynb")
 #: with configs/quickstart.yaml (380 iterations, 2 threads) gave CNN 0.793 / transformer 0.544
 #: in the quickstart (the numbers of `make demo`) and CNN 0.780 / transformer 0.606 in
 #: own_data (its own NIfTI scans, 6 labeled) on an AMD EPYC; on an Intel Xeon (AVX512) CNN
-#: 0.818 / transformer 0.664 and CNN 0.769 / transformer 0.606.
+#: 0.818 / transformer 0.664 and CNN 0.769 / transformer 0.606 with the published call order,
+#: and CNN 0.784 / transformer 0.627 and CNN 0.802 / transformer 0.640 with batched streams
+#: (the default since 2026-12-06).
 DICE_THRESHOLD = {
     "quickstart.ipynb": {"cnn": 0.7, "transformer": 0.5},
     "own_data.ipynb": {"cnn": 0.7, "transformer": 0.5},
