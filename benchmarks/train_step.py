@@ -132,9 +132,12 @@ class ProfileWindow(pl.Callback):
         if batch_idx == self.start:
             _synchronize(pl_module.device)
             # GPU activity only: host-side op events of a few thousand-kernel iterations take
-            # minutes to collect and are not what is summarised.
+            # minutes to collect and are not what is summarised. A CPU rehearsal records the
+            # host (its summary counts no kernels) so that the code path still runs.
+            activity = torch.profiler.ProfilerActivity
+            on_gpu = pl_module.device.type == "cuda"
             self._profiler = torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CUDA]
+                activities=[activity.CUDA if on_gpu else activity.CPU]
             )
             self._profiler.__enter__()
             self._wall = time.perf_counter()

@@ -111,7 +111,7 @@ def test_the_gpu_run_script_rehearses_on_the_cpu(tmp_path):
         text=True,
         timeout=1200,
         cwd=ROOT,
-        env={**os.environ, "REHEARSAL": "1", "BUDGET": "240", "PYTHON": sys.executable},
+        env={**os.environ, "REHEARSAL": "1", "BUDGET": "160", "PYTHON": sys.executable},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "gpu_report.md").read_text()
