@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -281,3 +285,16 @@ def pretend_slurm(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
         monkeypatch.delenv(name)
     for holder in (rank_zero.rank_zero_only, utils_rank_zero.rank_zero_only):
         monkeypatch.setattr(holder, "rank", getattr(holder, "rank", 0))
+
+
+def sigkill_once_checkpointed(command: list[str], last: Path) -> None:
+    """Run ``command`` (an ``advmim fit``, 1 thread) and SIGKILL it, its data-loader workers
+    included, as soon as ``last`` (its ``last.ckpt``) exists."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the trainer and its data-loader workers
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from advmim_lightning.run.main import main
-from tiny import assert_same_training_state
+from tiny import assert_same_training_state, sigkill_once_checkpointed
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(Path(__file__).with_name("tiny.yaml"))
@@ -66,11 +66,7 @@ def test_truncated_or_foreign_checkpoints_are_refused_naming_the_file(tmp_path, 
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_straight_run_with_workers(tmp_path):
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     iterations = "24"
     workers = ["--data.num_workers", "2", "--data.loaders.persistent_workers", "false"]
@@ -83,15 +79,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_straight_run_with_workers(tmp_
         "--model.max_iterations", iterations, "--trainer.limit_val_batches", "0",
         "--checkpoint_every", "2", *workers,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the trainer and its data-loader workers
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    sigkill_once_checkpointed(command, last)
     killed_at = int(torch.load(last, weights_only=True)["state_dict"]["iteration"])
     assert 2 <= killed_at < int(iterations) and killed_at % 2 == 0
     # a kill while saving leaves at most a temporary file, which resuming ignores

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import torch
 
 from advmim_lightning.data.synthetic import write_tiny_image_folder
 from advmim_lightning.run.main import main
-from tiny import assert_same_training_state
+from tiny import assert_same_training_state, sigkill_once_checkpointed
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(Path(__file__).with_name("tiny.yaml"))
@@ -92,15 +90,8 @@ def test_a_run_with_the_unlabeled_source_killed_with_sigkill_resumes_bitwise(tmp
         "fit",
         *words(tmp_path, "killed", target, *settings, "--checkpoint_every", "2"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    sigkill_once_checkpointed(command, last)
     killed_at = int(torch.load(last, weights_only=True)["state_dict"]["iteration"])
     assert 2 <= killed_at < int(iterations)
 

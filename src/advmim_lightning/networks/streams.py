@@ -23,13 +23,44 @@ distribution, other draws than separate calls.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["StreamBatch", "deinterleave", "interleave", "supports_stream_statistics"]
+from advmim_lightning.networks.masking import check_mask
+
+__all__ = [
+    "StreamBatch",
+    "check_streams",
+    "deinterleave",
+    "interleave",
+    "supports_stream_statistics",
+]
+
+
+def check_streams(
+    images: Sequence[Tensor],
+    masks: Sequence[Tensor] | None,
+    check_input: Callable[[Tensor], None],
+    where: str,
+) -> None:
+    """Check a ``forward_streams`` call: one mask per image batch, each batch
+    (``check_input``) and its mask.
+
+    Raises:
+        ValueError: On another mask count (naming ``where``), or what the checks raise.
+    """
+    if masks is not None and len(masks) != len(images):
+        raise ValueError(
+            f"{where}: forward_streams needs one mask per image batch, got {len(masks)} masks "
+            f"for {len(images)} batches."
+        )
+    for i, x in enumerate(images):
+        check_input(x)
+        if masks is not None:
+            check_mask(masks[i], x, where)
 
 
 def interleave(streams: Sequence[Tensor]) -> Tensor:

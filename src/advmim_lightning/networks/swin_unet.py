@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from advmim_lightning.networks.masking import check_mask, downsample_mask
 from advmim_lightning.networks.pretrained import load_pretrained_swin
+from advmim_lightning.networks.streams import check_streams
 from advmim_lightning.networks.swin_blocks import DecoderStage, PatchExpand
 
 __all__ = ["SwinUNet"]
@@ -389,15 +390,7 @@ class SwinUNet(nn.Module):
             The logits of all batches joined in order (``sum(B_i) x num_classes x H x W``);
             with masks the pair ``(logits, masked_logits)``.
         """
-        if masks is not None and len(masks) != len(images):
-            raise ValueError(
-                f"networks/swin_unet.py SwinUNet: forward_streams needs one mask per image "
-                f"batch, got {len(masks)} masks for {len(images)} batches."
-            )
-        for i, x in enumerate(images):
-            self.check_input(x)
-            if masks is not None:
-                check_mask(masks[i], x, "networks/swin_unet.py SwinUNet")
+        check_streams(images, masks, self.check_input, "networks/swin_unet.py SwinUNet")
         tokens = self.embed(_joined(images))
         if masks is None:
             return self._segment(tokens)

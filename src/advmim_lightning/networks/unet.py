@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from advmim_lightning.networks.masking import check_mask
 from advmim_lightning.networks.streams import (
     StreamBatch,
+    check_streams,
     deinterleave,
     interleave,
     supports_stream_statistics,
@@ -269,15 +270,7 @@ class UNet(nn.Module):
             The logits of all batches joined in order (``sum(B_i) x num_classes x H x W``);
             with masks the pair ``(logits, masked_logits)``.
         """
-        if masks is not None and len(masks) != len(images):
-            raise ValueError(
-                f"networks/unet.py UNet: forward_streams needs one mask per image batch, got "
-                f"{len(masks)} masks for {len(images)} batches."
-            )
-        for i, x in enumerate(images):
-            self._check_input(x)
-            if masks is not None:
-                check_mask(masks[i], x, "networks/unet.py UNet")
+        check_streams(images, masks, self._check_input, "networks/unet.py UNet")
         if len({x.shape[0] for x in images}) != 1 or not supports_stream_statistics(self):
             return _joined_calls(self, images, masks)
         count = len(images)
