@@ -25,6 +25,7 @@ from advmim_lightning.losses import (
     weighted_dice_loss,
 )
 from advmim_lightning.method.config import NETWORK_NAMES
+from advmim_lightning.networks.streams import join
 
 
 @dataclass
@@ -123,9 +124,9 @@ def segmenter_forward(
             parts[name].append(out)
     for name in segmenters:
         if name not in joined:
-            logits[name] = _joined(parts[name])
+            logits[name] = join(parts[name])
             if masked_parts[name]:
-                masked_logits[name] = _joined(masked_parts[name])
+                masked_logits[name] = join(masked_parts[name])
     logits = {name: logits[name] for name in segmenters}  # the networks' order, as always
     masked_logits = {name: masked_logits[name] for name in segmenters if name in masked_logits}
     return logits, masked_logits
@@ -286,7 +287,3 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
-
-
-def _joined(parts: list[Tensor]) -> Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts)

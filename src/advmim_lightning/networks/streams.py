@@ -36,6 +36,7 @@ __all__ = [
     "check_streams",
     "deinterleave",
     "interleave",
+    "join",
     "supports_stream_statistics",
 ]
 
@@ -67,6 +68,11 @@ def interleave(streams: Sequence[Tensor]) -> Tensor:
     """Join equally sized ``B x ...`` streams into ``(B * S) x ...``, sample ``b`` of stream
     ``s`` at row ``b * S + s``."""
     return torch.stack(list(streams), dim=1).flatten(0, 1)
+
+
+def join(batches: Sequence[Tensor]) -> Tensor:
+    """Batches one after the other along the batch (the one batch itself, uncopied)."""
+    return batches[0] if len(batches) == 1 else torch.cat(list(batches))
 
 
 def deinterleave(joined: Tensor, count: int) -> list[Tensor]:

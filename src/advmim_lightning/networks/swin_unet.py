@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from advmim_lightning.networks.masking import check_mask, downsample_mask
 from advmim_lightning.networks.pretrained import load_pretrained_swin
-from advmim_lightning.networks.streams import check_streams
+from advmim_lightning.networks.streams import check_streams, join
 from advmim_lightning.networks.swin_blocks import DecoderStage, PatchExpand
 
 __all__ = ["SwinUNet"]
@@ -391,10 +391,10 @@ class SwinUNet(nn.Module):
             with masks the pair ``(logits, masked_logits)``.
         """
         check_streams(images, masks, self.check_input, "networks/swin_unet.py SwinUNet")
-        tokens = self.embed(_joined(images))
+        tokens = self.embed(join(images))
         if masks is None:
             return self._segment(tokens)
-        masked = self.apply_mask(tokens, _joined(masks))
+        masked = self.apply_mask(tokens, join(masks))
         logits, masked_logits = self._segment(torch.cat([tokens, masked])).chunk(2)
         return logits, masked_logits
 
@@ -414,10 +414,6 @@ class SwinUNet(nn.Module):
             x = stage(fuse(torch.cat([x, skip], dim=-1)))
         x = self.final_expand(self.norm_up(x))
         return self.head(x.permute(0, 3, 1, 2))
-
-
-def _joined(batches: Sequence[Tensor]) -> Tensor:
-    return batches[0] if len(batches) == 1 else torch.cat(list(batches))
 
 
 def _init_weights(module: nn.Module) -> None:
