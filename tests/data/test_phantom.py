@@ -117,3 +117,46 @@ def test_the_target_domain_is_the_same_anatomy_under_another_contrast(tmp_path: 
         ValueError, match=r"phantom.domain must be one of \('source', 'target'\), got 'T2'"
     ):
         generate_phantom_case(0, 2, 32, domain="T2")
+
+
+def test_the_domain_strength_moves_the_target_between_the_source_and_the_full_target(
+    tmp_path: Path,
+) -> None:
+    from advmim_lightning.data.settings import PhantomSettings
+
+    source = generate_phantom_case(1, 4, 48, seed=0)
+    full = generate_phantom_case(1, 4, 48, seed=0, domain="target")
+    # 1 is the default target, bit for bit; 0 is the source acquisition, bit for bit.
+    one = generate_phantom_case(1, 4, 48, seed=0, domain="target", domain_strength=1.0)
+    zero = generate_phantom_case(1, 4, 48, seed=0, domain="target", domain_strength=0.0)
+    np.testing.assert_array_equal(one.image, full.image)
+    np.testing.assert_array_equal(zero.image, source.image)
+
+    # In between, the target's images move away from the source's as the strength grows.
+    def distance(case) -> float:
+        a = case.image / np.median(case.image[case.label > 0])
+        b = source.image / np.median(source.image[source.label > 0])
+        return float(np.abs(a - b).mean())
+
+    steps = [0.0, 0.25, 0.5, 1.0]
+    cases = [generate_phantom_case(1, 4, 48, 0, domain="target", domain_strength=s) for s in steps]
+    distances = [distance(c) for c in cases]
+    assert distances[0] == 0.0 and all(np.diff(distances) > 0), distances
+    for case in cases:
+        np.testing.assert_array_equal(case.label, source.label)
+    # Each strength has its own cache file; the full target keeps its name.
+    generate_phantom(2, 2, 32, cache_dir=tmp_path, domain="target")
+    generate_phantom(2, 2, 32, cache_dir=tmp_path, domain="target", domain_strength=0.5)
+    names = sorted(p.name for p in tmp_path.glob("phantom_*.npz"))
+    assert len(names) == 2 and sum("-target-s0.5" in n for n in names) == 1
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(
+            ValueError, match=rf"phantom.domain_strength must be in \[0, 1\], got {bad}"
+        ):
+            generate_phantom_case(0, 2, 32, domain="target", domain_strength=bad)
+    with pytest.raises(
+        ValueError,
+        match=r"phantom.domain_strength=0.5 applies to domain 'target' only; the source domain",
+    ):
+        PhantomSettings(domain_strength=0.5)
+    assert PhantomSettings(domain="target", domain_strength=0.5).domain_strength == 0.5

@@ -23,7 +23,10 @@ acquisition, a hard domain gap as between T1- and T2-weighted MRI: the tissue in
 through a non-monotonic contrast mapping (:func:`target_contrast`: dark blood pools, bright
 myocardium, fat and blood no longer alike), and the acquisition adds a stronger bias field
 and more noise, drawn from a random stream of their own (so the anatomy's draws are
-untouched).
+untouched). ``domain_strength`` in ``[0, 1]`` moves the target acquisition between the source
+(0: the source images, bit for bit) and the full target (1, the default): the contrast mapping
+is blended linearly with the identity, the extra bias field's amplitude and the extra noise's
+log-factor are scaled by it.
 
 The original array of a case is ``H x W x D`` (like a NIfTI short-axis stack); its affine is
 ``diag(s_in, s_in, s_slice, 1)`` and the slice axis is 2.
@@ -126,10 +129,18 @@ def target_contrast(image: np.ndarray) -> np.ndarray:
     return np.interp(image, xs, ys).astype(np.float32)
 
 
-def check_domain(domain: str) -> None:
-    """Refuses a phantom domain other than :data:`PHANTOM_DOMAINS`."""
+def check_domain(domain: str, strength: float = 1.0) -> None:
+    """Refuses a phantom domain other than :data:`PHANTOM_DOMAINS`, and a ``domain_strength``
+    outside ``[0, 1]`` or other than 1 for the source domain (which has no strength)."""
     if domain not in PHANTOM_DOMAINS:
         raise ValueError(f"phantom.domain must be one of {PHANTOM_DOMAINS}, got {domain!r}")
+    if isinstance(strength, bool) or not 0.0 <= strength <= 1.0:
+        raise ValueError(f"phantom.domain_strength must be in [0, 1], got {strength!r}")
+    if domain == "source" and strength != 1.0:
+        raise ValueError(
+            f"phantom.domain_strength={strength!r} applies to domain 'target' only; the source "
+            "domain is the default phantom (set phantom.domain: target)"
+        )
 
 
 def generate_phantom_case(
@@ -139,6 +150,7 @@ def generate_phantom_case(
     seed: int = 0,
     heart_scale: float = 1.0,
     domain: str = "source",
+    domain_strength: float = 1.0,
 ) -> PhantomCase:
     """Generates case ``index`` of the phantom.
 
@@ -154,15 +166,18 @@ def generate_phantom_case(
             draws are the same for every scale, so scale 1.0 is the default phantom.
         domain: ``"source"`` (the default phantom) or ``"target"``: the same case (same
             labels and spacing) under the target acquisition (see the module docstring).
+        domain_strength: How far the target acquisition is from the source's, in ``[0, 1]``
+            (1, the default, is the full target; 0 gives the source images). Target only.
 
     Returns:
         A :class:`PhantomCase`.
 
     Raises:
-        ValueError: On a ``heart_scale`` or ``domain`` out of range.
+        ValueError: On a ``heart_scale``, ``domain`` or ``domain_strength`` out of range.
     """
     check_heart_scale(heart_scale)
-    check_domain(domain)
+    check_domain(domain, domain_strength)
+    s = float(domain_strength)
     rng = np.random.default_rng(sample_seed(_TAG, _VERSION, seed, index))
     target = None
     if domain == "target":
@@ -292,19 +307,19 @@ def generate_phantom_case(
         img = np.where(pap & lv & (t < 0.85), np.float32(myo_int * 1.2), img)
 
     if target is not None:  # another tissue contrast, before the acquisition
-        img = target_contrast(img)
+        img = target_contrast(img) if s == 1.0 else (1 - s) * img + s * target_contrast(img)
 
     # Acquisition: partial-volume blur, contrast, bias field, Rician noise, scanner scale.
     img = ndimage.gaussian_filter(img, sigma=(0, 0.7, 0.7), truncate=3.0)
     img = np.clip(img, 0, None) ** np.float32(rng.uniform(0.8, 1.25))
     img = img * np.exp(rng.uniform(0.2, 0.5) * _smooth_field(rng, yy, xx, 2))
     if target is not None:  # a stronger bias field of the target's coil
-        img = img * np.exp(target.uniform(0.4, 0.7) * _smooth_field(target, yy, xx, 3))
+        img = img * np.exp(s * target.uniform(0.4, 0.7) * _smooth_field(target, yy, xx, 3))
     noise = rng.standard_normal((2, *img.shape), dtype=np.float32) * np.float32(
         rng.uniform(0.02, 0.09)
     )
     if target is not None:  # and more noise
-        noise = noise * np.float32(target.uniform(1.5, 2.5))
+        noise = noise * np.float32(target.uniform(1.5, 2.5) ** s)
     img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2) * np.float32(rng.uniform(200.0, 1500.0))
 
     s_in = float(rng.uniform(1.3, 1.8)) / heart_scale
@@ -334,12 +349,15 @@ def _cache_path(
     seed: int,
     heart_scale: float,
     domain: str,
+    domain_strength: float = 1.0,
 ) -> Path:
     key = f"v{_VERSION}-{num_cases}-{num_slices}-{size}-{seed}"
     if heart_scale != 1.0:  # the default phantom keeps the cache names it always had
         key += f"-h{heart_scale:g}"
     if domain != "source":
         key += f"-{domain}"
+    if domain_strength != 1.0:
+        key += f"-s{domain_strength:g}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return cache_dir / f"phantom_{key}_{digest}.npz"
 
@@ -352,6 +370,7 @@ def generate_phantom(
     cache_dir: str | Path | None = None,
     heart_scale: float = 1.0,
     domain: str = "source",
+    domain_strength: float = 1.0,
 ) -> list[PhantomCase]:
     """Generates (or reads from a cache) the whole phantom.
 
@@ -363,6 +382,7 @@ def generate_phantom(
         cache_dir: Folder for an ``.npz`` cache keyed by the arguments; None generates in memory.
         heart_scale: See :func:`generate_phantom_case`.
         domain: See :func:`generate_phantom_case`.
+        domain_strength: See :func:`generate_phantom_case`.
 
     Returns:
         The cases in id order.
@@ -376,16 +396,18 @@ def generate_phantom(
             f"num_cases={num_cases}, num_slices={num_slices}, size={size}"
         )
     check_heart_scale(heart_scale)
-    check_domain(domain)
+    check_domain(domain, domain_strength)
     path = None
     if cache_dir is not None:
-        path = _cache_path(Path(cache_dir), num_cases, num_slices, size, seed, heart_scale, domain)
+        path = _cache_path(
+            Path(cache_dir), num_cases, num_slices, size, seed, heart_scale, domain, domain_strength
+        )
         if path.is_file() or _manifest_path(path).is_file():
             cached = _read_checked_cache(path, num_cases)
             if cached is not None:
                 return cached
     cases = [
-        generate_phantom_case(i, num_slices, size, seed, heart_scale, domain)
+        generate_phantom_case(i, num_slices, size, seed, heart_scale, domain, domain_strength)
         for i in range(num_cases)
     ]
     if path is not None:

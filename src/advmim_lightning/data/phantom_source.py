@@ -54,6 +54,7 @@ class PhantomSource(DataSource):
         p = self.phantom
         scale = f", heart_scale={p.heart_scale:g}" if p.heart_scale != 1.0 else ""
         scale += f", domain={p.domain}" if p.domain != "source" else ""
+        scale += f", domain_strength={p.domain_strength:g}" if p.domain_strength != 1.0 else ""
         self.root = (
             f"phantom(cases={p.cases}, slices={p.slices}, size={p.size}, seed={p.seed}{scale})"
         )
@@ -91,6 +92,7 @@ class PhantomSource(DataSource):
             cache_dir=self.settings.cache_dir,
             heart_scale=p.heart_scale,
             domain=p.domain,
+            domain_strength=p.domain_strength,
         )
 
     def case_split(self) -> CaseSplit:

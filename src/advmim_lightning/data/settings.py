@@ -154,6 +154,10 @@ class PhantomSettings:
         domain: The acquisition: ``"source"`` (the default phantom, bit for bit) or
             ``"target"`` (the same anatomy under another contrast, bias field and noise: a
             hard domain gap; :mod:`~advmim_lightning.data.phantom`).
+        domain_strength: With ``domain="target"``: how far its acquisition is from the
+            source's, in ``[0, 1]``; 1 (the default) is the full target, 0 the source images,
+            in between a milder gap (the contrast mapping blended with the identity, the extra
+            bias field and noise scaled down).
 
     Raises:
         ValueError: On a value out of range (naming ``phantom.<field>``).
@@ -165,13 +169,14 @@ class PhantomSettings:
     seed: int = 0
     heart_scale: float = 1.0
     domain: Literal["source", "target"] = "source"
+    domain_strength: float = 1.0
 
     def __post_init__(self) -> None:
         check_int("phantom.cases", self.cases, 1)
         check_int("phantom.slices", self.slices, 1)
         check_int("phantom.size", self.size, 16)
         check_heart_scale(self.heart_scale)
-        check_domain(self.domain)
+        check_domain(self.domain, self.domain_strength)
 
 
 @dataclass(frozen=True)
