@@ -57,6 +57,7 @@ def test_phantom_end_to_end(make_phantom_dm) -> None:
         "seed": 0,
         "heart_scale": 1.0,
         "domain": "source",
+        "domain_strength": 1.0,
     }
     dm.setup("fit")
     assert len(dm.labeled_dataset) == 9 and len(dm.unlabeled_dataset) == 3
