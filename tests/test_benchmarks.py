@@ -225,6 +225,21 @@ def test_compare_curves_names_a_missing_metric_and_an_empty_folder(tmp_path):
     with pytest.raises(
         SystemExit,
         match=r"ctct-l3-s2/metrics.csv: no column 'val/nsd_RV'.*"
-        r"\['val/dice_mean'\]",
+        r"\['train/loss', 'val/dice_mean'\]",
     ):
         script.main([str(tmp_path), "--metric", "val/nsd_RV"])
+    with pytest.raises(SystemExit, match="--bin must be a positive number of iterations, got 0"):
+        script.main([str(tmp_path), "--bin", "0"])
+
+
+def test_compare_curves_averages_a_training_column_over_bins(tmp_path, capsys):
+    folder = tmp_path / "advmim-l3-s0"
+    folder.mkdir()
+    rows = ["epoch,step,train/disc_cnn,val/dice_mean"]
+    rows += [f"0,{i - 1},{v}," for i, v in [(10, 0.5), (20, 0.3), (30, 0.1), (40, 0.1)]]
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+    load("compare_curves").main([str(tmp_path), "--metric", "train/disc_cnn", "--bin", "20"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "train/disc_cnn, mean over seeds, in bins of 20 iterations"
+    assert lines[2] == "| method | labeled | seeds | 20 | 40 | 20→40 |"
+    assert lines[4] == "| advmim | 3 | 1 | 0.400 | 0.100 | -0.300 |"
