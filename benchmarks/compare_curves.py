@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--metric",
         action="append",
-        help="column(s) of metrics.csv (default: val/dice_mean, the reported network's mean "
-        "Dice)",
+        help="column(s) of metrics.csv (default: val/dice_mean, the reported network's mean Dice)",
     )
     parser.add_argument(
         "--bin",
