@@ -40,7 +40,7 @@ from advmim_lightning.data.unlabeled_source import (
     bind_unlabeled_source,
     merge_pools,
     refuse_labeled_cases_of,
-    unlabeled_source_for,
+    second_source,
 )
 from advmim_lightning.data.validation import DataValidationError
 from advmim_lightning.run import lightning_private
@@ -258,7 +258,14 @@ class AdvMIMDataModule(TrainingStream):
         )
         self.source = self._make_source(source, flat, root)
         self.source.bind(num_classes, labeled_cases)
-        self.unlabeled_source = self._make_unlabeled_source(flat, unlabeled_root)
+        self.unlabeled_source = second_source(
+            unlabeled_source,
+            unlabeled_layout,
+            unlabeled_root,
+            unlabeled_settings,
+            unlabeled_phantom,
+            main_phantom=phantom,
+        )
         if self.unlabeled_source is not None:
             bind_unlabeled_source(self.unlabeled_source, self.source, num_classes)
         elif (unlabeled_pool, eval_source) != ("second", "main"):
@@ -331,51 +338,6 @@ class AdvMIMDataModule(TrainingStream):
         given = {k: v for k, v in flat.items() if k in defaults and v != defaults[k].default}
         refuse_source_arguments(source, given)
         return source
-
-    @staticmethod
-    def _make_unlabeled_source(flat: dict, root: str | None) -> DataSource | None:
-        """The second source: ``unlabeled_source``, the ``unlabeled_layout``'s, or None.
-
-        Raises:
-            TypeError: If ``unlabeled_source`` is not a :class:`DataSource`.
-            ValueError: On ``unlabeled_source`` next to the ``unlabeled_*`` layout arguments,
-                or those arguments without ``unlabeled_layout``.
-        """
-        source, layout = flat["unlabeled_source"], flat["unlabeled_layout"]
-        given = [
-            name
-            for name, value, default in (
-                ("unlabeled_layout", layout, None),
-                ("unlabeled_root", root, None),
-                ("unlabeled_settings", flat["unlabeled_settings"], _DEFAULT_SETTINGS),
-                ("unlabeled_phantom", flat["unlabeled_phantom"], None),
-            )
-            if value != default
-        ]
-        if source is not None:
-            if not isinstance(source, DataSource):
-                raise TypeError(
-                    f"unlabeled_source must be a DataSource (advmim_lightning.data.source."
-                    f"DataSource), got {type(source).__name__}"
-                )
-            if given:
-                raise ValueError(
-                    f"unlabeled_source={type(source).__name__}(...) was given together with "
-                    f"{', '.join(given)}; a source takes its own settings (its init_args): "
-                    "drop them, or drop unlabeled_source."
-                )
-            return source
-        if layout is None:
-            if given:
-                raise ValueError(
-                    f"{', '.join(given)} given without unlabeled_layout; expected "
-                    "unlabeled_layout (acdc, nifti, images or phantom) to name the second "
-                    "source."
-                )
-            return None
-        return unlabeled_source_for(
-            layout, root, flat["unlabeled_settings"], flat["unlabeled_phantom"], flat["phantom"]
-        )
 
     def prepare_data(self) -> None:
         """Work the sources do once per machine on rank 0 (the phantom's cache)."""

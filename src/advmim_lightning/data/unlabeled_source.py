@@ -35,6 +35,7 @@ __all__ = [
     "bind_unlabeled_source",
     "merge_pools",
     "refuse_labeled_cases_of",
+    "second_source",
     "unlabeled_source_for",
 ]
 
@@ -83,6 +84,62 @@ def unlabeled_source_for(
             f"unlabeled_root is required for unlabeled_layout={layout!r}, got {root!r}"
         )
     return UNLABELED_LAYOUT_SOURCES[layout](root, settings=settings)  # type: ignore[call-arg]
+
+
+def second_source(
+    source: DataSource | None,
+    layout: str | None,
+    root: str | None,
+    settings: SourceSettings,
+    phantom: PhantomSettings | None,
+    main_phantom: PhantomSettings,
+) -> DataSource | None:
+    """The data module's second source: ``unlabeled_source`` itself, the one its
+    ``unlabeled_layout`` arguments describe (:func:`unlabeled_source_for`), or None.
+
+    Args:
+        source: ``unlabeled_source``, a source object of the user's.
+        layout, root, settings, phantom: ``unlabeled_layout``, ``unlabeled_root``,
+            ``unlabeled_settings`` and ``unlabeled_phantom``.
+        main_phantom: The main source's phantom settings.
+
+    Raises:
+        TypeError: If ``source`` is not a :class:`DataSource`.
+        ValueError: On ``source`` next to the layout arguments, or those arguments without
+            ``layout``.
+    """
+    given = [
+        name
+        for name, value, default in (
+            ("unlabeled_layout", layout, None),
+            ("unlabeled_root", root, None),
+            ("unlabeled_settings", settings, SourceSettings()),
+            ("unlabeled_phantom", phantom, None),
+        )
+        if value != default
+    ]
+    if source is not None:
+        if not isinstance(source, DataSource):
+            raise TypeError(
+                f"unlabeled_source must be a DataSource (advmim_lightning.data.source."
+                f"DataSource), got {type(source).__name__}"
+            )
+        if given:
+            raise ValueError(
+                f"unlabeled_source={type(source).__name__}(...) was given together with "
+                f"{', '.join(given)}; a source takes its own settings (its init_args): "
+                "drop them, or drop unlabeled_source."
+            )
+        return source
+    if layout is None:
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} given without unlabeled_layout; expected "
+                "unlabeled_layout (acdc, nifti, images or phantom) to name the second "
+                "source."
+            )
+        return None
+    return unlabeled_source_for(layout, root, settings, phantom, main_phantom)
 
 
 def bind_unlabeled_source(source: DataSource, main: DataSource, num_classes: int) -> None:
