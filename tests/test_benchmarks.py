@@ -174,6 +174,28 @@ def test_the_phantom_comparison_script_rehearses_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_domain_gap_study_script_rehearses_with_the_milder_target(tmp_path):
+    import os
+
+    output = tmp_path / "gap"
+    env = {**os.environ, "SMOKE": "1", "OUTPUT": str(output), "PYTHON": sys.executable}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", STUDY="adversarial_weight")
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "compare_domain_gap.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| advmim | 1 | 1 |" in done.stdout and "Transformer Dice (%)" in done.stdout
+    config = (output / "advmim-l1-s0" / "config.yaml").read_text()
+    assert "adversarial_weight: 0.1" in config and "domain_strength: 0.35" in config
+    assert "eval_source: second" in config
+
+
+@pytest.mark.slow
 def test_memory_scaling_benchmark_prints_its_table(capsys):
     rows = load("memory_scaling").main(["--quick"])
     assert [r["data"] for r in rows] == ["in RAM", "cache (cold)", "cache (warm)"]
