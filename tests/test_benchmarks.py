@@ -265,3 +265,33 @@ def test_compare_curves_averages_a_training_column_over_bins(tmp_path, capsys):
     assert lines[0] == "train/disc_cnn, mean over seeds, in bins of 20 iterations"
     assert lines[2] == "| method | labeled | seeds | 20 | 40 | 20→40 |"
     assert lines[4] == "| advmim | 3 | 1 | 0.400 | 0.100 | -0.300 |"
+
+
+def write_tested_run(folder: Path, dice: dict[str, float], disc: float | None = None) -> None:
+    """A finished compare run: both networks' test tables and a metrics.csv."""
+    folder.mkdir(parents=True)
+    head = "case_id,dice_RV,dice_Myo,dice_LV,dice_mean"
+    for network, value in dice.items():
+        rows = [head, "patient001,0.1,0.1,0.1,0.1", f"mean,{value},{value},{value},{value}"]
+        (folder / f"test_metrics_{network}.csv").write_text("\n".join(rows) + "\n")
+    columns = "epoch,step,train/disc_cnn,train/adv_cnn,train/disc_transformer,train/adv_transformer"
+    lines = ["epoch,step,train/loss"] if disc is None else [columns]
+    for step in (49, 149, 199):  # the last 100 iterations: steps 100..199
+        lines.append(f"0,{step},0.5" if disc is None else f"0,{step},{disc},1,{disc},1")
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_domain_gap_tables_report_each_study_network_and_seed(tmp_path, capsys):
+    main = tmp_path / "domain_gap_main_s0.35"
+    write_tested_run(main / "supervised-l3-s0", {"cnn": 0.2, "transformer": 0.3})
+    write_tested_run(main / "supervised-l3-s1", {"cnn": 0.4, "transformer": 0.5})
+    write_tested_run(main / "advmim-l3-s0", {"cnn": 0.5, "transformer": 0.6}, disc=0.25)
+    (main / "advmim-l3-s1").mkdir()  # unfinished: no test tables
+    load("domain_gap_tables").main([str(main)])
+    out = capsys.readouterr().out
+    assert "| main (strength 0.35) | supervised | 3 | 2 | 30.0 ± 14.1 | 40.0 ± 14.1 |" in out
+    assert "| main (strength 0.35) | advmim | 3 | 1 | 50.0 | 60.0 |" in out
+    assert "| main (strength 0.35) | supervised | transformer | 0, 1 | 30.0 / 50.0 |" in out
+    assert "| main (strength 0.35) | advmim | 1 | 0.250 | 1.000 | 0.250 | 1.000 |" in out
+    with pytest.raises(SystemExit, match="no finished run"):
+        load("domain_gap_tables").main([str(main / "advmim-l3-s1")])
