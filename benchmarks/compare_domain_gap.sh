@@ -10,6 +10,8 @@
 #                                                     # optimiser (lr 0.05, clipping 5)
 #   STUDY=masked_only ...                             # AdvMIM without the adversarial term
 #   STUDY=adversarial_only ...                        # AdvMIM without the masked-domain terms
+#   STUDY=no_masked_pseudo ...                        # AdvMIM without the masked pseudo-label
+#                                                     # term (masked supervision kept)
 #   STUDY=adversarial_weight ADV_WEIGHT=0.1 ...       # AdvMIM with another adversarial weight
 #                                                     # (0.001 published)
 #
@@ -37,13 +39,14 @@ case "$STUDY" in
     masked_only) study=(--methods advmim --model.adversarial_weight 0) ;;
     adversarial_only)
         study=(--methods advmim --model.masked_sup_weight 0 --model.masked_pseudo_weight 0) ;;
+    no_masked_pseudo) study=(--methods advmim --model.masked_pseudo_weight 0) ;;
     adversarial_weight)
         ADV_WEIGHT=${ADV_WEIGHT:-0.1}
         study=(--methods advmim --model.adversarial_weight "$ADV_WEIGHT")
         STUDY=adversarial_weight$ADV_WEIGHT ;;
     *)
-        echo "STUDY must be main, control, masked_only, adversarial_only or adversarial_weight," \
-            "got '$STUDY'" >&2
+        echo "STUDY must be main, control, masked_only, adversarial_only, no_masked_pseudo or" \
+            "adversarial_weight, got '$STUDY'" >&2
         exit 2 ;;
 esac
 STRENGTH=${STRENGTH:-0.35}
