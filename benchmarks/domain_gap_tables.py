@@ -25,6 +25,8 @@ STUDY_FOLDER = re.compile(r"^domain_gap_(?P<study>.+?)_s(?P<strength>[0-9.]+)$")
 NETWORKS = ("cnn", "transformer")
 CLASSES = ("RV", "Myo", "LV")
 METHOD_ORDER = ("supervised", "ctct", "advmim")
+#: compare_domain_gap.sh's studies, in the order the tables list them (others follow by name).
+STUDY_ORDER = ("main", "control", "masked_only", "adversarial_only", "no_masked_pseudo")
 DISCRIMINATOR_COLUMNS = ("disc_cnn", "adv_cnn", "disc_transformer", "adv_transformer")
 
 
@@ -83,10 +85,12 @@ def spread(values: list[float]) -> str:
 def tables(runs: dict[tuple[str, str, int], dict[int, dict]]) -> str:
     """The markdown tables (see the module docstring)."""
 
-    def order(key: tuple[str, str, int]) -> tuple[str, int, str, int]:
+    def order(key: tuple[str, str, int]) -> tuple[int, str, int, str, int]:
         study, method, cases = key
+        name = study.split(" (")[0]
+        place = STUDY_ORDER.index(name) if name in STUDY_ORDER else len(STUDY_ORDER)
         rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-        return study, rank, method, cases
+        return place, study, rank, method, cases
 
     keys = sorted(runs, key=order)
     head = "| study | method | labeled | seeds | CNN Dice | transformer Dice |"
