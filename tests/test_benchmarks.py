@@ -152,15 +152,14 @@ def test_the_training_benchmark_needs_neither_monai_nor_wandb_nor_jsonargparse()
     assert "ms/iter" in done.stdout
 
 
-@pytest.mark.slow
-def test_the_phantom_comparison_script_rehearses_end_to_end(tmp_path):
+def rehearse(script: str, output: Path, **env: str) -> subprocess.CompletedProcess:
+    """Runs a comparison script's SMOKE rehearsal into ``output``; checks it succeeded."""
     import os
 
-    output = tmp_path / "compare"
-    env = {**os.environ, "SMOKE": "1", "OUTPUT": str(output), "PYTHON": sys.executable}
+    env = {**os.environ, "SMOKE": "1", "OUTPUT": str(output), "PYTHON": sys.executable, **env}
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "compare_phantom.sh")],
+        ["bash", str(ROOT / "benchmarks" / script)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -168,6 +167,13 @@ def test_the_phantom_comparison_script_rehearses_end_to_end(tmp_path):
         env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_the_phantom_comparison_script_rehearses_end_to_end(tmp_path):
+    output = tmp_path / "compare"
+    done = rehearse("compare_phantom.sh", output)
     for method in ("supervised", "ctct", "advmim"):
         assert f"| {method} | 1 | 1 |" in done.stdout
     assert (output / "compare.png").is_file() and (output / "summary.md").is_file()
@@ -175,20 +181,8 @@ def test_the_phantom_comparison_script_rehearses_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_the_domain_gap_study_script_rehearses_with_the_milder_target(tmp_path):
-    import os
-
     output = tmp_path / "gap"
-    env = {**os.environ, "SMOKE": "1", "OUTPUT": str(output), "PYTHON": sys.executable}
-    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", STUDY="adversarial_weight")
-    done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "compare_domain_gap.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-        env=env,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = rehearse("compare_domain_gap.sh", output, STUDY="adversarial_weight")
     assert "| advmim | 1 | 1 |" in done.stdout and "Transformer Dice (%)" in done.stdout
     config = (output / "advmim-l1-s0" / "config.yaml").read_text()
     assert "adversarial_weight: 0.1" in config and "domain_strength: 0.35" in config
