@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from advmim_lightning.data.cache_files import CacheRebuiltWarning
 from advmim_lightning.data.phantom import generate_phantom, generate_phantom_case
+from advmim_lightning.data.phantom_cache import write_phantom_cache
 
 
 def test_deterministic_by_seed() -> None:
@@ -56,6 +58,28 @@ def test_cache(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.label, b.label)
         assert a.spacing == b.spacing and a.case_id == b.case_id
+
+
+def test_a_cache_with_too_few_cases_is_named_and_regenerated(tmp_path: Path) -> None:
+    """A cache file whose manifest matches but which holds fewer cases than its name says (a
+    file copied over another) is refused, named, and generated again."""
+    cases = generate_phantom(3, 2, 32, seed=5, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("phantom_*.npz")
+    two = generate_phantom(2, 2, 32, seed=5)
+    write_phantom_cache(
+        path,
+        (
+            np.stack([c.image for c in two]),
+            np.stack([c.label for c in two]),
+            np.array([c.spacing for c in two]),
+        ),
+    )
+    with pytest.warns(CacheRebuiltWarning, match=rf"{path.name}.*holds 2 cases, expected 3"):
+        again = generate_phantom(3, 2, 32, seed=5, cache_dir=tmp_path)
+    assert len(again) == 3
+    np.testing.assert_array_equal(again[2].image, cases[2].image)
+    with np.load(path) as data:
+        assert data["images"].shape[0] == 3
 
 
 def test_heart_scale_enlarges_the_heart_only_and_one_is_the_default_phantom(

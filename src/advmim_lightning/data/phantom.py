@@ -34,17 +34,18 @@ The original array of a case is ``H x W x D`` (like a NIfTI short-axis stack); i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from advmim_lightning.data.cache_files import describe, find_damage, warn_rebuilt
+from advmim_lightning.data.phantom_cache import (
+    phantom_cache_path,
+    read_phantom_cache,
+    write_phantom_cache,
+)
 from advmim_lightning.method.randomness import sample_seed
 
 __all__ = [
@@ -341,27 +342,6 @@ def check_heart_scale(heart_scale: float) -> None:
         raise ValueError(f"phantom.heart_scale must be in [0.5, 1.6], got {heart_scale!r}")
 
 
-def _cache_path(
-    cache_dir: Path,
-    num_cases: int,
-    num_slices: int,
-    size: int,
-    seed: int,
-    heart_scale: float,
-    domain: str,
-    domain_strength: float = 1.0,
-) -> Path:
-    key = f"v{_VERSION}-{num_cases}-{num_slices}-{size}-{seed}"
-    if heart_scale != 1.0:  # the default phantom keeps the cache names it always had
-        key += f"-h{heart_scale:g}"
-    if domain != "source":
-        key += f"-{domain}"
-    if domain_strength != 1.0:
-        key += f"-s{domain_strength:g}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return cache_dir / f"phantom_{key}_{digest}.npz"
-
-
 def generate_phantom(
     num_cases: int,
     num_slices: int = 8,
@@ -399,66 +379,41 @@ def generate_phantom(
     check_domain(domain, domain_strength)
     path = None
     if cache_dir is not None:
-        path = _cache_path(
-            Path(cache_dir), num_cases, num_slices, size, seed, heart_scale, domain, domain_strength
+        path = phantom_cache_path(
+            Path(cache_dir),
+            version=_VERSION,
+            num_cases=num_cases,
+            num_slices=num_slices,
+            size=size,
+            seed=seed,
+            heart_scale=heart_scale,
+            domain=domain,
+            domain_strength=domain_strength,
         )
-        if path.is_file() or _manifest_path(path).is_file():
-            cached = _read_checked_cache(path, num_cases)
-            if cached is not None:
-                return cached
+        cached = read_phantom_cache(path, num_cases)
+        if cached is not None:
+            images, labels, spacings = cached
+            return [
+                PhantomCase(
+                    case_id=case_id,
+                    image=images[i],
+                    label=labels[i],
+                    spacing=tuple(float(s) for s in spacings[i]),  # type: ignore[arg-type]
+                    affine=np.diag([*spacings[i], 1.0]),
+                )
+                for i, case_id in enumerate(phantom_case_ids(num_cases))
+            ]
     cases = [
         generate_phantom_case(i, num_slices, size, seed, heart_scale, domain, domain_strength)
         for i in range(num_cases)
     ]
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
-            images=np.stack([c.image for c in cases]),
-            labels=np.stack([c.label for c in cases]),
-            spacings=np.array([c.spacing for c in cases], dtype=np.float64),
+        write_phantom_cache(
+            path,
+            (
+                np.stack([c.image for c in cases]),
+                np.stack([c.label for c in cases]),
+                np.array([c.spacing for c in cases], dtype=np.float64),
+            ),
         )
-        manifest = {"files": {path.name: describe([tmp])[tmp.name]}}
-        tmp.replace(path)
-        tmp_manifest = path.with_suffix(".tmp.json")
-        tmp_manifest.write_text(json.dumps(manifest))
-        tmp_manifest.replace(_manifest_path(path))  # written last: marks the cache complete
     return cases
-
-
-def _manifest_path(path: Path) -> Path:
-    """The manifest (size and checksum) written next to a phantom cache file."""
-    return path.with_name(f"{path.name}.json")
-
-
-def _read_checked_cache(path: Path, num_cases: int) -> list[PhantomCase] | None:
-    """The cached cases after checking the file against its manifest; None, with a
-    :class:`~advmim_lightning.data.cache_files.CacheRebuiltWarning` naming the file, when it
-    is damaged (truncated, deleted, zeroed, or written without a manifest)."""
-    manifest = _manifest_path(path)
-    try:
-        files = json.loads(manifest.read_text()).get("files")
-        damage = find_damage(path.parent, files)
-    except FileNotFoundError:
-        damage = (path, f"it has no manifest {manifest.name} (written before manifests, or cut)")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
-        damage = (manifest, f"its manifest is unreadable ({type(err).__name__}: {err})")
-    if damage is None:
-        try:
-            with np.load(path) as data:
-                ids = phantom_case_ids(num_cases)
-                return [
-                    PhantomCase(
-                        case_id=ids[i],
-                        image=data["images"][i],
-                        label=data["labels"][i],
-                        spacing=tuple(float(s) for s in data["spacings"][i]),  # type: ignore[arg-type]
-                        affine=np.diag([*data["spacings"][i], 1.0]),
-                    )
-                    for i in range(num_cases)
-                ]
-        except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as err:
-            damage = (path, f"it is unreadable ({type(err).__name__}: {err})")
-    warn_rebuilt(damage[0], damage[1], "the phantom generator")
-    return None
