@@ -43,6 +43,25 @@ def words(runs: Path, name: str, target: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def test_one_flag_of_the_second_phantom_keeps_the_default_second_phantom(tmp_path):
+    """``--data.unlabeled_phantom.domain_strength 0.5`` alone: the main phantom (6 cases of 3
+    slices at 64 x 64, heart 1.6x) in the target domain with seed 1, at strength 0.5; its cache
+    file says so."""
+    cache = tmp_path / "cache"
+    main(
+        [
+            "fit", "-c", str(ROOT / "configs/quickstart.yaml"), "-c", TINY,
+            "--runs_dir", str(tmp_path), "--run_name", "mild", "--wandb_mode", "disabled",
+            "--trainer.fast_dev_run", "1", "--data.settings.cache_dir", str(cache),
+            "--data.unlabeled_layout", "phantom",
+            "--data.unlabeled_settings.cache_dir", str(cache),
+            "--data.unlabeled_phantom.domain_strength", "0.5",
+        ]
+    )  # fmt: skip
+    keys = sorted(p.name.rsplit("_", 1)[0] for p in cache.glob("phantom_*.npz"))
+    assert keys == ["phantom_v2-6-3-64-0-h1.6", "phantom_v2-6-3-64-1-h1.6-target-s0.5"]
+
+
 def test_fit_test_and_predict_on_the_unlabeled_target_folder(tmp_path, target):
     run = tmp_path / "domain"
     common = words(tmp_path, "domain", target, "--model.max_iterations", "3")

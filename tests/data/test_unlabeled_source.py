@@ -15,6 +15,7 @@ from advmim_lightning.data import (
     ImageFolderSource,
     PhantomSettings,
     PhantomSource,
+    SecondPhantomSettings,
     SourceSettings,
 )
 from advmim_lightning.data.synthetic import write_tiny_image_folder, write_tiny_nifti
@@ -72,6 +73,52 @@ def test_both_pools_and_the_second_sources_test_split():
     )
     assert dm.test_dataset.case_ids() == second_split.test
     assert all(v.label is not None for v in dm.test_dataset.volumes)
+
+
+def test_the_second_phantom_takes_the_fields_given_and_keeps_the_default_for_the_others():
+    """A field of ``unlabeled_phantom`` changes the default second phantom (``phantom`` in the
+    target domain with the next seed); the fields not given stay the default's, not
+    ``PhantomSettings``' (40 cases of 128 x 128 in the source domain)."""
+    dm = make_dm(unlabeled_layout="phantom", unlabeled_phantom={"domain_strength": 0.35})
+    assert dm.unlabeled_source.phantom == PhantomSettings(
+        cases=6, slices=3, size=32, seed=1, domain="target", domain_strength=0.35
+    )
+    assert dm.hparams["unlabeled_phantom"] == {
+        **dict.fromkeys(["cases", "slices", "size", "seed", "heart_scale", "domain"]),
+        "domain_strength": 0.35,
+    }
+    # the same second phantom again from the hyper-parameters (a checkpoint's)
+    again = AdvMIMDataModule(**dm.hparams)
+    assert again.unlabeled_source.phantom == dm.unlabeled_source.phantom
+    # a whole PhantomSettings is used as it is, the default's fields included
+    whole = PhantomSettings(cases=4, slices=2, size=32, seed=7)
+    assert (
+        make_dm(unlabeled_layout="phantom", unlabeled_phantom=whole).unlabeled_source.phantom
+        == whole
+    )
+    explicit = SecondPhantomSettings(cases=4, domain="source", seed=0)
+    assert make_dm(
+        unlabeled_layout="phantom", unlabeled_phantom=explicit
+    ).unlabeled_source.phantom == PhantomSettings(cases=4, slices=3, size=32, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"domain": "source", "domain_strength": 0.35},
+            "unlabeled_phantom.domain_strength=0.35 applies to domain 'target' only; the source "
+            "domain is the default phantom (set unlabeled_phantom.domain: target) (the second "
+            "phantom: {'domain': 'source', 'domain_strength': 0.35} given over the default "
+            "second phantom, data.phantom in the target domain with seed 1)",
+        ),
+        ({"size": 8}, "unlabeled_phantom.size must be an integer >= 16, got 8"),
+        ({"colour": 1}, "unlabeled_phantom: unknown field(s) ['colour']"),
+    ],
+)
+def test_a_bad_second_phantom_is_refused_naming_the_field(changes, message):
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        make_dm(unlabeled_layout="phantom", unlabeled_phantom=changes)
 
 
 def test_an_image_folder_keeps_its_own_normalisation_and_gives_its_evaluation_split(

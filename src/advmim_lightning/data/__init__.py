@@ -34,6 +34,7 @@ from advmim_lightning.data.settings import (
     AugmentationSettings,
     LoaderSettings,
     PhantomSettings,
+    SecondPhantomSettings,
     SourceSettings,
 )
 from advmim_lightning.data.source import DataSource, TrainingPools, pools_from_volumes
@@ -60,6 +61,7 @@ __all__ = [
     "NiftiSource",
     "PhantomSettings",
     "PhantomSource",
+    "SecondPhantomSettings",
     "SourceSettings",
     "TrainingBatch",
     "TrainingPools",

@@ -27,6 +27,7 @@ from advmim_lightning.data.settings import (
     AugmentationSettings,
     LoaderSettings,
     PhantomSettings,
+    SecondPhantomSettings,
     SourceSettings,
     as_settings,
     expand_path,
@@ -170,8 +171,11 @@ class AdvMIMDataModule(TrainingStream):
         unlabeled_settings: The second source's own
             :class:`~advmim_lightning.data.settings.SourceSettings` (its normalisation,
             split and cache), independent of ``settings``.
-        unlabeled_phantom: The second source's phantom (``unlabeled_layout="phantom"``);
-            None: ``phantom`` in the target domain with the next phantom seed.
+        unlabeled_phantom: The second source's phantom (``unlabeled_layout="phantom"``), as
+            changes to the default second phantom, ``phantom`` in the target domain with the
+            next phantom seed (:class:`~advmim_lightning.data.settings.SecondPhantomSettings`:
+            the fields of ``phantom``, each None to keep the default's; a mapping of them;
+            or a whole ``PhantomSettings``); None: that default.
         unlabeled_source: A second source object of your own (in YAML: ``class_path`` and
             ``init_args``), instead of the ``unlabeled_*`` layout arguments.
         unlabeled_pool: With a second source, where the unlabeled pool comes from:
@@ -211,7 +215,7 @@ class AdvMIMDataModule(TrainingStream):
         unlabeled_layout: Literal["acdc", "nifti", "images", "phantom"] | None = None,
         unlabeled_root: str | None = None,
         unlabeled_settings: SourceSettings = _DEFAULT_SETTINGS,
-        unlabeled_phantom: PhantomSettings | None = None,
+        unlabeled_phantom: SecondPhantomSettings | None = None,
         unlabeled_source: DataSource | None = None,
         unlabeled_pool: Literal["second", "both"] = "second",
         eval_source: Literal["main", "second"] = "main",
@@ -237,8 +241,10 @@ class AdvMIMDataModule(TrainingStream):
         check_choice("unlabeled_pool", unlabeled_pool, UNLABELED_POOLS)
         check_choice("eval_source", eval_source, EVAL_SOURCES)
         unlabeled_settings = as_settings("unlabeled_settings", unlabeled_settings, SourceSettings)
-        if unlabeled_phantom is not None:
-            unlabeled_phantom = as_settings("unlabeled_phantom", unlabeled_phantom, PhantomSettings)
+        if unlabeled_phantom is not None and not isinstance(unlabeled_phantom, PhantomSettings):
+            unlabeled_phantom = as_settings(
+                "unlabeled_phantom", unlabeled_phantom, SecondPhantomSettings
+            )
         augmentation = as_settings("augmentation", augmentation, AugmentationSettings)
         loaders = as_settings("loaders", loaders, LoaderSettings)
         flat.update(

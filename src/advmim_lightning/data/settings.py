@@ -9,6 +9,8 @@ module share.
   on (``--data.settings.normalization zscore``). A source uses the fields that apply to it
   and ignores the others (ACDC refuses ``split_file``: its lists define the split).
 - :class:`PhantomSettings`: the generated phantom (``--data.phantom.cases 24``).
+- :class:`SecondPhantomSettings`: a second, unlabeled phantom as changes to the default one
+  (``--data.unlabeled_phantom.domain_strength 0.35``).
 - :class:`AugmentationSettings` and :class:`LoaderSettings`: the data module's training
   augmentation and data-loader options (``--data.augmentation.rotate_probability 1.0``,
   ``--data.loaders.eval_num_workers 2``).
@@ -20,6 +22,7 @@ expanded once, here (:func:`expand_path`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,6 +38,7 @@ __all__ = [
     "LoaderSettings",
     "Normalization",
     "PhantomSettings",
+    "SecondPhantomSettings",
     "SourceSettings",
     "as_settings",
     "expand_path",
@@ -177,6 +181,58 @@ class PhantomSettings:
         check_int("phantom.size", self.size, 16)
         check_heart_scale(self.heart_scale)
         check_domain(self.domain, self.domain_strength)
+
+
+@dataclass(frozen=True)
+class SecondPhantomSettings:
+    """A second, unlabeled phantom (``unlabeled_layout="phantom"``), as changes to the default one.
+
+    The default second phantom is the main one (``phantom``) in the target domain with the next
+    phantom seed: other patients of the same size and number under another acquisition. Each
+    field given here replaces that field of it; a field left at None keeps it. So
+    ``--data.unlabeled_phantom.domain_strength 0.35`` is the default second phantom at a
+    milder gap, with the main phantom's cases, slices, size and heart scale.
+
+    Attributes:
+        cases, slices, size, seed, heart_scale, domain, domain_strength: As
+            :class:`PhantomSettings`; None: the default second phantom's.
+
+    Raises:
+        ValueError: From :meth:`resolve`, naming ``unlabeled_phantom.<field>``.
+    """
+
+    cases: int | None = None
+    slices: int | None = None
+    size: int | None = None
+    seed: int | None = None
+    heart_scale: float | None = None
+    domain: Literal["source", "target"] | None = None
+    domain_strength: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields given (not None)."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+    def resolve(self, main: PhantomSettings) -> PhantomSettings:
+        """The second phantom: the main phantom ``main`` in the target domain with the next
+        seed, with the given fields replaced.
+
+        Raises:
+            ValueError: When the result is not a valid phantom (``unlabeled_phantom.<field>``
+                named, with the second phantom it would have been).
+        """
+        default = dataclasses.replace(main, domain="target", seed=main.seed + 1)
+        given = self.given()
+        try:
+            return dataclasses.replace(default, **given)
+        except ValueError as err:
+            raise ValueError(
+                f"{str(err).replace('phantom.', 'unlabeled_phantom.')} (the second phantom: "
+                f"{given} given over the default second phantom, data.phantom in the target "
+                f"domain with seed {default.seed})"
+            ) from err
 
 
 @dataclass(frozen=True)

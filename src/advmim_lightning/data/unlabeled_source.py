@@ -24,7 +24,7 @@ from advmim_lightning.data.cases import CaseSplit
 from advmim_lightning.data.image_folder import ImageFolderSource
 from advmim_lightning.data.nifti import NiftiSource
 from advmim_lightning.data.phantom_source import PhantomSource
-from advmim_lightning.data.settings import PhantomSettings, SourceSettings
+from advmim_lightning.data.settings import PhantomSettings, SecondPhantomSettings, SourceSettings
 from advmim_lightning.data.source import DataSource, TrainingPools
 from advmim_lightning.data.validation import DataValidationError
 
@@ -57,7 +57,7 @@ def unlabeled_source_for(
     layout: str,
     root: str | None,
     settings: SourceSettings,
-    phantom: PhantomSettings | None,
+    phantom: PhantomSettings | SecondPhantomSettings | None,
     main_phantom: PhantomSettings,
 ) -> DataSource:
     """Builds the second source of an ``unlabeled_layout``.
@@ -67,8 +67,10 @@ def unlabeled_source_for(
             itself) or ``"phantom"``.
         root: Its root (acdc, nifti, images).
         settings: Its own source settings (normalisation, split, cache).
-        phantom: Its phantom (phantom); None: the main source's phantom in the target domain
-            with the next phantom seed (other patients under another acquisition).
+        phantom: Its phantom (phantom): a whole :class:`PhantomSettings`, or changes to the
+            default second phantom (:class:`SecondPhantomSettings`); None: that default, the
+            main source's phantom in the target domain with the next phantom seed (other
+            patients under another acquisition).
         main_phantom: The main source's phantom settings.
 
     Raises:
@@ -76,8 +78,8 @@ def unlabeled_source_for(
     """
     check_choice("unlabeled_layout", layout, UNLABELED_LAYOUTS)
     if layout == "phantom":
-        if phantom is None:
-            phantom = dataclasses.replace(main_phantom, domain="target", seed=main_phantom.seed + 1)
+        if not isinstance(phantom, PhantomSettings):
+            phantom = (phantom or SecondPhantomSettings()).resolve(main_phantom)
         return PhantomSource(phantom, settings)
     if not root:
         raise ValueError(
@@ -91,7 +93,7 @@ def second_source(
     layout: str | None,
     root: str | None,
     settings: SourceSettings,
-    phantom: PhantomSettings | None,
+    phantom: PhantomSettings | SecondPhantomSettings | None,
     main_phantom: PhantomSettings,
 ) -> DataSource | None:
     """The data module's second source: ``unlabeled_source`` itself, the one its
