@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-RUN_FOLDER = re.compile(r"^(?P<method>[a-z]+)-l(?P<cases>\d+)-s(?P<seed>\d+)$")
-METHOD_ORDER = ("supervised", "ctct", "advmim")
+from advmim_lightning.commands.compare_plan import Combination, method_rank
 
 
 def read_curve(
@@ -63,14 +61,14 @@ def collect(
     curves: dict[tuple[str, int], list[dict[int, float]]] = defaultdict(list)
     without = []
     for folder in sorted(p for p in output.iterdir() if p.is_dir()):
-        match = RUN_FOLDER.match(folder.name)
-        if match is None or not (folder / "metrics.csv").is_file():
+        run = Combination.from_name(folder.name)
+        if run is None or not (folder / "metrics.csv").is_file():
             continue
         curve = read_curve(folder / "metrics.csv", metric, bin_size)
         if curve is None:
             without.append(folder / "metrics.csv")
         elif curve:
-            curves[(match["method"], int(match["cases"]))].append(curve)
+            curves[(run.method, run.labeled_cases)].append(curve)
     if not curves and without:
         raise SystemExit(
             f"{without[0]}: no column {metric!r}; validation and training columns there: "
@@ -90,8 +88,7 @@ def table(curves: dict[tuple[str, int], list[dict[int, float]]], metric: str) ->
 
     def order(key: tuple[str, int]) -> tuple[int, str, int]:
         method, cases = key
-        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-        return rank, method, cases
+        return method_rank(method), method, cases
 
     for method, cases in sorted(curves, key=order):
         runs = curves[(method, cases)]

@@ -20,11 +20,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-RUN_FOLDER = re.compile(r"^(?P<method>[a-z]+)-l(?P<cases>\d+)-s(?P<seed>\d+)$")
+from advmim_lightning.commands.compare_plan import Combination, method_rank
+
 STUDY_FOLDER = re.compile(r"^domain_gap_(?P<study>.+?)_s(?P<strength>[0-9.]+)$")
 NETWORKS = ("cnn", "transformer")
 CLASSES = ("RV", "Myo", "LV")
-METHOD_ORDER = ("supervised", "ctct", "advmim")
 #: compare_domain_gap.sh's studies, in the order the tables list them (others follow by name).
 STUDY_ORDER = ("main", "control", "masked_only", "adversarial_only", "no_masked_pseudo")
 DISCRIMINATOR_COLUMNS = ("disc_cnn", "adv_cnn", "disc_transformer", "adv_transformer")
@@ -62,13 +62,13 @@ def collect(folders: list[Path]) -> dict[tuple[str, str, int], dict[int, dict]]:
         match = STUDY_FOLDER.match(folder.name)
         study = f"{match['study']} (strength {match['strength']})" if match else folder.name
         for run in sorted(p for p in folder.iterdir() if p.is_dir()):
-            found = RUN_FOLDER.match(run.name)
+            found = Combination.from_name(run.name)
             files = [run / f"test_metrics_{n}.csv" for n in NETWORKS]
             if found is None or not all(f.is_file() for f in files):
                 continue
             entry = {n: mean_row(f) for n, f in zip(NETWORKS, files, strict=True)}
             entry["losses"] = late_losses(run / "metrics.csv")
-            runs[(study, found["method"], int(found["cases"]))][int(found["seed"])] = entry
+            runs[(study, found.method, found.labeled_cases)][found.seed] = entry
     if not runs:
         raise SystemExit("no finished run (<method>-l<cases>-s<seed>/test_metrics_cnn.csv) found")
     return runs
@@ -89,8 +89,7 @@ def tables(runs: dict[tuple[str, str, int], dict[int, dict]]) -> str:
         study, method, cases = key
         name = study.split(" (")[0]
         place = STUDY_ORDER.index(name) if name in STUDY_ORDER else len(STUDY_ORDER)
-        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-        return place, study, rank, method, cases
+        return place, study, method_rank(method), method, cases
 
     keys = sorted(runs, key=order)
     head = "| study | method | labeled | seeds | CNN Dice | transformer Dice |"

@@ -15,6 +15,7 @@ from advmim_lightning.commands.compare_plan import (
     check_split_file,
     combination_job,
     combination_settings,
+    method_rank,
     notes_on_settings,
     settings_conflicts,
     stated_settings,
@@ -258,3 +259,28 @@ def test_settings_conflicts():
     ]
     assert settings_conflicts(recorded, dict(recorded)) == []
     assert NOT_SET == "(not set)"
+
+
+@pytest.mark.parametrize(
+    ("name", "combination"),
+    [
+        ("advmim-l3-s0", Combination("advmim", 3, 0)),
+        ("supervised-l12-s7", Combination("supervised", 12, 7)),
+        ("advmim-l3-s0.bak", None),
+        ("summary.md", None),
+        ("ctct-l3", None),
+    ],
+)
+def test_a_run_folder_name_gives_its_combination_back(name, combination):
+    assert Combination.from_name(name) == combination
+    if combination is not None:
+        assert combination.name == name
+
+
+def test_tables_list_the_default_methods_first_in_their_order():
+    assert sorted(["advmim", "mine", "supervised", "ctct"], key=method_rank) == [
+        "supervised",
+        "ctct",
+        "advmim",
+        "mine",
+    ]

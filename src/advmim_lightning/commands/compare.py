@@ -69,6 +69,7 @@ from advmim_lightning.commands.compare_jobs import (
     write_settings,
 )
 from advmim_lightning.commands.compare_plan import (
+    DEFAULT_METHODS,
     Combination,
     check_lists,
     check_split_file,
@@ -94,7 +95,6 @@ from advmim_lightning.run.folders import ensure_writable_folder
 
 __all__ = ["ComparisonRows", "main", "run_comparison"]
 
-DEFAULT_METHODS = ("supervised", "ctct", "advmim")
 DEFAULT_NETWORKS = ("cnn", "transformer")
 
 

@@ -13,6 +13,7 @@ command runs again.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,17 +51,36 @@ _CONTROLLED = {
     "model.eval_network": "--networks (every listed network is tested)",
 }
 _SEED_KEYS = ("seed_everything", "data.seed", "model.rng_seed")
+#: The methods ``compare`` runs by default, in the order its tables list them.
+DEFAULT_METHODS = ("supervised", "ctct", "advmim")
+_RUN_FOLDER = re.compile(r"(?P<method>[a-z_]+)-l(?P<cases>\d+)-s(?P<seed>\d+)")
 
 
 @dataclass(frozen=True)
 class Combination:
+    """One run of ``compare``: a method at a labeled-case count and seed."""
+
     method: str
     labeled_cases: int
     seed: int
 
     @property
     def name(self) -> str:
+        """Its run folder's name, ``<method>-l<cases>-s<seed>``."""
         return f"{self.method}-l{self.labeled_cases}-s{self.seed}"
+
+    @classmethod
+    def from_name(cls, name: str) -> Combination | None:
+        """The combination whose run folder is called ``name``; None for any other folder."""
+        found = _RUN_FOLDER.fullmatch(name)
+        if found is None:
+            return None
+        return cls(found["method"], int(found["cases"]), int(found["seed"]))
+
+
+def method_rank(method: str) -> int:
+    """Where ``method`` goes in a table: :data:`DEFAULT_METHODS`' order, others after them."""
+    return DEFAULT_METHODS.index(method) if method in DEFAULT_METHODS else len(DEFAULT_METHODS)
 
 
 def check_lists(
