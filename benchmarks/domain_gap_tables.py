@@ -1,9 +1,10 @@
 """The domain-gap study's tables, from the run folders of `benchmarks/compare_domain_gap.sh`.
 
-Each argument is one study's output folder (``runs/domain_gap_<study>_s<strength>``). Every run
+Each argument is one study's output folder (``runs/domain_gap_<study>_s<strength>``, or any
+``advmim compare`` output, named by its folder). Every run
 folder in it (``<method>-l<cases>-s<seed>``) that finished its test contributes its
 ``test_metrics_<network>.csv`` (the ``mean`` row: the mean over the test cases). Prints one
-markdown table: a row per study and method, mean ± standard deviation over the seeds of the
+markdown table: a row per study, method and labeled-case count, mean ± standard deviation over the seeds of the
 mean Dice (foreground classes, %) of each network, the per-class Dice, and each seed's value;
 then, for the runs that trained discriminators, their losses over the last 100 iterations.
 
@@ -94,15 +95,15 @@ def tables(runs: dict[tuple[str, str, int], dict[int, dict]]) -> str:
     keys = sorted(runs, key=order)
     head = "| study | method | labeled | seeds | CNN Dice | transformer Dice |"
     lines = [head, "| --- | --- | ---: | ---: | ---: | ---: |"]
-    per_class = ["| study | method | network | " + " | ".join(CLASSES) + " |"]
-    per_class.append("| --- | --- | --- |" + " ---: |" * len(CLASSES))
+    per_class = ["| study | method | labeled | network | " + " | ".join(CLASSES) + " |"]
+    per_class.append("| --- | --- | ---: | --- |" + " ---: |" * len(CLASSES))
     per_seed = [
-        "| study | method | network | seeds | Dice per seed |",
-        "| --- | --- | --- | --- | --- |",
+        "| study | method | labeled | network | seeds | Dice per seed |",
+        "| --- | --- | ---: | --- | --- | --- |",
     ]
     losses = [
-        "| study | method | seeds | " + " | ".join(DISCRIMINATOR_COLUMNS) + " |",
-        "| --- | --- | ---: |" + " ---: |" * len(DISCRIMINATOR_COLUMNS),
+        "| study | method | labeled | seeds | " + " | ".join(DISCRIMINATOR_COLUMNS) + " |",
+        "| --- | --- | ---: | ---: |" + " ---: |" * len(DISCRIMINATOR_COLUMNS),
     ]
     for key in keys:
         study, method, cases = key
@@ -111,10 +112,11 @@ def tables(runs: dict[tuple[str, str, int], dict[int, dict]]) -> str:
         lines.append(f"| {study} | {method} | {cases} | {len(seeds)} | " + " | ".join(cells) + " |")
         for network in NETWORKS:
             classes = [spread([runs[key][s][network][f"dice_{c}"] for s in seeds]) for c in CLASSES]
-            per_class.append(f"| {study} | {method} | {network} | " + " | ".join(classes) + " |")
+            row = f"| {study} | {method} | {cases} | {network} | "
+            per_class.append(row + " | ".join(classes) + " |")
             values = " / ".join(f"{100 * runs[key][s][network]['dice_mean']:.1f}" for s in seeds)
             names = ", ".join(map(str, seeds))
-            per_seed.append(f"| {study} | {method} | {network} | {names} | {values} |")
+            per_seed.append(f"{row}{names} | {values} |")
         with_losses = [s for s in seeds if runs[key][s]["losses"]]
         if with_losses:
             means = [
@@ -122,7 +124,7 @@ def tables(runs: dict[tuple[str, str, int], dict[int, dict]]) -> str:
                 for c in DISCRIMINATOR_COLUMNS
             ]
             losses.append(
-                f"| {study} | {method} | {len(with_losses)} | " + " | ".join(means) + " |"
+                f"| {study} | {method} | {cases} | {len(with_losses)} | " + " | ".join(means) + " |"
             )
     parts = [
         "Test Dice (%), mean ± std over seeds (mean over the test cases and foreground classes)",

@@ -285,7 +285,7 @@ def test_domain_gap_tables_report_each_study_network_and_seed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| main (strength 0.35) | supervised | 3 | 2 | 30.0 ± 14.1 | 40.0 ± 14.1 |" in out
     assert "| main (strength 0.35) | advmim | 3 | 1 | 50.0 | 60.0 |" in out
-    assert "| main (strength 0.35) | supervised | transformer | 0, 1 | 30.0 / 50.0 |" in out
-    assert "| main (strength 0.35) | advmim | 1 | 0.250 | 1.000 | 0.250 | 1.000 |" in out
+    assert "| main (strength 0.35) | supervised | 3 | transformer | 0, 1 | 30.0 / 50.0 |" in out
+    assert "| main (strength 0.35) | advmim | 3 | 1 | 0.250 | 1.000 | 0.250 | 1.000 |" in out
     with pytest.raises(SystemExit, match="no finished run"):
         load("domain_gap_tables").main([str(main / "advmim-l3-s1")])
