@@ -1,12 +1,13 @@
 """The domain-gap study's tables, from the run folders of `benchmarks/compare_domain_gap.sh`.
 
 Each argument is one study's output folder (``runs/domain_gap_<study>_s<strength>``, or any
-``advmim compare`` output, named by its folder). Every run
-folder in it (``<method>-l<cases>-s<seed>``) that finished its test contributes its
-``test_metrics_<network>.csv`` (the ``mean`` row: the mean over the test cases). Prints one
-markdown table: a row per study, method and labeled-case count, mean ± standard deviation over the seeds of the
-mean Dice (foreground classes, %) of each network, the per-class Dice, and each seed's value;
-then, for the runs that trained discriminators, their losses over the last 100 iterations.
+``advmim compare`` output, named by its folder). Every run folder in it
+(``<method>-l<cases>-s<seed>``) that finished its test contributes its
+``test_metrics_<network>.csv`` (the ``mean`` row: the mean over the test cases). Prints
+markdown tables: a row per study, method and labeled-case count, with the mean ± standard
+deviation over the seeds of each network's mean Dice (foreground classes, %), the per-class
+Dice, and each seed's value; then, for the runs that trained discriminators, their losses
+over the last 100 iterations.
 
     python benchmarks/domain_gap_tables.py runs/domain_gap_main_s0.35 runs/domain_gap_control_s0.35
 """
